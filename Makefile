@@ -1,0 +1,25 @@
+# `make demo`: set up, render the demo room, map it, localize its query trajectory, print the evaluation.
+# `make test`: set up and run the test suite (what CI runs via .ci/run).
+VENV := .venv
+STAMP := $(VENV)/.installed
+SCENELOC := $(VENV)/bin/sceneloc
+DEMO := demo-out
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+demo: $(STAMP)
+	$(SCENELOC) render demo-room -o $(DEMO)/scene
+	$(SCENELOC) map $(DEMO)/scene -o $(DEMO)/room.map
+	$(SCENELOC) localize $(DEMO)/room.map $(DEMO)/scene -o $(DEMO)/poses.txt
+	$(SCENELOC) evaluate $(DEMO)/poses.txt --gt $(DEMO)/scene -o $(DEMO)/eval
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(DEMO) $(VENV)

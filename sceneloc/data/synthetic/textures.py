@@ -1,0 +1,68 @@
+"""Surface textures for synthetic rooms: real photos that ship inside scikit-image, cut into per-face collages.
+
+Each planar face gets its own texture covering the whole face at a fixed physical resolution (texels per metre),
+made of tiles of about one metre, each tile a random crop of a random photo with its own colour jitter, so no two
+places in a room look alike."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import skimage.data
+
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "brick", "grass", "gravel",
+               "camera", "text", "coins", "moon", "page", "clock", "cell")
+"""scikit-image samples stored inside its wheel (no download). Left out: images that need the network (eagle,
+lily, ...), mostly-black ones (hubble_deep_field, retina) and synthetic flat ones (colorwheel, logo)."""
+
+
+@lru_cache(maxsize=1)
+def load_photos() -> tuple[np.ndarray, ...]:
+    """The photos of PHOTO_NAMES: (h, w, 3) uint8 RGB or (h, w) uint8 greyscale."""
+    return tuple(np.ascontiguousarray(getattr(skimage.data, name)()) for name in PHOTO_NAMES)
+
+
+def _tile(photo: np.ndarray, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of `photo` (random 90-degree turn, flip, scale) resized to (height, width, 3) uint8, with
+    its colours jittered: greyscale photos become a random two-tone, colour ones get per-channel gains."""
+    photo = np.rot90(photo, int(rng.integers(4)))
+    if rng.random() < 0.5:
+        photo = photo[:, ::-1]
+    ph, pw = photo.shape[:2]
+    aspect = width / height
+    # Largest crop of the tile's aspect ratio that fits, shrunk by a random factor.
+    ch = min(ph, pw / aspect) * rng.uniform(0.45, 1.0)
+    cw = ch * aspect
+    y0 = int(rng.uniform(0, ph - ch))
+    x0 = int(rng.uniform(0, pw - cw))
+    crop = np.ascontiguousarray(photo[y0:y0 + max(int(ch), 2), x0:x0 + max(int(cw), 2)])
+    interp = cv2.INTER_AREA if crop.shape[1] > width else cv2.INTER_LINEAR
+    crop = cv2.resize(crop, (width, height), interpolation=interp).astype(np.float32) / 255.0
+    if crop.ndim == 2:
+        dark = rng.uniform(0.0, 0.35, 3).astype(np.float32)
+        light = rng.uniform(0.6, 1.0, 3).astype(np.float32)
+        rgb = dark + crop[..., None] * (light - dark)
+    else:
+        rgb = crop * rng.uniform(0.7, 1.3, 3).astype(np.float32) * np.float32(rng.uniform(0.8, 1.15))
+    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def face_texture(width_m: float, height_m: float, texels_per_metre: float, tile_size_range: tuple[float, float],
+                 rng: np.random.Generator) -> np.ndarray:
+    """Texture for a width_m x height_m face: (ceil(height_m * tpm), ceil(width_m * tpm), 3) uint8 RGB, a grid of
+    tiles whose side is drawn from tile_size_range (metres) and rounded so that the tiles fill the face."""
+    photos = load_photos()
+    w_px = max(int(np.ceil(width_m * texels_per_metre)), 2)
+    h_px = max(int(np.ceil(height_m * texels_per_metre)), 2)
+    nx = max(int(round(width_m / rng.uniform(*tile_size_range))), 1)
+    ny = max(int(round(height_m / rng.uniform(*tile_size_range))), 1)
+    xs = np.linspace(0, w_px, nx + 1).round().astype(int)
+    ys = np.linspace(0, h_px, ny + 1).round().astype(int)
+    texture = np.empty((h_px, w_px, 3), np.uint8)
+    for j in range(ny):
+        for i in range(nx):
+            photo = photos[int(rng.integers(len(photos)))]
+            texture[ys[j]:ys[j + 1], xs[i]:xs[i + 1]] = _tile(photo, xs[i + 1] - xs[i], ys[j + 1] - ys[j], rng)
+    return texture

@@ -1,0 +1,69 @@
+"""Image preparation for the encoder: resize to the working height, and (for mapping) random scale, in-plane
+rotation and photometric jitter, expressed as one homography so that poses and depth stay exact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from sceneloc.geometry import Camera, Rigid3
+
+
+@dataclass
+class PreparedImage:
+    """An image ready to encode, and how it relates to the source frame.
+
+    rgb: (h, w, 3) uint8; camera: intrinsics of `rgb`; cam_rotation: (3, 3) rotation applied to the camera
+    (new_cam_from_cam), identity without rotation augmentation; valid: (h, w) bool, pixels that come from the
+    source image; homography: (3, 3) maps source pixels to `rgb` pixels."""
+
+    rgb: np.ndarray
+    camera: Camera
+    cam_rotation: np.ndarray
+    valid: np.ndarray
+    homography: np.ndarray
+
+
+def working_size(camera: Camera, image_height: int) -> tuple[int, int]:
+    """(width, height) of a frame resized to `image_height` with its aspect ratio kept."""
+    scale = image_height / camera.height
+    return max(8, round(camera.width * scale)), image_height
+
+
+def prepare_image(rgb: np.ndarray, camera: Camera, image_height: int) -> tuple[np.ndarray, Camera]:
+    """Resize to the working height. rgb: (H, W, 3) uint8 -> (h, w, 3) uint8 and its camera."""
+    w, h = working_size(camera, image_height)
+    if (w, h) == (camera.width, camera.height):
+        return rgb, camera
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA), camera.scaled(w, h)
+
+
+def augment_image(rgb: np.ndarray, camera: Camera, image_height: int, rng: np.random.Generator,
+                  scale_range: tuple[float, float], rotation_deg: float,
+                  brightness: float, contrast: float) -> PreparedImage:
+    """Random scale and in-plane rotation about the principal point, plus brightness/contrast jitter.
+
+    The rotation is a rotation R of the camera about its optical axis; the image warps by K R K^-1, which stays
+    exact for fx != fy and an off-centre principal point."""
+    scale = np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1])))
+    w, h = working_size(camera, max(8, int(round(image_height * scale))))
+    cam_out = camera.scaled(w, h)
+    angle = np.radians(rng.uniform(-rotation_deg, rotation_deg))
+    c, s = np.cos(angle), np.sin(angle)
+    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    homography = cam_out.K @ rotation @ np.linalg.inv(camera.K)
+    out = cv2.warpPerspective(rgb, homography, (w, h), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT)
+    valid = cv2.warpPerspective(np.ones(rgb.shape[:2], np.uint8), homography, (w, h), flags=cv2.INTER_NEAREST) > 0
+    gain = 1.0 + rng.uniform(-contrast, contrast)
+    bias = 255.0 * rng.uniform(-brightness, brightness)
+    mean = out.reshape(-1, 3).mean(0)
+    out = np.clip((out.astype(np.float32) - mean) * gain + mean + bias, 0, 255).astype(np.uint8)
+    return PreparedImage(out, cam_out, rotation, valid, homography)
+
+
+def rotate_pose(cam_from_world: Rigid3, cam_rotation: np.ndarray) -> Rigid3:
+    """The pose of the augmented camera: new_cam_from_world = R * cam_from_world."""
+    return Rigid3(cam_rotation, np.zeros(3)) * cam_from_world

@@ -1,0 +1,113 @@
+"""The training buffer: encoder features sampled from augmented mapping frames, each row tied to the pixel,
+camera and pose it came from (and a 3D target when depth is known)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from sceneloc.data import Scene
+from sceneloc.device import autocast
+from sceneloc.mapping.augment import augment_image, rotate_pose
+from sceneloc.mapping.config import MappingConfig
+from sceneloc.nn.encoders import Encoder
+from sceneloc.nn.encoders.base import STRIDE
+
+
+@dataclass
+class Buffer:
+    """Rows of the buffer (N rows, F augmented frames).
+
+    features: (N, C) float16/bfloat16; pixels: (N, 2) float32 in the augmented image; frame_index: (N,) int64;
+    frame_K: (F, 3, 3) float32; frame_cam_from_world: (F, 3, 4) float32;
+    targets: (N, 3) float32 world points from depth, NaN where unknown (None when no frame has depth)."""
+
+    features: torch.Tensor
+    pixels: torch.Tensor
+    frame_index: torch.Tensor
+    frame_K: torch.Tensor
+    frame_cam_from_world: torch.Tensor
+    targets: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def cell_centres(height: int, width: int) -> np.ndarray:
+    """Pixel centres of the stride-8 feature cells of an image: (ceil(h/8) * ceil(w/8), 2) float32, row-major."""
+    rows, cols = -(-height // STRIDE), -(-width // STRIDE)
+    v, u = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    return np.stack([u * STRIDE + (STRIDE - 1) / 2, v * STRIDE + (STRIDE - 1) / 2], -1).reshape(-1, 2).astype(np.float32)
+
+
+def _depth_targets(depth: np.ndarray, homography: np.ndarray, pixels: np.ndarray, frame) -> np.ndarray:
+    """World points (n, 3) for augmented-image `pixels` (n, 2) by mapping back to the source depth map; NaN where
+    depth is missing."""
+    src = np.concatenate([pixels, np.ones((len(pixels), 1))], 1) @ np.linalg.inv(homography).T
+    src = src[:, :2] / src[:, 2:]
+    h, w = depth.shape
+    ui, vi = np.round(src[:, 0]).astype(int), np.round(src[:, 1]).astype(int)
+    inside = (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
+    z = np.zeros(len(pixels), np.float32)
+    z[inside] = depth[vi[inside], ui[inside]]
+    cam = frame.camera.unproject(src, z)
+    world = frame.cam_from_world.inverse().apply(cam)
+    world[z <= 0] = np.nan
+    return world.astype(np.float32)
+
+
+@torch.no_grad()
+def build_buffer(scene: Scene, encoder: Encoder, config: MappingConfig, device: torch.device,
+                 progress: Progress) -> Buffer:
+    """Encode every mapping frame `config.buffer_passes` times with random augmentation and sample
+    buffer_size / (frames * passes) valid cells from each."""
+    rng = np.random.default_rng(config.seed)
+    frames = scene.frames
+    n_aug = len(frames) * config.buffer_passes
+    per_image = max(1, config.buffer_size // n_aug)
+    use_depth = config.use_depth and any(f.depth_path is not None for f in frames)
+    store_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+
+    feats, pixels, index, targets = [], [], [], []
+    frame_K = np.zeros((n_aug, 3, 3), np.float32)
+    frame_pose = np.zeros((n_aug, 3, 4), np.float32)
+    order = [(p, i) for p in range(config.buffer_passes) for i in rng.permutation(len(frames))]
+    task = progress.add_task("encoding mapping frames", total=len(order), info="")
+    for aug_id, (_, frame_id) in enumerate(order):
+        frame = frames[frame_id]
+        rgb = frame.load_rgb()
+        prepared = augment_image(rgb, frame.camera, config.image_height, rng,
+                                 (config.aug_scale_min, config.aug_scale_max), config.aug_rotation_deg,
+                                 config.aug_brightness, config.aug_contrast)
+        image = torch.from_numpy(prepared.rgb).permute(2, 0, 1)[None].to(device)
+        with autocast(device):
+            fmap = encoder(image)[0]  # (C, h/8, w/8)
+        c, rows, cols = fmap.shape
+        centres = cell_centres(prepared.rgb.shape[0], prepared.rgb.shape[1])
+        # A cell is valid when its centre pixel came from the source image (rotation leaves empty corners).
+        ci, cj = (centres[:, 1]).astype(int), (centres[:, 0]).astype(int)
+        valid = np.flatnonzero(prepared.valid[np.clip(ci, 0, prepared.valid.shape[0] - 1),
+                                              np.clip(cj, 0, prepared.valid.shape[1] - 1)])
+        chosen = rng.choice(valid, size=min(per_image, len(valid)), replace=False)
+        feats.append(fmap.reshape(c, -1)[:, torch.from_numpy(chosen).to(device)].T.to(store_dtype).cpu())
+        pixels.append(centres[chosen])
+        index.append(np.full(len(chosen), aug_id, np.int64))
+        frame_K[aug_id] = prepared.camera.K
+        frame_pose[aug_id] = rotate_pose(frame.cam_from_world, prepared.cam_rotation).matrix()[:3]
+        if use_depth:
+            depth = frame.load_depth()
+            targets.append(_depth_targets(depth, prepared.homography, centres[chosen], frame) if depth is not None
+                           else np.full((len(chosen), 3), np.nan, np.float32))
+        progress.advance(task)
+
+    return Buffer(
+        features=torch.cat(feats),
+        pixels=torch.from_numpy(np.concatenate(pixels)),
+        frame_index=torch.from_numpy(np.concatenate(index)),
+        frame_K=torch.from_numpy(frame_K),
+        frame_cam_from_world=torch.from_numpy(frame_pose),
+        targets=torch.from_numpy(np.concatenate(targets)) if use_depth else None,
+    )

@@ -1,0 +1,71 @@
+"""MappingConfig: every knob of buffer construction and training, with the measured defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from sceneloc.nn.encoders import DEFAULT_ENCODER
+from sceneloc.nn.heads import HeadConfig
+
+
+@dataclass
+class MappingConfig:
+    """How a scene is mapped. Defaults were chosen by measurement on the benchmark scenes (docs/BENCHMARKS.md)."""
+
+    encoder: str = DEFAULT_ENCODER
+    """Frozen feature encoder (see `sceneloc.nn.encoders.ENCODERS`)."""
+    head: HeadConfig = field(default_factory=HeadConfig)
+    """Shape of the regression head."""
+    image_height: int = 480
+    """Images are resized to this height (aspect kept) before encoding, for mapping and localization alike."""
+    buffer_size: int = 1_000_000
+    """Feature rows sampled into the training buffer (spread evenly over the mapping frames)."""
+    buffer_passes: int = 1
+    """How many augmented copies of each mapping frame are encoded to fill the buffer."""
+    epochs: int = 8
+    """Passes over the buffer."""
+    batch_size: int = 5120
+    """Feature rows per optimisation step."""
+    lr_min: float = 5e-4
+    """Learning rate at the start and end of the one-cycle schedule."""
+    lr_max: float = 5e-3
+    """Peak learning rate of the one-cycle schedule."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    aug_scale_min: float = 2 / 3
+    """Smallest random image scale factor of the augmentation."""
+    aug_scale_max: float = 3 / 2
+    """Largest random image scale factor of the augmentation."""
+    aug_rotation_deg: float = 15.0
+    """Random in-plane rotation range (+-), with the pose rotated to match."""
+    aug_brightness: float = 0.2
+    """Random brightness change (+- fraction)."""
+    aug_contrast: float = 0.2
+    """Random contrast change (+- fraction)."""
+    repro_threshold_start: float = 50.0
+    """Robust tanh threshold (pixels) at the start of training; it shrinks to `repro_threshold_end`."""
+    repro_threshold_end: float = 1.0
+    """Robust tanh threshold (pixels) at the end of training."""
+    min_depth: float = 0.1
+    """Predictions closer than this (metres, camera z) are invalid."""
+    max_depth: float = 1000.0
+    """Predictions farther than this (metres) are invalid."""
+    max_reprojection_error: float = 1000.0
+    """Predictions reprojecting farther than this (pixels) are invalid."""
+    invalid_target_depth: float = 10.0
+    """Invalid predictions are pulled towards the point at this depth on their pixel ray."""
+    use_depth: bool = True
+    """When frames have depth, add a 3D scene-coordinate loss on the rows with valid depth."""
+    depth_loss_weight: float = 1.0
+    """Weight of the 3D loss, measured in pixels-equivalent (focal x error / depth) so it matches the reprojection term."""
+    seed: int = 0
+    """Seed for sampling, augmentation, initialisation and shuffling."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "MappingConfig":
+        d = dict(d)
+        head = HeadConfig(**d.pop("head", {}))
+        return MappingConfig(head=head, **d)

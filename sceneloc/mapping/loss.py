@@ -1,0 +1,50 @@
+"""The mapping loss: robust reprojection error with a shrinking threshold, validity constraints, and an optional
+3D loss where depth is known."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sceneloc.mapping.config import MappingConfig
+
+
+def repro_threshold(config: MappingConfig, progress: float) -> float:
+    """Robust threshold (pixels) at training progress 0..1: shrinks from start to end along a quarter circle, so it
+    stays wide for most of training and tightens at the end."""
+    w = math.sqrt(max(0.0, 1.0 - progress ** 2))
+    return config.repro_threshold_end + w * (config.repro_threshold_start - config.repro_threshold_end)
+
+
+def mapping_loss(pred_world: torch.Tensor, pixels: torch.Tensor, K: torch.Tensor, cam_from_world: torch.Tensor,
+                 targets: torch.Tensor | None, config: MappingConfig, threshold: float) -> tuple[torch.Tensor, dict]:
+    """pred_world: (B, 3); pixels: (B, 2); K: (B, 3, 3); cam_from_world: (B, 3, 4); targets: (B, 3) or None (NaN =
+    unknown). Returns the mean loss and statistics (fraction valid, mean reprojection error of valid rows)."""
+    pred_cam = torch.einsum("bij,bj->bi", cam_from_world[:, :, :3], pred_world) + cam_from_world[:, :, 3]
+    z = pred_cam[:, 2]
+    safe_z = z.clamp(min=config.min_depth)
+    fx, fy, cx, cy = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]
+    proj = torch.stack([fx * pred_cam[:, 0] / safe_z + cx, fy * pred_cam[:, 1] / safe_z + cy], 1)
+    repro = (proj - pixels).norm(dim=1)
+    valid = (z > config.min_depth) & (z < config.max_depth) & (repro < config.max_reprojection_error)
+
+    loss_valid = threshold * torch.tanh(repro / threshold)
+    # Invalid predictions are pulled to a point on their pixel ray at a plausible depth.
+    ray = torch.stack([(pixels[:, 0] - cx) / fx, (pixels[:, 1] - cy) / fy, torch.ones_like(cx)], 1)
+    loss_invalid = (pred_cam - ray * config.invalid_target_depth).norm(dim=1)
+    loss = torch.where(valid, loss_valid, loss_invalid)
+
+    if targets is not None:
+        known = torch.isfinite(targets[:, 0])
+        if known.any():
+            target_cam = torch.einsum("bij,bj->bi", cam_from_world[known, :, :3], targets[known]) \
+                + cam_from_world[known, :, 3]
+            # Express the 3D error in pixels (focal * error / depth) so both terms share a scale.
+            err_px = (pred_cam[known] - target_cam).norm(dim=1) * fx[known] / target_cam[:, 2].clamp(min=config.min_depth)
+            loss = loss.clone()
+            loss[known] = loss[known] + config.depth_loss_weight * threshold * torch.tanh(err_px / threshold)
+
+    stats = {"valid": valid.float().mean().item(),
+             "repro_px": repro[valid].median().item() if valid.any() else float("nan")}
+    return loss.mean(), stats

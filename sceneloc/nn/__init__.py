@@ -1,0 +1,1 @@
+"""Neural networks: frozen pretrained encoders (encoders/) and trainable heads (heads/)."""
