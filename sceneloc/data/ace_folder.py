@@ -126,8 +126,8 @@ def _check_matched(images: dict[str, Path], others: dict[str, Path], what: str, 
 def read_ace_folder(folder: str | Path, name: str | None = None) -> Scene:
     """Read one ACE split folder. Frames are sorted by name. `name` defaults to the folder name.
 
-    Raises InputError for an image without pose/calibration, a pose/calibration/depth file without image, and
-    malformed, NaN or non-rigid poses."""
+    Raises InputError for an image without pose/calibration (or without depth when depth/ holds files), a
+    pose/calibration/depth file without image, and malformed, NaN or non-rigid poses."""
     folder = Path(folder)
     images = _index(folder / "rgb", "rgb")
     if not images:

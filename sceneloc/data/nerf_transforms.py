@@ -68,7 +68,8 @@ def _resolve(base: Path, relative: str, json_path: Path, what: str) -> Path:
         candidate = path.with_name(path.name + ext)
         if candidate.is_file():
             return candidate
-    raise InputError(path, f"{what} listed in {json_path.name} does not exist (also tried {', '.join(IMAGE_EXTENSIONS)})")
+    raise InputError(path, f"{what} listed in {json_path.name} does not exist "
+                           f"(also tried {', '.join(IMAGE_EXTENSIONS)})")
 
 
 def _number(values: dict, key: str, json_path: Path, where: str) -> float:

@@ -94,7 +94,7 @@ def solve_pnp(points2d: np.ndarray, points3d: np.ndarray, camera: Camera, config
         mask[finite] = _inliers(cam_from_world, p2, p3, camera, config.inlier_threshold_px)
     num_inliers = int(mask.sum())
     if num_inliers < MIN_POINTS:
-        return PnPResult(None, num_inliers, num_inliers / n, iterations, mask)
+        cam_from_world = None
     return PnPResult(cam_from_world, num_inliers, num_inliers / n, iterations, mask)
 
 
@@ -106,7 +106,7 @@ def _solve_poselib(p2: np.ndarray, p3: np.ndarray, camera: Camera, config: Solve
     # poselib refines on the RANSAC inliers inside estimate_absolute_pose; zero iterations switches that off.
     bundle_opt = {} if config.refine else {"max_iterations": 0}
     pose, info = poselib.estimate_absolute_pose(p2, p3, pl_camera, ransac_opt, bundle_opt)
-    if info["num_inliers"] < MIN_POINTS:
+    if info["num_inliers"] < MIN_POINTS or not np.all(np.isfinite(pose.Rt)):
         return None, int(info["iterations"])
     return Rigid3(np.array(pose.R), np.array(pose.t).reshape(3)), int(info["iterations"])
 

@@ -2,8 +2,9 @@
 
 World frame: metres, z up, floor at z = 0, the room spans [0, size_x] x [0, size_y] x [0, size_z]. Every surface is
 a rectangle ("face") with its own texture; a face is described by its top-left corner as seen from the side that
-can be viewed, a unit `right` axis and a unit `down` axis, so texel (col, row) of a point p is
-((p - origin) . right, (p - origin) . down) * texels_per_metre."""
+can be viewed, a unit `right` axis and a unit `down` axis (right x down points into the surface, away from the
+viewer, so textures are never mirrored); texel (col, row) of a point p is
+((p - origin) . right, (p - origin) . down) * texels_per_metre - 0.5."""
 
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ class RoomConfig:
     size_max: tuple[float, float, float] = (5.0, 6.0, 2.9)
     """Largest room extent (x, y, height) in metres; each extent is uniform between min and max."""
     n_wall_blocks: int = 5
-    """Furniture blocks standing against the walls (cupboards, shelves, low chests)."""
+    """Furniture blocks standing against the walls (cupboards, shelves, low chests); fewer when they do not fit
+    without overlapping."""
     n_island_blocks: int = 1
-    """Low blocks (tables) standing freely in the middle of the room, at a random yaw."""
+    """Low blocks (tables) standing freely in the middle of the room, at a random yaw; fewer when they do not fit."""
     texels_per_metre: float = 200.0
     """Texture resolution on every surface."""
     tile_size_range: tuple[float, float] = (1.0, 1.5)
@@ -96,12 +98,14 @@ class Room:
     """(F, 3) unit vector along texture columns."""
     face_down: np.ndarray
     """(F, 3) unit vector along texture rows."""
-    face_size_px: np.ndarray
-    """(F, 2) int texture width, height in texels."""
-    face_atlas_xy: np.ndarray
-    """(F, 2) int atlas column, row of each face's texel (0, 0)."""
+    face_size_m: np.ndarray
+    """(F, 2) extent of each face along right, down (metres)."""
     atlas: np.ndarray
     """(Ha, Wa, 3) uint8 RGB: all face textures packed with ATLAS_PAD replicated borders."""
+    triangle_atlas_uv: np.ndarray
+    """(2F, 6) float32 per triangle: atlas (x, y) of its vertex 0, then the atlas offsets of vertices 1 and 2
+    from vertex 0, so a hit with barycentrics (b1, b2) samples atlas point v0 + b1 * e1 + b2 * e2 (cv2.remap
+    pixel convention: texel centres at integers)."""
     lights: np.ndarray
     """(L, 3) point light positions."""
     vertices: np.ndarray
@@ -182,8 +186,8 @@ def _overlaps(a: Block, b: Block, gap: float) -> bool:
 def _place_blocks(size: np.ndarray, config: RoomConfig, rng: np.random.Generator) -> list[Block]:
     """Wall blocks stand against a random wall without overlapping each other; islands stand near the centre."""
     blocks: list[Block] = []
-    # (point on the wall's inner face, inward normal, along-wall direction, wall length), yaw so that the block's
-    # local +y axis points into the room.
+    # Per wall: (start corner, yaw, length). A block's local x axis runs along the wall from the start corner,
+    # its local +y axis points into the room.
     walls = [(np.array([0.0, 0.0]), 0.0, size[0]), (np.array([size[0], size[1]]), np.pi, size[0]),
              (np.array([0.0, size[1]]), -np.pi / 2, size[1]), (np.array([size[0], 0.0]), np.pi / 2, size[1])]
     for _ in range(config.n_wall_blocks):
@@ -251,6 +255,12 @@ def generate_room(config: RoomConfig) -> Room:
     vertices = corners.reshape(-1, 3).astype(np.float32)
     base = 4 * np.arange(len(faces))[:, None]
     triangles = np.stack([base + [0, 1, 2], base + [0, 2, 3]], 1).reshape(-1, 3).astype(np.int32)
+    # Texel (col, row) of a point at (a, b) metres along (right, down) is (a, b) * tpm - 0.5 (texel centres).
+    corner_uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]])[None] * extent[:, None] * config.texels_per_metre
+    vertex_atlas = (corner_uv - 0.5 + atlas_xy[:, None]).reshape(-1, 2)
+    tri_atlas = vertex_atlas[triangles]
+    triangle_atlas_uv = np.concatenate([tri_atlas[:, 0], tri_atlas[:, 1] - tri_atlas[:, 0],
+                                        tri_atlas[:, 2] - tri_atlas[:, 0]], 1).astype(np.float32)
 
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(vertices), o3d.core.Tensor(triangles.astype(np.uint32)))
@@ -258,5 +268,5 @@ def generate_room(config: RoomConfig) -> Room:
     lights = np.column_stack([rng.uniform(0.2, 0.8, (config.n_lights, 2)) * size[:2],
                               np.full(config.n_lights, size[2] - 0.15)])
     return Room(config=config, size=size, blocks=blocks, face_origin=origin, face_right=right, face_down=down,
-                face_size_px=np.array([[t.shape[1], t.shape[0]] for t in textures]), face_atlas_xy=atlas_xy,
-                atlas=atlas, lights=lights, vertices=vertices, triangles=triangles, scene=scene)
+                face_size_m=extent, atlas=atlas, triangle_atlas_uv=triangle_atlas_uv, lights=lights,
+                vertices=vertices, triangles=triangles, scene=scene)
