@@ -13,7 +13,7 @@ $(STAMP): requirements.txt pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 
 demo: $(STAMP)
-	$(SCENELOC) render demo-room -o $(DEMO)/scene
+	$(SCENELOC) render quick-room --overwrite -o $(DEMO)/scene
 	$(SCENELOC) map $(DEMO)/scene -o $(DEMO)/room.map
 	$(SCENELOC) localize $(DEMO)/room.map $(DEMO)/scene -o $(DEMO)/poses.txt
 	$(SCENELOC) evaluate $(DEMO)/poses.txt --gt $(DEMO)/scene -o $(DEMO)/eval

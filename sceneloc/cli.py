@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sceneloc.errors import InputError
 
@@ -19,8 +20,14 @@ DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda")
 SetOption = typer.Option(None, "--set", help="Override any config field, e.g. --set epochs=4 --set head.num_blocks=2")
 
 
+def _print_error(message: str) -> None:
+    # escape: messages quote user text ("[[fx 0 cx] ...]", paths) that rich would take for markup; soft_wrap: one
+    # line whatever the terminal width, so the error stays greppable.
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    _print_error(message)
     raise typer.Exit(2)
 
 
@@ -64,6 +71,11 @@ def map_command(
         load_encoder(config.encoder)
     except ValueError as e:
         _fail(str(e))
+    for name, value in [("epochs", config.epochs), ("buffer_size", config.buffer_size),
+                        ("buffer_passes", config.buffer_passes), ("batch_size", config.batch_size),
+                        ("image_height", config.image_height), ("head.width", config.head.width)]:
+        if value < 1:
+            _fail(f"{name} must be at least 1, got {value}")
     dev = _device(device)
     scene = read_scene(scene_dir, split=split, images=images)
     console.print(f"mapping [bold]{scene.name}[/]: {len(scene.frames)} frames, encoder {config.encoder}, "
@@ -153,12 +165,63 @@ def evaluate(
     console.print("wrote " + ", ".join(str(p) for p in written))
 
 
+@app.command()
+def render(
+    scene: Optional[str] = typer.Argument(None, help="Benchmark scene name (see --list)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to write (train/ and test/ inside)"),
+    seed: Optional[int] = typer.Option(None, help="Another room of the same kind (default: the preset's)"),
+    overwrite: bool = typer.Option(False, help="Replace frames already in the folder"),
+    list_scenes: bool = typer.Option(False, "--list", help="List the scene names and exit"),
+):
+    """Render a benchmark scene as an ACE-style folder that `map` and `localize` read directly."""
+    from dataclasses import replace
+
+    from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
+
+    if list_scenes:
+        for name, config in PRESETS.items():
+            Console().print(f"{name}: {config.width}x{config.height}, {config.n_map} mapping + "
+                            f"{config.n_query} query frames")
+        return
+    if scene is None or output is None:
+        _fail("render needs a SCENE name and -o DIR (or --list)")
+    if scene not in PRESETS:
+        _fail(f"unknown scene {scene!r}; available: {', '.join(PRESETS)}")
+    config = PRESETS[scene] if seed is None else PRESETS[scene].with_seed(seed)
+    render_scene_to_folder(config, output, overwrite=overwrite)
+    console.print(f"wrote {output}/train and {output}/test")
+
+
+@app.command()
+def bench(
+    out: Path = typer.Option(..., "--out", help="Folder for results.json, report.md, plots/, maps/ and poses/"),
+    suite: str = typer.Option("quick", "--suite", help="Suites, comma-separated: tiny | quick | speed"),
+    methods: Optional[str] = typer.Option(None, "--methods",
+                                          help="Methods, comma-separated: scr, colmap-sift (default: the suite's)"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Rendered-scene cache (default: $SCENELOC_CACHE, "
+                                                                "else ~/.cache/sceneloc)"),
+    device: str = DeviceOption,
+    overrides: Optional[list[str]] = typer.Option(
+        None, "--set", help="Method setting: key=value for scr's mapping config, colmap-sift.key=value for the peer"),
+):
+    """Benchmark sceneloc against its peers (accuracy, mapping time and memory, query time, map size)."""
+    from sceneloc.bench.report import format_results_table
+    from sceneloc.bench.runner import BenchOptions, run_bench
+
+    options = BenchOptions(out_dir=out, suites=[s.strip() for s in suite.split(",") if s.strip()],
+                           methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
+                           cache_dir=cache, overrides=overrides or [], device=_device(device).type)
+    rows = run_bench(options, log=lambda message: console.print(escape(message), soft_wrap=True))
+    Console().print(format_results_table(rows))
+    console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and {out / 'plots'}")
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2, never a traceback."""
     try:
         app()
     except InputError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        _print_error(str(e))
         sys.exit(2)
 
 

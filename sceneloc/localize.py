@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -18,13 +18,17 @@ from sceneloc.maps import SceneMap
 from sceneloc.progress import make_progress
 from sceneloc.solve import SolverConfig, solve_pnp
 
+REFERENCE_HEIGHT = 480
+"""Image height at which SolverConfig.inlier_threshold_px is expressed."""
+
 
 @dataclass
 class LocalizeConfig:
     """Query-time settings."""
 
     solver: SolverConfig = field(default_factory=SolverConfig)
-    """RANSAC-PnP settings; the inlier threshold is in pixels of the working image (the map's image height)."""
+    """RANSAC-PnP settings. Its inlier threshold is given for a 480-pixel-high image and scaled to the working image
+    (the map's image height), so one setting means the same angular tolerance at every resolution."""
 
 
 @torch.no_grad()
@@ -53,7 +57,8 @@ def localize_image(scene_map: SceneMap, name: str, rgb: np.ndarray, camera: Came
     t0 = time.perf_counter()
     pixels, coords, work_cam = predict_scene_coordinates(scene_map, rgb, camera, device)
     t1 = time.perf_counter()
-    result = solve_pnp(pixels, coords, work_cam, config.solver)
+    threshold = config.solver.inlier_threshold_px * work_cam.height / REFERENCE_HEIGHT
+    result = solve_pnp(pixels, coords, work_cam, replace(config.solver, inlier_threshold_px=threshold))
     t2 = time.perf_counter()
     return PoseEstimate(name=name, cam_from_world=result.cam_from_world, num_inliers=result.num_inliers,
                         inlier_ratio=result.inlier_ratio,

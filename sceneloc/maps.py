@@ -39,8 +39,11 @@ class SceneMap:
         tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() and k != "mean" else v.dtype).cpu()
                    .contiguous() for k, v in self.head.state_dict().items()}
         meta = {METADATA_KEY: json.dumps(self.metadata)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        except OSError as e:
+            raise InputError(path, f"cannot write the map here ({e.strerror})") from None
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=meta)

@@ -26,10 +26,12 @@ class MappingConfig:
     """Passes over the buffer."""
     batch_size: int = 5120
     """Feature rows per optimisation step."""
-    lr_min: float = 5e-4
-    """Learning rate at the start and end of the one-cycle schedule."""
+    lr_start: float = 5e-4
+    """Learning rate at the start of the one-cycle schedule."""
     lr_max: float = 5e-3
-    """Peak learning rate of the one-cycle schedule."""
+    """Peak learning rate of the one-cycle schedule (reached after a quarter of the steps)."""
+    lr_end: float = 1e-6
+    """Learning rate at the end: annealing to almost zero is what brings the final sub-pixel fit."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     aug_scale_min: float = 2 / 3

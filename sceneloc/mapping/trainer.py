@@ -61,10 +61,10 @@ def map_scene(scene: Scene, config: MappingConfig, device: torch.device,
         t_encoded = time.perf_counter()
         steps_per_epoch = max(1, len(buffer) // config.batch_size)
         total_steps = steps_per_epoch * config.epochs
-        optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr_min, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr_start, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr_max, total_steps=total_steps, div_factor=config.lr_max / config.lr_min,
-            final_div_factor=1.0, cycle_momentum=False, pct_start=0.25)
+            optimizer, max_lr=config.lr_max, total_steps=total_steps, div_factor=config.lr_max / config.lr_start,
+            final_div_factor=config.lr_start / config.lr_end, cycle_momentum=False, pct_start=0.25)
         generator = torch.Generator().manual_seed(config.seed)
         task = progress.add_task("training head", total=total_steps, info="")
         history, step, stats, loss = [], 0, {}, torch.tensor(float("nan"))

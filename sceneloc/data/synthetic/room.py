@@ -85,21 +85,13 @@ class Block:
 
 @dataclass
 class Room:
-    """A generated room: geometry, textures and lights. Faces are indexed f = 0..F-1; mesh triangle i belongs to
-    face i // 2."""
+    """A generated room: geometry, textures and lights. Faces (rectangles) come in the order floor, ceiling, four
+    walls, then the four sides and the top of each block; mesh triangles 2f and 2f + 1 make face f."""
 
     config: RoomConfig
     size: np.ndarray
     """(3,) extent in metres (x, y, height)."""
     blocks: list[Block]
-    face_origin: np.ndarray
-    """(F, 3) top-left corner of each face as seen from its visible side."""
-    face_right: np.ndarray
-    """(F, 3) unit vector along texture columns."""
-    face_down: np.ndarray
-    """(F, 3) unit vector along texture rows."""
-    face_size_m: np.ndarray
-    """(F, 2) extent of each face along right, down (metres)."""
     atlas: np.ndarray
     """(Ha, Wa, 3) uint8 RGB: all face textures packed with ATLAS_PAD replicated borders."""
     triangle_atlas_uv: np.ndarray
@@ -262,11 +254,9 @@ def generate_room(config: RoomConfig) -> Room:
     triangle_atlas_uv = np.concatenate([tri_atlas[:, 0], tri_atlas[:, 1] - tri_atlas[:, 0],
                                         tri_atlas[:, 2] - tri_atlas[:, 0]], 1).astype(np.float32)
 
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(vertices), o3d.core.Tensor(triangles.astype(np.uint32)))
-
     lights = np.column_stack([rng.uniform(0.2, 0.8, (config.n_lights, 2)) * size[:2],
                               np.full(config.n_lights, size[2] - 0.15)])
-    return Room(config=config, size=size, blocks=blocks, face_origin=origin, face_right=right, face_down=down,
-                face_size_m=extent, atlas=atlas, triangle_atlas_uv=triangle_atlas_uv, lights=lights,
-                vertices=vertices, triangles=triangles, scene=scene)
+    room = Room(config=config, size=size, blocks=blocks, atlas=atlas, triangle_atlas_uv=triangle_atlas_uv,
+                lights=lights, vertices=vertices, triangles=triangles, scene=o3d.t.geometry.RaycastingScene())
+    room.scene.add_triangles(room.mesh())
+    return room

@@ -6,10 +6,11 @@ from typing import Callable
 
 from sceneloc.nn.encoders.base import Encoder
 from sceneloc.nn.encoders.efficientnet_lite import EfficientNetLite0Encoder
-from sceneloc.nn.encoders.xfeat import XFeatEncoder
+from sceneloc.nn.encoders.xfeat import XFeatContextEncoder, XFeatEncoder
 
 ENCODERS: dict[str, Callable[[], Encoder]] = {
     XFeatEncoder.name: XFeatEncoder,
+    XFeatContextEncoder.name: XFeatContextEncoder,
     EfficientNetLite0Encoder.name: EfficientNetLite0Encoder,
 }
 DEFAULT_ENCODER = XFeatEncoder.name

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import resources
 
 import torch
+import torch.nn.functional as F
 
 from sceneloc.nn.encoders.base import Encoder
 
@@ -28,3 +29,23 @@ class XFeatEncoder(Encoder):
     def features(self, rgb: torch.Tensor) -> torch.Tensor:
         feats, _, _ = self.net(rgb)
         return feats
+
+
+class XFeatContextEncoder(XFeatEncoder):
+    """XFeat features widened with context: the same features averaged over 5x5 and 15x15 cells around each cell,
+    plus the mean colour of the cell and of its 5x5-cell neighbourhood. XFeat alone sees grayscale patches of a
+    few dozen pixels, which repeats across a scene; the pooled channels disambiguate at almost no cost."""
+
+    name = "xfeat-ctx"
+    out_channels = 64 * 3 + 3 * 2
+
+    def features(self, rgb: torch.Tensor) -> torch.Tensor:
+        local = super().features(rgb)
+        colour = F.avg_pool2d(rgb, 8) * 2 - 1
+        return torch.cat([
+            local,
+            F.avg_pool2d(local, 5, stride=1, padding=2, count_include_pad=False),
+            F.avg_pool2d(local, 15, stride=1, padding=7, count_include_pad=False),
+            colour,
+            F.avg_pool2d(colour, 5, stride=1, padding=2, count_include_pad=False),
+        ], 1)

@@ -1,0 +1,152 @@
+"""The methods `sceneloc bench` compares, behind one interface: parse settings, build a map file from the mapping
+frames, localize query frames with it. Also the entry point of the child process that builds a map, so that its
+time and peak memory are its own.
+
+This module is what that child imports: it (and sceneloc/bench/__init__.py) must import nothing heavy at module
+level, or every method's peak memory would include it. Each method imports its own libraries when called.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Protocol
+
+from sceneloc.config_overrides import apply_overrides
+from sceneloc.data import Scene, read_scene
+from sceneloc.errors import InputError
+from sceneloc.export.poses import PoseEstimate, write_text_atomic
+
+
+class Method(Protocol):
+    name: str
+    map_suffix: str
+    """File name ending of its map files."""
+    cpu_only: bool
+    """True when it ignores the device and runs on the CPU."""
+
+    def settings(self, overrides: list[str]) -> dict:
+        """Its full configuration with `key=value` overrides applied, as a dict; ValueError on a bad override."""
+
+    def build_map(self, scene: Scene, map_path: Path, overrides: list[str], device: str,
+                  show_progress: bool) -> dict:
+        """Map the posed `scene` into map_path; returns details worth reporting (JSON-serialisable)."""
+
+    def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
+                 show_progress: bool) -> list[PoseEstimate]:
+        """One estimate per frame of `scene`; details["time_ms"] is the time per image without reading it."""
+
+
+class ScrMethod:
+    """sceneloc itself: map_scene with MappingConfig (defaults unless overridden) -> SceneMap.save ->
+    localize_scene with the default LocalizeConfig."""
+
+    name = "scr"
+    map_suffix = ".map"
+    cpu_only = False
+
+    def _config(self, overrides: list[str]):
+        from sceneloc.mapping import MappingConfig
+
+        return apply_overrides(MappingConfig(), overrides)
+
+    def settings(self, overrides: list[str]) -> dict:
+        return self._config(overrides).to_dict()
+
+    def build_map(self, scene: Scene, map_path: Path, overrides: list[str], device: str,
+                  show_progress: bool) -> dict:
+        import torch
+
+        from sceneloc.mapping import map_scene
+        from sceneloc.maps import SceneMap, build_metadata
+        from sceneloc.nn.encoders import load_encoder
+
+        config = self._config(overrides)
+        head, summary = map_scene(scene, config, torch.device(device), show_progress)
+        centers = scene.camera_centers()
+        scene_info = {"name": scene.name, "n_frames": len(scene.frames),
+                      "camera_bounds": [centers.min(0).tolist(), centers.max(0).tolist()]}
+        metadata = build_metadata(load_encoder(config.encoder), config.head, config.image_height, scene_info,
+                                  dict(summary.__dict__), config.to_dict())
+        SceneMap(head, config.encoder, config.image_height, metadata).save(map_path)
+        return {k: getattr(summary, k) for k in ("buffer_rows", "steps", "encode_s", "train_s",
+                                                 "final_median_repro_px", "final_valid_fraction")}
+
+    def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
+                 show_progress: bool) -> list[PoseEstimate]:
+        import torch
+
+        from sceneloc.localize import LocalizeConfig, localize_scene
+        from sceneloc.maps import SceneMap
+
+        dev = torch.device(device)
+        return localize_scene(SceneMap.load(map_path, dev), scene, LocalizeConfig(), dev, show_progress)
+
+
+class ColmapSiftMethod:
+    """The structure-based peer (sceneloc.peers.colmap_sift), CPU only whatever the device."""
+
+    name = "colmap-sift"
+    map_suffix = ".sift.safetensors"
+    cpu_only = True
+
+    def _config(self, overrides: list[str]):
+        from sceneloc.peers.colmap_sift import ColmapSiftConfig
+
+        return apply_overrides(ColmapSiftConfig(), overrides)
+
+    def settings(self, overrides: list[str]) -> dict:
+        return asdict(self._config(overrides))
+
+    def build_map(self, scene: Scene, map_path: Path, overrides: list[str], device: str,
+                  show_progress: bool) -> dict:
+        from sceneloc.peers.colmap_sift import build_sift_map
+
+        sift_map = build_sift_map(scene, self._config(overrides), show_progress)
+        sift_map.save(map_path)
+        return {k: sift_map.metadata[k] for k in ("n_points", "n_pairs", "n_verified_pairs", "mean_track_length",
+                                                  "timings")}
+
+    def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
+                 show_progress: bool) -> list[PoseEstimate]:
+        from sceneloc.peers.colmap_sift import SiftMap, localize_scene
+
+        return localize_scene(SiftMap.load(map_path), scene, self._config(overrides), show_progress)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (ScrMethod(), ColmapSiftMethod())}
+"""The methods `sceneloc bench --methods` accepts."""
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB. On Linux: VmHWM of /proc/self/status, which starts
+    afresh when a process starts (exec); ru_maxrss would not do for a child process, as it carries over the peak
+    of the parent it was forked from. Elsewhere: ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, KiB on Linux
+
+
+def map_in_this_process(method: str, scene_root: str, map_path: str, overrides: list[str], device: str,
+                        show_progress: bool, result_path: str) -> None:
+    """Child-process entry: read the scene's mapping split, build and save the map, and write {"map_s",
+    "peak_rss_mb", "details"} (or {"error"} for bad input) as JSON to result_path. map_s runs from reading the
+    scene to the saved map file; interpreter start-up and imports are outside it."""
+    try:
+        t0 = time.perf_counter()
+        scene = read_scene(scene_root, split="train")
+        details = METHODS[method].build_map(scene, Path(map_path), overrides, device, show_progress)
+        result = {"map_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "details": details}
+    except InputError as e:
+        result = {"error": str(e)}
+    write_text_atomic(result_path, json.dumps(result))

@@ -1,0 +1,233 @@
+"""`run_bench`: for each suite and scene, render it or take it from the cache, build each method's map in a fresh
+child process (time and peak memory are that process's own), localize the query frames, evaluate them, and write
+results.json, report.md, the plots, the maps and the poses files.
+
+Output folder: results.json (one row per (suite, scene, method), keys in RESULT_KEYS plus extras), report.md,
+plots/<suite>_<scene>_cdf.png (every method's error CDF), plots/<suite>_<scene>_<method>_trajectory.png,
+maps/<suite>_<scene>_<method>.<ext>, poses/<suite>_<scene>_<method>.txt (the poses file format).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+import sceneloc
+from sceneloc.bench.methods import METHODS, map_in_this_process
+from sceneloc.bench.report import write_markdown_report, write_results_json
+from sceneloc.bench.suites import SUITES, PreparedScene, default_cache_dir
+from sceneloc.data import read_scene
+from sceneloc.errors import InputError
+from sceneloc.evaluate import evaluate_poses, plot_error_cdf, plot_trajectory
+from sceneloc.export.poses import PoseEstimate, write_poses
+
+RESULT_KEYS = ("suite", "scene", "method", "n_map", "n_query", "median_t_cm", "median_r_deg", "recall", "map_s",
+               "map_peak_rss_mb", "query_ms_median", "map_bytes", "device", "seed", "commit")
+"""Keys every results.json row has, in this order (extras follow)."""
+
+
+@dataclass
+class BenchOptions:
+    """What `sceneloc bench` runs."""
+
+    out_dir: Path
+    """Folder for results.json, report.md, plots/, maps/ and poses/ (created; files in it are replaced)."""
+    suites: list[str] = field(default_factory=lambda: ["quick"])
+    """Names from SUITES, run in this order."""
+    methods: list[str] | None = None
+    """Names from METHODS, run on every scene; None runs each suite's own list."""
+    cache_dir: Path | None = None
+    """Rendered-scene cache; None: default_cache_dir() ($SCENELOC_CACHE or ~/.cache/sceneloc)."""
+    overrides: list[str] = field(default_factory=list)
+    """Method settings: "key=value" or "scr.key=value" for scr's MappingConfig, "colmap-sift.key=value" for the
+    peer's ColmapSiftConfig (nested fields with dots, as the CLI's --set)."""
+    device: str = "cpu"
+    """Torch device for scr ("cpu" or "cuda"); the peer always runs on the CPU."""
+    show_progress: bool = True
+    """Progress bars (rendering, mapping, localizing)."""
+
+
+def split_overrides(assignments: list[str]) -> dict[str, list[str]]:
+    """Route --set assignments to methods: a "<method>." prefix names the method, no prefix means scr."""
+    routed: dict[str, list[str]] = {name: [] for name in METHODS}
+    for item in assignments:
+        for name in METHODS:
+            if item.startswith(name + "."):
+                routed[name].append(item[len(name) + 1:])
+                break
+        else:
+            routed["scr"].append(item)
+    return routed
+
+
+def check_options(options: BenchOptions) -> dict[str, dict]:
+    """Validates suites, methods and overrides before anything runs; returns each method's settings. Raises
+    InputError (no file: the problem is the command line) naming what is wrong and what is available."""
+    for name in options.suites:
+        if name not in SUITES:
+            raise InputError(None, f"unknown suite {name!r}; available: {', '.join(SUITES)}")
+    for name in options.methods or []:
+        if name not in METHODS:
+            raise InputError(None, f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    settings = {}
+    for name, assignments in split_overrides(options.overrides).items():
+        try:
+            settings[name] = METHODS[name].settings(assignments)
+        except ValueError as e:
+            raise InputError(None, f"{name}: {e}") from None
+    return settings
+
+
+def source_commit() -> str | None:
+    """The git commit sceneloc runs from, read from its checkout's .git (git itself is not run); None for an
+    installed copy or an unreadable repository."""
+    git = Path(sceneloc.__file__).resolve().parents[1] / ".git"
+    try:
+        if git.is_file():  # a worktree: ".git" holds "gitdir: <path>", refs may live in its commondir
+            git = (git.parent / git.read_text().split(":", 1)[1].strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head
+        ref = head[4:].strip()
+        common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
+        for folder in (git, common):
+            if (folder / ref).is_file():
+                return (folder / ref).read_text().strip()
+            packed = folder / "packed-refs"
+            if packed.is_file():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split()[0]
+    except (OSError, IndexError):
+        pass
+    return None
+
+
+def map_in_child(method: str, scene_root: Path, map_path: Path, overrides: list[str], device: str,
+                 show_progress: bool) -> dict:
+    """Builds a map in a fresh 'spawn' child process -> {"map_s", "peak_rss_mb", "details", "process_s"}
+    (process_s: the child's whole life, start-up and imports included). Re-raises the child's InputError."""
+    map_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sceneloc-bench-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        process = multiprocessing.get_context("spawn").Process(
+            target=map_in_this_process, name=f"sceneloc-bench-map-{method}",
+            args=(method, str(scene_root), str(map_path), overrides, device, show_progress, str(result_path)))
+        t0 = time.perf_counter()
+        process.start()
+        process.join()
+        process_s = time.perf_counter() - t0
+        if not result_path.is_file():
+            raise RuntimeError(f"mapping with {method} failed in its child process (exit code "
+                               f"{process.exitcode}; its traceback is above)")
+        result = json.loads(result_path.read_text())
+    if "error" in result:
+        raise InputError(None, result["error"])
+    return {**result, "process_s": process_s}
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
+
+
+def _device_name(device: str) -> str:
+    """The GPU's or CPU's model name."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _row(suite: str, prepared: PreparedScene, method: str, n_map: int, result: dict, estimates: list[PoseEstimate],
+         built: dict, map_path: Path, device: str, commit: str | None, settings: dict) -> dict:
+    """One results.json row: RESULT_KEYS, then extras."""
+    query_ms = _median([e.details["time_ms"] for e in estimates])
+    device = "cpu" if METHODS[method].cpu_only else device
+    return {
+        "suite": suite, "scene": prepared.name, "method": method, "n_map": n_map, "n_query": result["n_query"],
+        "median_t_cm": result["median_t_cm"], "median_r_deg": result["median_r_deg"], "recall": result["recall"],
+        "map_s": built["map_s"], "map_peak_rss_mb": built["peak_rss_mb"], "query_ms_median": query_ms,
+        "map_bytes": map_path.stat().st_size, "device": device,
+        "seed": prepared.seed, "commit": commit,
+        "resolution": f"{prepared.resolution[0]}x{prepared.resolution[1]}",
+        "n_failed": result["n_failed"],
+        "inlier_ratio_median": _median([e.inlier_ratio for e in estimates]),
+        "num_inliers_median": _median([e.num_inliers for e in estimates]),
+        "query_images_per_s": 1000.0 / query_ms if query_ms > 0 else None,
+        "map_process_s": built["process_s"],
+        "map_details": built["details"],
+        "settings": settings,
+        "device_name": _device_name(device),
+        "cpu_count": os.cpu_count(),
+        # Timings taken while other processes load the CPU are not comparable: this shows when that was so.
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "scene_from_cache": prepared.from_cache,
+        "scene_prepare_s": prepared.prepare_s,
+        "sceneloc_version": sceneloc.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message: None) -> list[dict]:
+    """Runs the benchmark (module docstring) and returns the results.json rows. `log` receives one line per
+    step. Raises InputError for bad options (before anything runs) or unusable scenes."""
+    settings = check_options(options)
+    overrides = split_overrides(options.overrides)
+    out = Path(options.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(out, f"cannot create the output folder ({e.strerror})") from None
+    cache = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
+    commit = source_commit()
+    rows: list[dict] = []
+    for suite_name in options.suites:
+        suite = SUITES[suite_name]
+        methods = options.methods or list(suite.methods)
+        for spec in suite.scenes:
+            prepared = spec.prepare(cache, options.show_progress)
+            log(f"[{suite_name}] {prepared.name}: {'cached' if prepared.from_cache else 'rendered'} in "
+                f"{prepared.root} ({prepared.prepare_s:.0f} s)")
+            n_map = len(read_scene(prepared.root, split="train").frames)
+            queries = read_scene(prepared.root, split="test")
+            truth = {f.name: f.cam_from_world for f in queries.posed_frames}
+            evaluations = {}
+            for method in methods:
+                tag = f"{suite_name}_{prepared.name}_{method}"
+                map_path = out / "maps" / f"{tag}{METHODS[method].map_suffix}"
+                log(f"[{suite_name}] {prepared.name} / {method}: mapping {n_map} frames in a child process")
+                built = map_in_child(method, prepared.root, map_path, overrides[method], options.device,
+                                     options.show_progress)
+                log(f"[{suite_name}] {prepared.name} / {method}: map in {built['map_s']:.1f} s, peak RSS "
+                    f"{built['peak_rss_mb']:.0f} MB, {map_path.stat().st_size / 1e6:.2f} MB; localizing "
+                    f"{len(queries.frames)} queries")
+                estimates = METHODS[method].localize(map_path, queries, overrides[method], options.device,
+                                                     options.show_progress)
+                write_poses(out / "poses" / f"{tag}.txt", estimates)
+                evaluations[method] = evaluate_poses(estimates, truth)
+                plot_trajectory(truth, estimates, out / "plots" / f"{tag}_trajectory.png")
+                rows.append(_row(suite_name, prepared, method, n_map, evaluations[method], estimates, built,
+                                 map_path, options.device, commit, settings[method]))
+                # Rewritten after every row, so an interrupted run keeps what it measured.
+                write_results_json(out / "results.json", rows)
+            plot_error_cdf(evaluations, out / "plots" / f"{suite_name}_{prepared.name}_cdf.png")
+    write_markdown_report(out / "report.md", rows)
+    return rows

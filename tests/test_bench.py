@@ -1,0 +1,133 @@
+"""`sceneloc bench` on the tiny suite: the results.json schema, the report table, the plots, the scene cache, the
+mapping child's own peak memory, and option checking."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sceneloc.bench.report import strict_json
+from sceneloc.bench.runner import RESULT_KEYS, BenchOptions, check_options, split_overrides
+from sceneloc.cli import app
+from sceneloc.errors import InputError
+from sceneloc.evaluate import RECALL_THRESHOLDS
+
+# A small, fast scr: its accuracy is not under test here, only that it runs through the bench.
+FAST_SCR = ["image_height=120", "buffer_size=20000", "epochs=2", "head.width=128"]
+
+
+def _bench(out, cache, *extra):
+    args = ["bench", "--suite", "tiny", "--out", str(out), "--cache", str(cache), "--device", "cpu"]
+    for item in FAST_SCR:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args + list(extra))
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    # Two torch threads on two cores shared with other jobs can be 100x slower than one: keep the test's runtime
+    # predictable (the mapping child reads the environment, this process the setting).
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("bench")
+    try:
+        rows = _bench(base / "out", base / "cache")
+    finally:
+        patch.undo()
+        torch.set_num_threads(threads)
+    return base, rows
+
+
+def test_results_json_has_the_exact_schema(first_run):
+    base, rows = first_run
+    assert [(r["suite"], r["scene"], r["method"]) for r in rows] == [("tiny", "tiny-room", "scr"),
+                                                                     ("tiny", "tiny-room", "colmap-sift")]
+    for row in rows:
+        assert tuple(row)[:len(RESULT_KEYS)] == RESULT_KEYS
+        assert (row["n_map"], row["n_query"], row["seed"], row["device"]) == (60, 20, 0, "cpu")
+        assert set(row["recall"]) == set(RECALL_THRESHOLDS)
+        assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in row["recall"].values())
+        for key in ("median_t_cm", "median_r_deg"):
+            assert row[key] is None or (isinstance(row[key], float) and row[key] >= 0)
+        assert isinstance(row["map_s"], float) and row["map_s"] > 0
+        assert isinstance(row["query_ms_median"], float) and row["query_ms_median"] > 0
+        assert isinstance(row["map_peak_rss_mb"], float) and 20 < row["map_peak_rss_mb"] < 8000
+        suffix = ".map" if row["method"] == "scr" else ".sift.safetensors"
+        assert row["map_bytes"] == (base / "out" / "maps" / f"tiny_tiny-room_{row['method']}{suffix}").stat().st_size
+        assert row["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", row["commit"])
+        assert row["resolution"] == "160x120" and 0 <= row["n_failed"] <= 20
+    sift = rows[1]
+    # The peer really localizes: its numbers are measurements, not placeholders.
+    assert sift["median_t_cm"] < 5.0 and sift["recall"]["5cm5deg"] >= 0.8
+    assert sift["map_details"]["n_points"] * 140 < sift["map_bytes"]
+    assert rows[0]["settings"]["epochs"] == 2 and rows[0]["settings"]["head"]["width"] == 128
+
+
+def test_report_has_a_scene_row_and_method_columns(first_run):
+    base, rows = first_run
+    lines = (base / "out" / "report.md").read_text().splitlines()
+    header = lines.index("| scene | scr | colmap-sift |")
+    scene_row = lines[header + 2]
+    assert scene_row.startswith("| tiny-room (160x120, 60 mapping / 20 query) |")
+    cells = [c.strip() for c in scene_row.strip("|").split("|")[1:]]
+    assert len(cells) == 2
+    sift_cell = re.fullmatch(r"([0-9.]+) cm / ([0-9.]+)°, (\d+) %", cells[1])
+    assert sift_cell and float(sift_cell[1]) == pytest.approx(rows[1]["median_t_cm"], abs=0.006)
+    assert int(sift_cell[3]) == round(rows[1]["recall"]["5cm5deg"] * 100)
+
+
+def test_plots_and_poses_are_written(first_run):
+    base, _ = first_run
+    for name in ("tiny_tiny-room_cdf.png", "tiny_tiny-room_scr_trajectory.png",
+                 "tiny_tiny-room_colmap-sift_trajectory.png"):
+        data = (base / "out" / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    poses = (base / "out" / "poses" / "tiny_tiny-room_colmap-sift.txt").read_text().splitlines()
+    assert sum(not line.startswith("#") for line in poses) == 20
+
+
+def test_second_run_uses_the_cache_and_the_child_reports_its_own_memory(first_run):
+    base, rows = first_run
+    assert rows[0]["scene_from_cache"] is False
+    scenes = list((base / "cache" / "scenes").iterdir())
+    assert len(scenes) == 1 and scenes[0].name.startswith("tiny-room-seed0-")
+    frame = scenes[0] / "train" / "rgb" / "frame-000000.color.png"
+    mtime = frame.stat().st_mtime_ns
+    # 600 MB held by this process while the child maps: a child's ru_maxrss would include it (inherited through
+    # fork), the child's own peak (VmHWM) must not.
+    ballast = np.ones(600 * 2**20 // 8)
+    second = _bench(base / "out2", base / "cache", "--methods", "colmap-sift")
+    assert ballast.sum() > 0
+    assert [r["method"] for r in second] == ["colmap-sift"] and second[0]["scene_from_cache"] is True
+    assert frame.stat().st_mtime_ns == mtime and list((base / "cache" / "scenes").iterdir()) == scenes
+    assert second[0]["map_peak_rss_mb"] < 500
+
+
+def test_options_are_checked_before_anything_runs(tmp_path):
+    with pytest.raises(InputError, match=r"unknown suite 'nope'; available: tiny, quick, speed"):
+        check_options(BenchOptions(tmp_path, suites=["nope"]))
+    with pytest.raises(InputError, match=r"unknown method 'sift'; available: scr, colmap-sift"):
+        check_options(BenchOptions(tmp_path, suites=["tiny"], methods=["sift"]))
+    with pytest.raises(InputError, match=r"colmap-sift: --set nope: unknown field 'nope'"):
+        check_options(BenchOptions(tmp_path, overrides=["colmap-sift.nope=1"]))
+    settings = check_options(BenchOptions(tmp_path, overrides=["epochs=3", "colmap-sift.num_neighbors=4"]))
+    assert settings["scr"]["epochs"] == 3 and settings["colmap-sift"]["num_neighbors"] == 4
+    assert split_overrides(["epochs=3", "scr.head.width=64", "colmap-sift.seed=2"]) == {
+        "scr": ["epochs=3", "head.width=64"], "colmap-sift": ["seed=2"]}
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_infinite_medians_become_null():
+    row = {"median_t_cm": math.inf, "median_r_deg": float("nan"), "recall": {"5cm5deg": 0.0}, "rows": [math.inf]}
+    assert strict_json(row) == {"median_t_cm": None, "median_r_deg": None, "recall": {"5cm5deg": 0.0},
+                                "rows": [None]}
