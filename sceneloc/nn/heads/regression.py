@@ -60,7 +60,9 @@ class RegressionHead(nn.Module):
             x = x + y
         for layer in self.output_layers[:-1]:
             x = F.relu(layer(x))
-        out = self.output_layers[-1](x).float()
+        # The output layer runs in float32: bfloat16's 8-bit mantissa would quantise coordinates to ~0.4 %.
+        with torch.autocast(features.device.type, enabled=False):
+            out = self.output_layers[-1](x.float())
         if self.config.homogeneous:
             w = (F.softplus(out[:, 3:4]) + self.config.min_inverse_scale).clamp(max=self.config.max_inverse_scale)
             out = out[:, :3] / w
