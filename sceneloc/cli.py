@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(stderr=True)
 
 DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda")
-SetOption = typer.Option(None, "--set", help="Override any config field, e.g. --set epochs=4 --set head.num_blocks=2")
+SetOption = typer.Option(None, "--set", help="Override any config field, e.g. --set iterations=4000 --set head.num_blocks=2")
 
 
 def _print_error(message: str) -> None:
@@ -47,7 +47,7 @@ def map_command(
     split: str = typer.Option("train", help="Split to map when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
     encoder: Optional[str] = typer.Option(None, help="Frozen encoder (default: the measured best)"),
-    epochs: Optional[int] = typer.Option(None, help="Passes over the training buffer"),
+    iterations: Optional[int] = typer.Option(None, help="Optimisation steps (more: slower, more accurate)"),
     buffer_size: Optional[int] = typer.Option(None, help="Feature rows in the training buffer"),
     image_height: Optional[int] = typer.Option(None, help="Working image height in pixels"),
     seed: int = typer.Option(0, help="Random seed"),
@@ -57,37 +57,26 @@ def map_command(
     """Map a scene: posed RGB (+ optional depth) -> one map file."""
     from sceneloc.config_overrides import apply_overrides
     from sceneloc.data import read_scene
-    from sceneloc.mapping import MappingConfig, map_scene
-    from sceneloc.maps import SceneMap, build_metadata
+    from sceneloc.mapping import MappingConfig, build_scene_map
     from sceneloc.nn.encoders import load_encoder
 
     config = MappingConfig(seed=seed)
-    for name, value in [("encoder", encoder), ("epochs", epochs), ("buffer_size", buffer_size),
+    for name, value in [("encoder", encoder), ("iterations", iterations), ("buffer_size", buffer_size),
                         ("image_height", image_height)]:
         if value is not None:
             setattr(config, name, value)
     try:
         apply_overrides(config, overrides or [])
+        config.validate()
         load_encoder(config.encoder)
     except ValueError as e:
         _fail(str(e))
-    for name, value in [("epochs", config.epochs), ("buffer_size", config.buffer_size),
-                        ("buffer_passes", config.buffer_passes), ("batch_size", config.batch_size),
-                        ("image_height", config.image_height), ("head.width", config.head.width)]:
-        if value < 1:
-            _fail(f"{name} must be at least 1, got {value}")
     dev = _device(device)
     scene = read_scene(scene_dir, split=split, images=images)
     console.print(f"mapping [bold]{scene.name}[/]: {len(scene.frames)} frames, encoder {config.encoder}, "
                   f"device {dev}")
-    head, summary = map_scene(scene, config, dev)
-    centers = scene.camera_centers()
-    scene_info = {"name": scene.name, "n_frames": len(scene.frames),
-                  "camera_bounds": [centers.min(0).tolist(), centers.max(0).tolist()]}
-    training = {k: v for k, v in summary.__dict__.items()}
-    metadata = build_metadata(load_encoder(config.encoder), config.head, config.image_height, scene_info,
-                              training, config.to_dict())
-    SceneMap(head, config.encoder, config.image_height, metadata).save(output)
+    scene_map, summary = build_scene_map(scene, config, dev)
+    scene_map.save(output)
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB) in {summary.total_s:.0f} s "
                   f"(encode {summary.encode_s:.0f} s, train {summary.train_s:.0f} s, peak RSS "
                   f"{summary.peak_rss_mb:.0f} MB); final median reprojection error "
@@ -174,8 +163,6 @@ def render(
     list_scenes: bool = typer.Option(False, "--list", help="List the scene names and exit"),
 ):
     """Render a benchmark scene as an ACE-style folder that `map` and `localize` read directly."""
-    from dataclasses import replace
-
     from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
 
     if list_scenes:

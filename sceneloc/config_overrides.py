@@ -7,7 +7,7 @@ import typing
 
 
 def apply_overrides(config, assignments: list[str]):
-    """Set fields of a (nested) dataclass from strings like "epochs=4" or "head.num_blocks=6". Values are parsed
+    """Set fields of a (nested) dataclass from strings like "iterations=4000" or "head.num_blocks=6". Values are parsed
     with the field's type. Raises ValueError naming the key on an unknown field or a bad value."""
     for item in assignments:
         if "=" not in item:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sceneloc import __version__
+from sceneloc.atomic import atomic_output
 from sceneloc.errors import InputError
 from sceneloc.nn.encoders import Encoder, load_encoder
 from sceneloc.nn.heads import HeadConfig, RegressionHead
@@ -39,18 +38,8 @@ class SceneMap:
         tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() and k != "mean" else v.dtype).cpu()
                    .contiguous() for k, v in self.head.state_dict().items()}
         meta = {METADATA_KEY: json.dumps(self.metadata)}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        except OSError as e:
-            raise InputError(path, f"cannot write the map here ({e.strerror})") from None
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_output(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     @staticmethod
     def load(path: str | Path, device: torch.device = torch.device("cpu")) -> "SceneMap":

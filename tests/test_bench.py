@@ -18,7 +18,7 @@ from sceneloc.errors import InputError
 from sceneloc.evaluate import RECALL_THRESHOLDS
 
 # A small, fast scr: its accuracy is not under test here, only that it runs through the bench.
-FAST_SCR = ["image_height=120", "buffer_size=20000", "epochs=2", "head.width=128"]
+FAST_SCR = ["image_height=120", "buffer_size=20000", "iterations=60", "head.width=128"]
 
 
 def _bench(out, cache, *extra):
@@ -70,7 +70,7 @@ def test_results_json_has_the_exact_schema(first_run):
     # The peer really localizes: its numbers are measurements, not placeholders.
     assert sift["median_t_cm"] < 5.0 and sift["recall"]["5cm5deg"] >= 0.8
     assert sift["map_details"]["n_points"] * 140 < sift["map_bytes"]
-    assert rows[0]["settings"]["epochs"] == 2 and rows[0]["settings"]["head"]["width"] == 128
+    assert rows[0]["settings"]["iterations"] == 60 and rows[0]["settings"]["head"]["width"] == 128
 
 
 def test_report_has_a_scene_row_and_method_columns(first_run):
@@ -120,10 +120,10 @@ def test_options_are_checked_before_anything_runs(tmp_path):
         check_options(BenchOptions(tmp_path, suites=["tiny"], methods=["sift"]))
     with pytest.raises(InputError, match=r"colmap-sift: --set nope: unknown field 'nope'"):
         check_options(BenchOptions(tmp_path, overrides=["colmap-sift.nope=1"]))
-    settings = check_options(BenchOptions(tmp_path, overrides=["epochs=3", "colmap-sift.num_neighbors=4"]))
-    assert settings["scr"]["epochs"] == 3 and settings["colmap-sift"]["num_neighbors"] == 4
-    assert split_overrides(["epochs=3", "scr.head.width=64", "colmap-sift.seed=2"]) == {
-        "scr": ["epochs=3", "head.width=64"], "colmap-sift": ["seed=2"]}
+    settings = check_options(BenchOptions(tmp_path, overrides=["iterations=3", "colmap-sift.num_neighbors=4"]))
+    assert settings["scr"]["iterations"] == 3 and settings["colmap-sift"]["num_neighbors"] == 4
+    assert split_overrides(["iterations=3", "scr.head.width=64", "colmap-sift.seed=2"]) == {
+        "scr": ["iterations=3", "head.width=64"], "colmap-sift": ["seed=2"]}
     assert not (tmp_path / "results.json").exists()
 
 

@@ -27,7 +27,7 @@ from sceneloc.geometry import Camera, Rigid3
 CAMERA = Camera(64, 48, 50.0, 50.0, 31.5, 23.5)
 N_FRAMES = 4
 # Seconds of mapping: enough to write a real map file, no accuracy needed here.
-TINY_MAP = ["--set", "buffer_size=2000", "--epochs", "1", "--image-height", "64", "--set", "head.width=32"]
+TINY_MAP = ["--set", "buffer_size=2000", "--iterations", "20", "--image-height", "64", "--set", "head.width=32"]
 FAST_LOCALIZE = ["--set", "solver.max_iterations=100"]
 
 
@@ -186,11 +186,11 @@ def test_map_error_with_brackets_is_printed_verbatim(scene, tmp_path):
 @pytest.mark.parametrize("options, expected", [
     (["--set", "nope=1"], ["--set nope", "unknown field 'nope'"]),
     (["--set", "head.nope=1"], ["--set head.nope", "unknown field 'nope'"]),
-    (["--set", "epochs=many"], ["--set epochs", "cannot read 'many' as int"]),
+    (["--set", "iterations=many"], ["--set iterations", "cannot read 'many' as int"]),
     (["--encoder", "nope"], ["unknown encoder 'nope'", "xfeat"]),
-    (["--epochs", "0"], ["epochs must be at least 1, got 0"]),
+    (["--iterations", "0"], ["iterations must be at least 1, got 0"]),
     (["--set", "batch_size=0"], ["batch_size must be at least 1, got 0"]),
-], ids=["set-unknown", "set-unknown-nested", "set-bad-value", "encoder", "epochs-0", "batch-0"])
+], ids=["set-unknown", "set-unknown-nested", "set-bad-value", "encoder", "iterations-0", "batch-0"])
 def test_map_bad_option(good, tmp_path, options, expected):
     code, output = _run("map", good.scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP, *options)
     _assert_one_error_line(code, output, *expected)

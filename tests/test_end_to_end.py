@@ -23,13 +23,13 @@ from safetensors import safe_open
 
 from sceneloc.maps import SceneMap
 
-MAPPING = ["--encoder", "xfeat", "--image-height", "240", "--buffer-size", "150000", "--epochs", "40",
-           "--set", "buffer_passes=2", "--set", "head.width=256", "--set", "batch_size=2560",
+MAPPING = ["--encoder", "xfeat", "--image-height", "240", "--buffer-size", "150000", "--iterations", "2340",
+           "--set", "max_buffer_passes=2", "--set", "head.width=256", "--set", "batch_size=2560",
            "--set", "repro_threshold_start=200",
            "--set", "aug_rotation_deg=0", "--set", "aug_scale_min=1", "--set", "aug_scale_max=1"]
 """Wide robust threshold at the start (so that predictions far off still get a gradient) and no geometric
 augmentation: the settings that reach ~15 cm on tiny-room within a CPU minute."""
-QUICK_MAPPING = ["--image-height", "120", "--buffer-size", "20000", "--epochs", "2", "--set", "buffer_passes=1",
+QUICK_MAPPING = ["--image-height", "120", "--buffer-size", "20000", "--iterations", "40", "--set", "max_buffer_passes=1",
                  "--set", "head.width=64", "--set", "batch_size=1024"]
 """For the reproducibility check only: a few seconds."""
 RECALL_KEYS = {"1cm1deg", "2cm2deg", "5cm5deg", "10cm5deg", "25cm2deg", "50cm5deg"}

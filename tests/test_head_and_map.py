@@ -104,9 +104,9 @@ def test_unknown_version_and_encoder_mismatch(tmp_path):
 
 
 def test_config_overrides():
-    config = apply_overrides(MappingConfig(), ["epochs=3", "head.num_blocks=6", "use_depth=false", "lr_max=0.01"])
-    assert (config.epochs, config.head.num_blocks, config.use_depth, config.lr_max) == (3, 6, False, 0.01)
+    config = apply_overrides(MappingConfig(), ["iterations=3", "head.num_blocks=6", "use_depth=false", "lr_max=0.01"])
+    assert (config.iterations, config.head.num_blocks, config.use_depth, config.lr_max) == (3, 6, False, 0.01)
     with pytest.raises(ValueError, match="unknown field 'nope'"):
         apply_overrides(MappingConfig(), ["nope=1"])
     with pytest.raises(ValueError, match="cannot read 'x' as int"):
-        apply_overrides(MappingConfig(), ["epochs=x"])
+        apply_overrides(MappingConfig(), ["iterations=x"])

@@ -19,7 +19,8 @@ from typing import Protocol
 from sceneloc.config_overrides import apply_overrides
 from sceneloc.data import Scene, read_scene
 from sceneloc.errors import InputError
-from sceneloc.export.poses import PoseEstimate, write_text_atomic
+from sceneloc.atomic import write_text_atomic
+from sceneloc.export.poses import PoseEstimate
 
 
 class Method(Protocol):
@@ -61,18 +62,10 @@ class ScrMethod:
                   show_progress: bool) -> dict:
         import torch
 
-        from sceneloc.mapping import map_scene
-        from sceneloc.maps import SceneMap, build_metadata
-        from sceneloc.nn.encoders import load_encoder
+        from sceneloc.mapping import build_scene_map
 
-        config = self._config(overrides)
-        head, summary = map_scene(scene, config, torch.device(device), show_progress)
-        centers = scene.camera_centers()
-        scene_info = {"name": scene.name, "n_frames": len(scene.frames),
-                      "camera_bounds": [centers.min(0).tolist(), centers.max(0).tolist()]}
-        metadata = build_metadata(load_encoder(config.encoder), config.head, config.image_height, scene_info,
-                                  dict(summary.__dict__), config.to_dict())
-        SceneMap(head, config.encoder, config.image_height, metadata).save(map_path)
+        scene_map, summary = build_scene_map(scene, self._config(overrides), torch.device(device), show_progress)
+        scene_map.save(map_path)
         return {k: getattr(summary, k) for k in ("buffer_rows", "steps", "encode_s", "train_s",
                                                  "final_median_repro_px", "final_valid_fraction")}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.table import Table
 
 from sceneloc.evaluate import RECALL_THRESHOLDS
-from sceneloc.export.poses import write_text_atomic
+from sceneloc.atomic import write_text_atomic
 
 MEASUREMENT_NOTES = """\
 How the numbers were measured:

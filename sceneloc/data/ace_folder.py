@@ -19,7 +19,6 @@ header) and `read_pose_file` (camera-to-world text matrix -> validated cam_from_
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sceneloc.data.scene import Frame, Scene
+from sceneloc.atomic import write_bytes_atomic
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
@@ -153,18 +153,6 @@ def read_ace_folder(folder: str | Path, name: str | None = None) -> Scene:
     return Scene(name or folder.name, folder, frames)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _encode_png(image: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", image)
     if not ok:
@@ -190,14 +178,14 @@ def write_ace_frame(out_dir: str | Path, name: str, rgb: np.ndarray, camera: Cam
         raise ValueError(f"frame name {name!r} must be a non-empty file stem without slashes or a leading dot")
     if rgb.dtype != np.uint8 or rgb.shape != (camera.height, camera.width, 3):
         raise ValueError(f"rgb is {rgb.shape} {rgb.dtype}, expected ({camera.height}, {camera.width}, 3) uint8")
-    _write_atomic(out_dir / "rgb" / f"{name}.color.png", _encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
-    _write_atomic(out_dir / "calibration" / f"{name}.calibration.txt", _matrix_text(camera.K))
+    write_bytes_atomic(out_dir / "rgb" / f"{name}.color.png", _encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
+    write_bytes_atomic(out_dir / "calibration" / f"{name}.calibration.txt", _matrix_text(camera.K))
     if cam_from_world is not None:
-        _write_atomic(out_dir / "poses" / f"{name}.pose.txt", _matrix_text(cam_from_world.inverse().matrix()))
+        write_bytes_atomic(out_dir / "poses" / f"{name}.pose.txt", _matrix_text(cam_from_world.inverse().matrix()))
     if depth is not None:
         if depth.shape != (camera.height, camera.width):
             raise ValueError(f"depth is {depth.shape}, expected ({camera.height}, {camera.width})")
         mm = np.nan_to_num(np.asarray(depth, dtype=np.float64) * 1000.0, nan=0.0, posinf=0.0, neginf=0.0)
         mm = np.rint(mm)
         mm[(mm < 0) | (mm > _MAX_DEPTH_MM)] = 0
-        _write_atomic(out_dir / "depth" / f"{name}.depth.png", _encode_png(mm.astype(np.uint16)))
+        write_bytes_atomic(out_dir / "depth" / f"{name}.depth.png", _encode_png(mm.astype(np.uint16)))

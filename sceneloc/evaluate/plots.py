@@ -11,7 +11,8 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from sceneloc.errors import InputError
-from sceneloc.export.poses import PoseEstimate, atomic_output
+from sceneloc.atomic import atomic_output
+from sceneloc.export.poses import PoseEstimate
 from sceneloc.geometry import Rigid3
 
 # Errors of exactly 0 cannot sit on a log axis; they are drawn at this floor instead.

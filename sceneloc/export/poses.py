@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from sceneloc.atomic import write_text_atomic
 from sceneloc.errors import InputError
 from sceneloc.geometry import Rigid3
 
@@ -43,34 +40,6 @@ class PoseEstimate:
     details: dict = field(default_factory=dict)
     """Free per-image extras (time_ms, iterations, ...); must be JSON-serialisable (numpy scalars/arrays are
     converted)."""
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path next to `path` to write to; on success it replaces `path` (os.replace), on error it is
-    removed. Creates the parent folder; an unwritable location raises InputError."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    except OSError as e:
-        raise InputError(path, f"cannot write here ({e.strerror})") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        # mkstemp makes the file private (0600); results are meant to be shared like any other output.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Writes `text` (UTF-8) to `path` atomically."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def _check_name(path: Path, name: str) -> None:

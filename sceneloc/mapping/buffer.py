@@ -11,7 +11,7 @@ from rich.progress import Progress
 
 from sceneloc.data import Scene
 from sceneloc.device import autocast
-from sceneloc.mapping.augment import augment_image, rotate_pose
+from sceneloc.mapping.augment import augment_image, rotate_pose, working_size
 from sceneloc.mapping.config import MappingConfig
 from sceneloc.nn.encoders import Encoder
 from sceneloc.nn.encoders.base import STRIDE
@@ -59,14 +59,21 @@ def _depth_targets(depth: np.ndarray, homography: np.ndarray, pixels: np.ndarray
     return world.astype(np.float32)
 
 
+def _cells_per_frame(camera, image_height: int) -> int:
+    w, h = working_size(camera, image_height)
+    return -(-w // STRIDE) * -(-h // STRIDE)
+
+
 @torch.no_grad()
 def build_buffer(scene: Scene, encoder: Encoder, config: MappingConfig, device: torch.device,
                  progress: Progress) -> Buffer:
-    """Encode every mapping frame `config.buffer_passes` times with random augmentation and sample
-    buffer_size / (frames * passes) valid cells from each."""
+    """Encode every mapping frame with random augmentation, as many times as needed to fill `buffer_size` rows (at
+    most `max_buffer_passes`), and sample buffer_size / (frames * passes) valid cells from each encoding."""
     rng = np.random.default_rng(config.seed)
     frames = scene.frames
-    n_aug = len(frames) * config.buffer_passes
+    cells = _cells_per_frame(frames[0].camera, config.image_height)
+    passes = int(np.clip(np.ceil(config.buffer_size / (len(frames) * cells)), 1, config.max_buffer_passes))
+    n_aug = len(frames) * passes
     per_image = max(1, config.buffer_size // n_aug)
     use_depth = config.use_depth and any(f.depth_path is not None for f in frames)
     store_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
@@ -74,7 +81,7 @@ def build_buffer(scene: Scene, encoder: Encoder, config: MappingConfig, device: 
     feats, pixels, index, targets = [], [], [], []
     frame_K = np.zeros((n_aug, 3, 3), np.float32)
     frame_pose = np.zeros((n_aug, 3, 4), np.float32)
-    order = [(p, i) for p in range(config.buffer_passes) for i in rng.permutation(len(frames))]
+    order = [(p, i) for p in range(passes) for i in rng.permutation(len(frames))]
     task = progress.add_task("encoding mapping frames", total=len(order), info="")
     for aug_id, (_, frame_id) in enumerate(order):
         frame = frames[frame_id]

@@ -20,12 +20,13 @@ class MappingConfig:
     """Images are resized to this height (aspect kept) before encoding, for mapping and localization alike."""
     buffer_size: int = 1_000_000
     """Feature rows sampled into the training buffer (spread evenly over the mapping frames)."""
-    buffer_passes: int = 1
-    """How many augmented copies of each mapping frame are encoded to fill the buffer."""
-    epochs: int = 8
-    """Passes over the buffer."""
-    batch_size: int = 5120
-    """Feature rows per optimisation step."""
+    max_buffer_passes: int = 4
+    """Each mapping frame is encoded with fresh augmentation as many times as it takes to fill the buffer, at most
+    this often (small scenes get more augmented views instead of repeating the same rows)."""
+    iterations: int = 10_000
+    """Optimisation steps in total (the buffer is reshuffled after each pass over it)."""
+    batch_size: int = 1024
+    """Feature rows per optimisation step. On a CPU, more small steps beat fewer large ones for a fixed time."""
     lr_start: float = 5e-4
     """Learning rate at the start of the one-cycle schedule."""
     lr_max: float = 5e-3
@@ -65,6 +66,20 @@ class MappingConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that cannot work (counts and sizes below 1, bad ranges)."""
+        for name, value in [("iterations", self.iterations), ("buffer_size", self.buffer_size),
+                            ("max_buffer_passes", self.max_buffer_passes), ("batch_size", self.batch_size),
+                            ("image_height", self.image_height), ("head.width", self.head.width),
+                            ("head.num_output_layers", self.head.num_output_layers)]:
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not 0 < self.aug_scale_min <= self.aug_scale_max:
+            raise ValueError(f"aug_scale_min..aug_scale_max must be a positive range, got "
+                             f"{self.aug_scale_min}..{self.aug_scale_max}")
+        if not 0 < self.min_depth < self.max_depth:
+            raise ValueError(f"min_depth..max_depth must be a positive range, got {self.min_depth}..{self.max_depth}")
 
     @staticmethod
     def from_dict(d: dict) -> "MappingConfig":

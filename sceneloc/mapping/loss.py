@@ -40,10 +40,11 @@ def mapping_loss(pred_world: torch.Tensor, pixels: torch.Tensor, K: torch.Tensor
         if known.any():
             target_cam = torch.einsum("bij,bj->bi", cam_from_world[known, :, :3], targets[known]) \
                 + cam_from_world[known, :, 3]
-            # Express the 3D error in pixels (focal * error / depth) so both terms share a scale.
+            # The 3D error is expressed in pixels (focal x error / depth) so that both terms share a scale, and is
+            # not saturated: far-off predictions must keep a gradient towards their known target.
             err_px = (pred_cam[known] - target_cam).norm(dim=1) * fx[known] / target_cam[:, 2].clamp(min=config.min_depth)
             loss = loss.clone()
-            loss[known] = loss[known] + config.depth_loss_weight * threshold * torch.tanh(err_px / threshold)
+            loss[known] = loss[known] + config.depth_loss_weight * err_px
 
     stats = {"valid": valid.float().mean().item(),
              "repro_px": repro[valid].median().item() if valid.any() else float("nan")}

@@ -15,6 +15,7 @@ from sceneloc.errors import InputError
 from sceneloc.mapping.buffer import build_buffer
 from sceneloc.mapping.config import MappingConfig
 from sceneloc.mapping.loss import mapping_loss, repro_threshold
+from sceneloc.maps import SceneMap, build_metadata
 from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.heads import RegressionHead
 from sceneloc.progress import make_progress
@@ -50,6 +51,7 @@ def map_scene(scene: Scene, config: MappingConfig, device: torch.device,
     if not scene.frames:
         raise InputError(scene.root, "scene has no frames")
     scene.require_poses()
+    config.validate()
     _seed_everything(config.seed)
     t0 = time.perf_counter()
     encoder = load_encoder(config.encoder).to(device)
@@ -59,39 +61,40 @@ def map_scene(scene: Scene, config: MappingConfig, device: torch.device,
     with make_progress(show_progress) as progress:
         buffer = build_buffer(scene, encoder, config, device, progress)
         t_encoded = time.perf_counter()
-        steps_per_epoch = max(1, len(buffer) // config.batch_size)
-        total_steps = steps_per_epoch * config.epochs
+        total_steps = config.iterations
         optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr_start, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.lr_max, total_steps=total_steps, div_factor=config.lr_max / config.lr_start,
             final_div_factor=config.lr_start / config.lr_end, cycle_momentum=False, pct_start=0.25)
         generator = torch.Generator().manual_seed(config.seed)
         task = progress.add_task("training head", total=total_steps, info="")
-        history, step, stats, loss = [], 0, {}, torch.tensor(float("nan"))
+        history, stats, loss = [], {}, torch.tensor(float("nan"))
         frame_K = buffer.frame_K.to(device)
         frame_pose = buffer.frame_cam_from_world.to(device)
-        for epoch in range(config.epochs):
-            order = torch.randperm(len(buffer), generator=generator)
-            for b in range(steps_per_epoch):
-                rows = order[b * config.batch_size:(b + 1) * config.batch_size]
-                features = buffer.features[rows].to(device)
-                fidx = buffer.frame_index[rows].to(device)
-                threshold = repro_threshold(config, step / total_steps)
-                with autocast(device):
-                    pred = head(features)
-                loss, stats = mapping_loss(pred.float(), buffer.pixels[rows].to(device), frame_K[fidx],
-                                           frame_pose[fidx],
-                                           None if buffer.targets is None else buffer.targets[rows].to(device),
-                                           config, threshold)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                if (step % 20 == 0 or step == total_steps):
-                    progress.update(task, completed=step, info=f"loss {loss.item():.2f} valid {stats['valid']:.2f} "
+        batch = min(config.batch_size, len(buffer))
+        order, cursor = torch.randperm(len(buffer), generator=generator), 0
+        for step in range(total_steps):
+            if cursor + batch > len(buffer):
+                order, cursor = torch.randperm(len(buffer), generator=generator), 0
+            rows = order[cursor:cursor + batch]
+            cursor += batch
+            features = buffer.features[rows].to(device)
+            fidx = buffer.frame_index[rows].to(device)
+            threshold = repro_threshold(config, step / total_steps)
+            with autocast(device):
+                pred = head(features)
+            loss, stats = mapping_loss(pred.float(), buffer.pixels[rows].to(device), frame_K[fidx], frame_pose[fidx],
+                                       None if buffer.targets is None else buffer.targets[rows].to(device),
+                                       config, threshold)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if (step + 1) % 50 == 0 or step + 1 == total_steps:
+                progress.update(task, completed=step + 1, info=f"loss {loss.item():.2f} valid {stats['valid']:.2f} "
                                                                 f"repro {stats['repro_px']:.1f}px thr {threshold:.1f}")
-            history.append({"epoch": epoch, "loss": float(loss.item()), **stats})
+            if (step + 1) % max(1, total_steps // 10) == 0:
+                history.append({"step": step + 1, "loss": float(loss.item()), **stats})
     t_end = time.perf_counter()
     summary = TrainingSummary(
         n_frames=len(scene.frames), buffer_rows=len(buffer), steps=total_steps, encode_s=t_encoded - t0,
@@ -101,3 +104,15 @@ def map_scene(scene: Scene, config: MappingConfig, device: torch.device,
         final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device), history=history)
     head.eval()
     return head, summary
+
+
+def build_scene_map(scene: Scene, config: MappingConfig, device: torch.device,
+                    show_progress: bool = True) -> tuple[SceneMap, TrainingSummary]:
+    """map_scene plus everything the map file records about the scene and the run."""
+    head, summary = map_scene(scene, config, device, show_progress)
+    centers = scene.camera_centers()
+    scene_info = {"name": scene.name, "n_frames": len(scene.frames),
+                  "camera_bounds": [centers.min(0).tolist(), centers.max(0).tolist()]}
+    metadata = build_metadata(load_encoder(config.encoder), config.head, config.image_height, scene_info,
+                              dict(summary.__dict__), config.to_dict())
+    return SceneMap(head, config.encoder, config.image_height, metadata), summary

@@ -46,7 +46,8 @@ from safetensors.numpy import load_file, save_file
 from sceneloc import __version__
 from sceneloc.data import Scene
 from sceneloc.errors import InputError
-from sceneloc.export.poses import PoseEstimate, atomic_output
+from sceneloc.atomic import atomic_output
+from sceneloc.export.poses import PoseEstimate
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.progress import make_progress
 

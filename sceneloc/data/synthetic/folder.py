@@ -9,25 +9,22 @@ train/ holds the mapping path, test/ the query path."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 from rich.progress import track
 
 from sceneloc.data.synthetic.render import RenderedView, render_view
 from sceneloc.data.synthetic.room import Room, RoomConfig, generate_room
 from sceneloc.data.synthetic.trajectory import TrajectoryConfig, mapping_trajectory, query_trajectory
+from sceneloc.data.ace_folder import write_ace_frame
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 SPLITS = ("train", "test")
 SUBFOLDERS = {"rgb": ".color.png", "poses": ".pose.txt", "calibration": ".calibration.txt", "depth": ".depth.png"}
 """Sub-folder of each split -> file suffix after the frame name."""
-MAX_DEPTH_MM = 65535
 
 
 @dataclass(frozen=True)
@@ -104,37 +101,9 @@ def frame_name(index: int) -> str:
     return f"frame-{index:06d}"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over `path`, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _matrix_text(matrix: np.ndarray) -> bytes:
-    """One line per row; repr() is the shortest text that reads back to the same float64."""
-    return "".join(" ".join(repr(float(v)) for v in row) + "\n" for row in matrix).encode()
-
-
-def _png(image: np.ndarray) -> bytes:
-    """PNG bytes of a (H, W, 3) uint8 BGR or (H, W) uint16 image."""
-    return cv2.imencode(".png", image)[1].tobytes()
-
-
 def write_frame(split_dir: Path, name: str, camera: Camera, cam_from_world: Rigid3, view: RenderedView) -> None:
-    """Write one rendered frame's four files into split_dir's sub-folders (which must exist)."""
-    _write_atomic(split_dir / "rgb" / f"{name}.color.png", _png(cv2.cvtColor(view.rgb, cv2.COLOR_RGB2BGR)))
-    _write_atomic(split_dir / "poses" / f"{name}.pose.txt", _matrix_text(cam_from_world.inverse().matrix()))
-    _write_atomic(split_dir / "calibration" / f"{name}.calibration.txt", _matrix_text(camera.K))
-    # Depths beyond 65.535 m cannot be stored: marked invalid rather than clipped to a wrong value.
-    depth_mm = np.round(view.depth.astype(np.float64) * 1000.0)
-    depth_mm[depth_mm > MAX_DEPTH_MM] = 0
-    _write_atomic(split_dir / "depth" / f"{name}.depth.png", _png(depth_mm.astype(np.uint16)))
+    """Write one rendered frame's four files (rgb, pose, calibration, depth) into the ACE folder split_dir."""
+    write_ace_frame(split_dir, name, view.rgb, camera, cam_from_world, view.depth)
 
 
 def _prepare(out_dir: Path, overwrite: bool) -> None:

@@ -1,0 +1,46 @@
+"""Atomic file output: write to a temporary file in the target folder, then rename over the target, so that no
+reader ever sees half a file and a failed run leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sceneloc.errors import InputError
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path next to `path` to write to; on success it replaces `path` (os.replace), on error it is
+    removed. Creates the parent folder; an unwritable location raises InputError."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    except OSError as e:
+        raise InputError(path, f"cannot write here ({e.strerror})") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        # mkstemp makes the file private (0600); results are meant to be shared like any other output.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Writes `text` (UTF-8) to `path` atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Writes `data` to `path` atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
