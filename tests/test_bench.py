@@ -123,7 +123,8 @@ def test_options_are_checked_before_anything_runs(tmp_path):
     settings = check_options(BenchOptions(tmp_path, overrides=["iterations=3", "colmap-sift.num_neighbors=4"]))
     assert settings["scr"]["iterations"] == 3 and settings["colmap-sift"]["num_neighbors"] == 4
     assert split_overrides(["iterations=3", "scr.head.width=64", "colmap-sift.seed=2"]) == {
-        "scr": ["iterations=3", "head.width=64"], "colmap-sift": ["seed=2"]}
+        "scr": ["iterations=3", "head.width=64"], "scr-effnet": ["iterations=3"], "scr-xfeat-ctx": ["iterations=3"],
+        "colmap-sift": ["seed=2"]}
     assert not (tmp_path / "results.json").exists()
 
 

@@ -43,17 +43,21 @@ class Method(Protocol):
 
 
 class ScrMethod:
-    """sceneloc itself: map_scene with MappingConfig (defaults unless overridden) -> SceneMap.save ->
-    localize_scene with the default LocalizeConfig."""
+    """sceneloc itself: map_scene with MappingConfig (defaults, then the variant's settings, then the user's
+    overrides) -> SceneMap.save -> localize_scene with the default LocalizeConfig."""
 
-    name = "scr"
     map_suffix = ".map"
     cpu_only = False
+
+    def __init__(self, name: str = "scr", variant: tuple[str, ...] = ()):
+        self.name = name
+        self.variant = list(variant)
+        """MappingConfig assignments that define this variant, e.g. ("encoder=effnet-lite0",)."""
 
     def _config(self, overrides: list[str]):
         from sceneloc.mapping import MappingConfig
 
-        return apply_overrides(MappingConfig(), overrides)
+        return apply_overrides(MappingConfig(), self.variant + overrides)
 
     def settings(self, overrides: list[str]) -> dict:
         return self._config(overrides).to_dict()
@@ -111,8 +115,14 @@ class ColmapSiftMethod:
         return localize_scene(SiftMap.load(map_path), scene, self._config(overrides), show_progress)
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (ScrMethod(), ColmapSiftMethod())}
-"""The methods `sceneloc bench --methods` accepts."""
+METHODS: dict[str, Method] = {m.name: m for m in (
+    ScrMethod(),
+    ScrMethod("scr-effnet", ("encoder=effnet-lite0",)),
+    ScrMethod("scr-xfeat-ctx", ("encoder=xfeat-ctx",)),
+    ColmapSiftMethod(),
+)}
+"""The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
+variants of it (encoder choices); `colmap-sift` is the structure-based peer."""
 
 
 def peak_rss_mb() -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import sceneloc
-from sceneloc.bench.methods import METHODS, map_in_this_process
+from sceneloc.bench.methods import METHODS, ScrMethod, map_in_this_process
 from sceneloc.bench.report import write_markdown_report, write_results_json
 from sceneloc.bench.suites import SUITES, PreparedScene, default_cache_dir
 from sceneloc.data import read_scene
@@ -58,7 +58,8 @@ class BenchOptions:
 
 
 def split_overrides(assignments: list[str]) -> dict[str, list[str]]:
-    """Route --set assignments to methods: a "<method>." prefix names the method, no prefix means scr."""
+    """Route --set assignments to methods: a "<method>." prefix names the method, no prefix means every scr
+    variant (scr, scr-*)."""
     routed: dict[str, list[str]] = {name: [] for name in METHODS}
     for item in assignments:
         for name in METHODS:
@@ -66,7 +67,9 @@ def split_overrides(assignments: list[str]) -> dict[str, list[str]]:
                 routed[name].append(item[len(name) + 1:])
                 break
         else:
-            routed["scr"].append(item)
+            for name, method in METHODS.items():
+                if isinstance(method, ScrMethod):
+                    routed[name].append(item)
     return routed
 
 
