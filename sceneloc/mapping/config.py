@@ -29,7 +29,7 @@ class MappingConfig:
     """Feature rows per optimisation step. On a CPU, more small steps beat fewer large ones for a fixed time."""
     lr_start: float = 5e-4
     """Learning rate at the start of the one-cycle schedule."""
-    lr_max: float = 5e-3
+    lr_max: float = 2e-3
     """Peak learning rate of the one-cycle schedule (reached after a quarter of the steps)."""
     lr_end: float = 1e-6
     """Learning rate at the end: annealing to almost zero is what brings the final sub-pixel fit."""
