@@ -37,7 +37,7 @@ class SolverConfig:
     min_iterations: int = 100
     """Hypotheses drawn before adaptive stopping may end the loop (poselib only: OpenCV's USAC has no such
     setting)."""
-    confidence: float = 0.9999
+    confidence: float = 0.999
     """Probability of having drawn at least one all-inlier sample, for adaptive stopping."""
     refine: bool = True
     """Non-linear least-squares refinement of the pose on the RANSAC inliers (poselib: Cauchy-robust bundle
