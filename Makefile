@@ -21,5 +21,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
+bench: $(STAMP)
+	$(SCENELOC) bench --suite quick --out bench-out/quick
+
 clean:
 	rm -rf $(DEMO) $(VENV)

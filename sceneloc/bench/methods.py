@@ -9,8 +9,6 @@ level, or every method's peak memory would include it. Each method imports its o
 from __future__ import annotations
 
 import json
-import resource
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Protocol
 from sceneloc.config_overrides import apply_overrides
 from sceneloc.data import Scene, read_scene
 from sceneloc.errors import InputError
+from sceneloc.memory import peak_rss_mb
 from sceneloc.atomic import write_text_atomic
 from sceneloc.export.poses import PoseEstimate
 
@@ -123,21 +122,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 """The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
 variants of it (encoder choices); `colmap-sift` is the structure-based peer."""
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB. On Linux: VmHWM of /proc/self/status, which starts
-    afresh when a process starts (exec); ru_maxrss would not do for a child process, as it carries over the peak
-    of the parent it was forked from. Elsewhere: ru_maxrss."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, KiB on Linux
 
 
 def map_in_this_process(method: str, scene_root: str, map_path: str, overrides: list[str], device: str,

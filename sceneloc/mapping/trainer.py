@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ from sceneloc.mapping.buffer import build_buffer
 from sceneloc.mapping.config import MappingConfig
 from sceneloc.mapping.loss import mapping_loss, repro_threshold
 from sceneloc.maps import SceneMap, build_metadata
+from sceneloc.memory import peak_rss_mb
 from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.heads import RegressionHead
 from sceneloc.progress import make_progress
@@ -99,7 +99,7 @@ def map_scene(scene: Scene, config: MappingConfig, device: torch.device,
     summary = TrainingSummary(
         n_frames=len(scene.frames), buffer_rows=len(buffer), steps=total_steps, encode_s=t_encoded - t0,
         train_s=t_end - t_encoded, total_s=t_end - t0,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mb=peak_rss_mb(),
         final_loss=float(loss.item()), final_valid_fraction=float(stats.get("valid", float("nan"))),
         final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device), history=history)
     head.eval()
