@@ -44,3 +44,16 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Writes `data` to `path` atomically."""
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail early (InputError) when `path` could not be written, before a long computation produces its content.
+    Leaves nothing behind but the parent folder."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".check")
+    except OSError as e:
+        raise InputError(path, f"cannot write here ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(tmp_name)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from sceneloc.atomic import check_writable
 from sceneloc.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -72,6 +73,7 @@ def map_command(
     except ValueError as e:
         _fail(str(e))
     dev = _device(device)
+    check_writable(output)
     scene = read_scene(scene_dir, split=split, images=images)
     console.print(f"mapping [bold]{scene.name}[/]: {len(scene.frames)} frames, encoder {config.encoder}, "
                   f"device {dev}")
@@ -113,6 +115,7 @@ def localize(
     if config.solver.backend not in ("poselib", "opencv"):
         _fail(f"unknown backend {config.solver.backend!r} (use poselib or opencv)")
     dev = _device(device)
+    check_writable(output)
     scene_map = SceneMap.load(map_file, dev)
     scene = read_scene(query_dir, split=split, images=images)
     estimates = localize_scene(scene_map, scene, config, dev)

@@ -116,7 +116,7 @@ def test_second_run_uses_the_cache_and_the_child_reports_its_own_memory(first_ru
 def test_options_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(InputError, match=r"unknown suite 'nope'; available: tiny, quick, speed"):
         check_options(BenchOptions(tmp_path, suites=["nope"]))
-    with pytest.raises(InputError, match=r"unknown method 'sift'; available: scr, colmap-sift"):
+    with pytest.raises(InputError, match=r"unknown method 'sift'; available: scr, scr-effnet, scr-xfeat-ctx, colmap-sift"):
         check_options(BenchOptions(tmp_path, suites=["tiny"], methods=["sift"]))
     with pytest.raises(InputError, match=r"colmap-sift: --set nope: unknown field 'nope'"):
         check_options(BenchOptions(tmp_path, overrides=["colmap-sift.nope=1"]))

@@ -200,7 +200,7 @@ def test_map_bad_option(good, tmp_path, options, expected):
 def test_map_output_in_unwritable_place(scene):
     target = scene / "rgb" / "f0.color.png" / "x.map"
     code, output = _run("map", scene, "-o", target, *TINY_MAP)
-    _assert_one_error_line(code, output, str(target), "cannot write the map here")
+    _assert_one_error_line(code, output, str(target), "cannot write here")
     assert sorted(p.name for p in (scene / "rgb").iterdir()) == [f"f{i}.color.png" for i in range(N_FRAMES)]
 
 

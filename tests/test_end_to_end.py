@@ -4,10 +4,11 @@ and check the outputs, a real accuracy bound and that mapping is reproducible.
 Every command runs with OMP_NUM_THREADS=1: mapping is bit-reproducible for a given thread count only (1 and 2 threads
 give different weights), and on a shared 2-core machine one thread is also several times faster than two.
 
-The mapping config is pinned here rather than left to the defaults, which are tuned for large scenes (a
-1M-row buffer at 480 px takes minutes on a CPU): about 40 s on this CPU. Measured on tiny-room with this config
-(seeds 0 and 1): median 14.8 and 11.5 cm, 4.6 and 3.3 deg; recall (50 cm, 5 deg) 0.60 and 0.70; fraction within
-(25 cm, 5 deg) 0.60 and 0.70. A map that does not work gives medians above 1 m. The bounds leave a 2x margin."""
+The mapping config is the default one with a 240 px working height and 2,500 instead of 10,000 steps, so that it
+takes about a minute on one thread. Measured on tiny-room (60 mapping frames turning up to 30 degrees between
+frames) with this config, seeds 0 and 1: median 22.8 and 18.3 cm, 6.1 and 4.5 deg; recall (50 cm, 5 deg) 0.35 and
+0.60; fraction within (25 cm, 5 deg) 0.35 and 0.55. A map that does not work gives medians above 1 m and recalls
+near 0; the bounds below sit between the two."""
 
 from __future__ import annotations
 
@@ -23,12 +24,8 @@ from safetensors import safe_open
 
 from sceneloc.maps import SceneMap
 
-MAPPING = ["--encoder", "xfeat", "--image-height", "240", "--buffer-size", "150000", "--iterations", "2340",
-           "--set", "max_buffer_passes=2", "--set", "head.width=256", "--set", "batch_size=2560",
-           "--set", "repro_threshold_start=200",
-           "--set", "aug_rotation_deg=0", "--set", "aug_scale_min=1", "--set", "aug_scale_max=1"]
-"""Wide robust threshold at the start (so that predictions far off still get a gradient) and no geometric
-augmentation: the settings that reach ~15 cm on tiny-room within a CPU minute."""
+MAPPING = ["--image-height", "240", "--iterations", "2500"]
+"""The defaults, shortened (see the module docstring)."""
 QUICK_MAPPING = ["--image-height", "120", "--buffer-size", "20000", "--iterations", "40", "--set", "max_buffer_passes=1",
                  "--set", "head.width=64", "--set", "batch_size=1024"]
 """For the reproducibility check only: a few seconds."""
@@ -78,7 +75,7 @@ def test_map_is_small_and_loads(pipeline):
     scene_map = SceneMap.load(pipeline["map"])
     assert scene_map.encoder_name == "xfeat" and scene_map.image_height == 240
     assert scene_map.metadata["scene"]["n_frames"] == 60
-    assert scene_map.metadata["mapping_config"]["head"]["width"] == 256
+    assert scene_map.metadata["mapping_config"]["iterations"] == 2500
 
 
 def test_poses_file_has_one_line_per_query_image(pipeline, room):
@@ -101,10 +98,10 @@ def test_accuracy_on_tiny_room(pipeline):
     per_image = report["per_image"]
     within_25cm_5deg = sum(1 for p in per_image if p["t_err_cm"] is not None and p["t_err_cm"] < 25
                            and p["r_err_deg"] < 5) / len(per_image)
-    assert report["median_t_cm"] < 30, report["median_t_cm"]
-    assert report["median_r_deg"] < 10, report["median_r_deg"]
-    assert report["recall"]["50cm5deg"] >= 0.35, report["recall"]
-    assert within_25cm_5deg >= 0.35, within_25cm_5deg
+    assert report["median_t_cm"] < 45, report["median_t_cm"]
+    assert report["median_r_deg"] < 12, report["median_r_deg"]
+    assert report["recall"]["50cm5deg"] >= 0.2, report["recall"]
+    assert within_25cm_5deg >= 0.2, within_25cm_5deg
 
 
 def tensor_bytes(path: Path) -> bytes:
