@@ -1,4 +1,4 @@
-"""read_scene and the per-format readers, on real data (/work/shared/data) and tiny fixtures in tmp_path."""
+"""read_scene and the per-format readers, on real data (../shared/data beside the checkout) and tiny fixtures in tmp_path."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from sceneloc.data.ace_folder import write_ace_frame
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""The project's shared real data, beside the checkout (../shared/data), as on developer machines and in CI."""
 STAIRS = DATA / "sevenscenes_stairs_slice"
 SLAMBOOK = DATA / "slambook_rgbd"
 FOUNTAIN = DATA / "strecha" / "fountain-P11"
