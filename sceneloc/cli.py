@@ -98,6 +98,8 @@ def localize(
     overrides: Optional[list[str]] = SetOption,
 ):
     """Localize query images against a map; writes a poses file and <output>.json with per-image details."""
+    import numpy as np
+
     from sceneloc.config_overrides import apply_overrides
     from sceneloc.data import read_scene
     from sceneloc.export.poses import write_pose_details_json, write_poses
@@ -122,8 +124,6 @@ def localize(
     write_poses(output, estimates)
     write_pose_details_json(output.with_suffix(output.suffix + ".json"), estimates)
     ok = sum(e.cam_from_world is not None for e in estimates)
-    import numpy as np
-
     ms = np.median([e.details["time_ms"] for e in estimates]) if estimates else float("nan")
     console.print(f"localized {ok}/{len(estimates)} images, median {ms:.0f} ms/image ({1000 / ms:.1f} img/s); "
                   f"wrote {output}")
