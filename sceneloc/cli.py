@@ -93,7 +93,7 @@ def localize(
     split: str = typer.Option("test", help="Split to localize when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
     backend: str = typer.Option("poselib", help="RANSAC-PnP backend: poselib | opencv"),
-    threshold: Optional[float] = typer.Option(None, help="Inlier threshold in working-image pixels"),
+    threshold: Optional[float] = typer.Option(None, help="RANSAC inlier threshold in pixels at 480 px image height (default 20)"),
     device: str = DeviceOption,
     overrides: Optional[list[str]] = SetOption,
 ):

@@ -26,9 +26,11 @@ REFERENCE_HEIGHT = 480
 class LocalizeConfig:
     """Query-time settings."""
 
-    solver: SolverConfig = field(default_factory=SolverConfig)
+    solver: SolverConfig = field(default_factory=lambda: SolverConfig(inlier_threshold_px=20.0))
     """RANSAC-PnP settings. Its inlier threshold is given for a 480-pixel-high image and scaled to the working image
-    (the map's image height), so one setting means the same angular tolerance at every resolution."""
+    (the map's image height), so one setting means the same angular tolerance at every resolution. 20 px rather
+    than ACE's 10: on our maps it keeps recall at (5 cm, 5 deg), raises it at (10 cm, 5 deg) and halves RANSAC time
+    (docs/BENCHMARKS.md); --threshold 10 trades that for slightly better recall at (2 cm, 2 deg)."""
 
 
 @torch.no_grad()
