@@ -71,6 +71,7 @@ def build_buffer(scene: Scene, encoder: Encoder, config: MappingConfig, device: 
     most `max_buffer_passes`), and sample buffer_size / (frames * passes) valid cells from each encoding."""
     rng = np.random.default_rng(config.seed)
     frames = scene.frames
+    # Sized from the first frame: frames of other sizes only make the buffer somewhat larger or smaller.
     cells = _cells_per_frame(frames[0].camera, config.image_height)
     passes = int(np.clip(np.ceil(config.buffer_size / (len(frames) * cells)), 1, config.max_buffer_passes))
     n_aug = len(frames) * passes
