@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sceneloc import __version__
-from sceneloc.atomic import atomic_output
+from sceneloc.map_files import load_map_file, save_map_file
 from sceneloc.errors import InputError
 from sceneloc.nn.encoders import Encoder, load_encoder
 from sceneloc.nn.heads import HeadConfig, RegressionHead
 
 FORMAT = "sceneloc-map"
 FORMAT_VERSION = 1
-METADATA_KEY = "sceneloc"
 
 
 @dataclass
@@ -34,39 +31,15 @@ class SceneMap:
 
     def save(self, path: str | Path) -> None:
         """Head weights in float16, written to a temporary file and renamed into place."""
-        path = Path(path)
         tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() and k != "mean" else v.dtype).cpu()
                    .contiguous() for k, v in self.head.state_dict().items()}
-        meta = {METADATA_KEY: json.dumps(self.metadata)}
-        with atomic_output(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        save_map_file(path, tensors, self.metadata, save_file)
 
     @staticmethod
     def load(path: str | Path, device: torch.device = torch.device("cpu")) -> "SceneMap":
         """Raises InputError for a missing, truncated or foreign file, an unknown format version, or a map made
         with different encoder weights than the ones installed."""
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "map file does not exist")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                raw = (f.metadata() or {}).get(METADATA_KEY)
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise InputError(path, f"not a sceneloc map (unreadable safetensors: {str(e).splitlines()[0]})") from None
-        if raw is None:
-            raise InputError(path, "not a sceneloc map (safetensors file without sceneloc metadata)")
-        try:
-            meta = json.loads(raw)
-        except json.JSONDecodeError:
-            raise InputError(path, "map metadata is not valid JSON") from None
-        if meta.get("format") != FORMAT:
-            raise InputError(path, f"not a sceneloc map (format {meta.get('format')!r})")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise InputError(path, f"map format version {meta.get('format_version')} is not supported "
-                                   f"(this sceneloc {__version__} reads version {FORMAT_VERSION})")
+        tensors, meta = load_map_file(path, "sceneloc", FORMAT, FORMAT_VERSION, load_file, "pt")
         enc_meta = meta["encoder"]
         try:
             encoder = load_encoder(enc_meta["name"])

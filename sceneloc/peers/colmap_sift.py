@@ -30,7 +30,6 @@ returns them, and the resulting poses need no change.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,20 +39,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pycolmap
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from sceneloc import __version__
 from sceneloc.data import Scene
 from sceneloc.errors import InputError
-from sceneloc.atomic import atomic_output
 from sceneloc.export.poses import PoseEstimate
 from sceneloc.geometry import Camera, Rigid3
+from sceneloc.map_files import load_map_file, save_map_file
 from sceneloc.progress import make_progress
 
 FORMAT = "sceneloc-colmap-sift"
 FORMAT_VERSION = 1
-METADATA_KEY = "sceneloc"
 REFERENCE_HEIGHT = 480
 """Image height at which ColmapSiftConfig.pnp_max_error_px is expressed."""
 MATCH_CHUNK = 1024
@@ -105,31 +102,12 @@ class SiftMap:
         """One safetensors file, written atomically."""
         tensors = {"points": np.ascontiguousarray(self.points, dtype=np.float32),
                    "descriptors": np.ascontiguousarray(self.descriptors, dtype=np.uint8)}
-        with atomic_output(path) as tmp:
-            save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(self.metadata)})
+        save_map_file(path, tensors, self.metadata, save_file)
 
     @staticmethod
     def load(path: str | Path) -> "SiftMap":
         """Raises InputError for a missing, unreadable or foreign file, or an unknown format version."""
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "map file does not exist")
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                raw = (f.metadata() or {}).get(METADATA_KEY)
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise InputError(path, f"not a colmap-sift map (unreadable safetensors: {str(e).splitlines()[0]})"
-                             ) from None
-        try:
-            meta = json.loads(raw) if raw is not None else {}
-        except json.JSONDecodeError:
-            raise InputError(path, "map metadata is not valid JSON") from None
-        if meta.get("format") != FORMAT:
-            raise InputError(path, f"not a colmap-sift map (format {meta.get('format')!r})")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise InputError(path, f"colmap-sift map format version {meta.get('format_version')} is not supported "
-                                   f"(this sceneloc {__version__} reads version {FORMAT_VERSION})")
+        tensors, meta = load_map_file(path, "colmap-sift", FORMAT, FORMAT_VERSION, load_file, "numpy")
         points, descriptors = tensors.get("points"), tensors.get("descriptors")
         if (points is None or descriptors is None or points.ndim != 2 or points.shape[1] != 3
                 or descriptors.shape != (len(points), 128) or descriptors.dtype != np.uint8):
