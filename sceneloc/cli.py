@@ -185,11 +185,15 @@ def render(
 @app.command()
 def bench(
     out: Path = typer.Option(..., "--out", help="Folder for results.json, report.md, plots/, maps/ and poses/"),
-    suite: str = typer.Option("quick", "--suite", help="Suites, comma-separated: tiny | quick | speed"),
+    suite: str = typer.Option("quick", "--suite",
+                              help="Suites, comma-separated: tiny | quick | speed | standard | real"),
     methods: Optional[str] = typer.Option(None, "--methods",
                                           help="Methods, comma-separated: scr, colmap-sift (default: the suite's)"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Rendered-scene cache (default: $SCENELOC_CACHE, "
                                                                 "else ~/.cache/sceneloc)"),
+    data_root: Optional[Path] = typer.Option(
+        None, "--data-root", help="Folder holding the real data sets (copyroom/, strecha/, ...) of the standard and "
+                                  "real suites (default: $SCENELOC_DATA)"),
     device: str = DeviceOption,
     overrides: Optional[list[str]] = typer.Option(
         None, "--set", help="Method setting: key=value for scr's mapping config, colmap-sift.key=value for the peer"),
@@ -200,10 +204,107 @@ def bench(
 
     options = BenchOptions(out_dir=out, suites=[s.strip() for s in suite.split(",") if s.strip()],
                            methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-                           cache_dir=cache, overrides=overrides or [], device=_device(device).type)
+                           cache_dir=cache, data_root=data_root, overrides=overrides or [],
+                           device=_device(device).type)
     rows = run_bench(options, log=lambda message: console.print(escape(message), soft_wrap=True))
     Console().print(format_results_table(rows))
     console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and {out / 'plots'}")
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export what a map knows about its scene.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("points")
+def export_points_command(
+    map_file: Path = typer.Argument(..., help="Map file from `sceneloc map`"),
+    scene_dir: Path = typer.Argument(..., help="The posed mapping images (any supported layout)"),
+    output: Path = typer.Option(..., "-o", "--output", help="PLY file to write (xyz float32 + rgb uint8)"),
+    split: str = typer.Option("train", help="Split to export when the folder has train/test splits"),
+    images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
+    stride: Optional[int] = typer.Option(None, help="Use every STRIDE-th frame (default 1)"),
+    min_depth: Optional[float] = typer.Option(None, help="Smallest camera-frame depth of a point, metres (default 0.1)"),
+    max_depth: Optional[float] = typer.Option(None, help="Largest camera-frame depth of a point, metres (default 10)"),
+    keypoints: bool = typer.Option(True, "--keypoints/--no-keypoints",
+                                   help="Keep only cells with keypoint probability > 0.9 (maps with a keypoint network)"),
+    consistency: bool = typer.Option(True, "--consistency/--no-consistency",
+                                     help="Keep only cells whose prediction on the image rotated by 20 deg agrees "
+                                          "within 0.1 m"),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also draw the cloud into this PNG"),
+    device: str = DeviceOption,
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override any PointExportConfig field, e.g. "
+                                                                      "--set consistency_max_distance=0.05"),
+):
+    """Point cloud of a scene from its map: scene coordinates of every cell of every mapping frame, coloured from
+    the image, filtered as in the keypoint paper (keypoint probability, rotation consistency, depth bounds)."""
+    from sceneloc.config_overrides import apply_overrides
+    from sceneloc.data import read_scene
+    from sceneloc.evaluate.cloud import render_cloud_png, up_from_cameras
+    from sceneloc.export.points import PointExportConfig, export_points, write_ply
+    from sceneloc.maps import SceneMap
+
+    config = PointExportConfig(use_keypoints=keypoints, consistency=consistency)
+    for name, value in [("frame_stride", stride), ("min_depth", min_depth), ("max_depth", max_depth)]:
+        if value is not None:
+            setattr(config, name, value)
+    try:
+        apply_overrides(config, overrides or [])
+        config.validate()
+    except ValueError as e:
+        _fail(str(e))
+    dev = _device(device)
+    check_writable(output)
+    if png is not None:
+        check_writable(png)
+    scene_map = SceneMap.load(map_file, dev)
+    scene = read_scene(scene_dir, split=split, images=images)
+    cloud = export_points(scene_map, scene, config, dev)
+    write_ply(output, cloud)
+    counts = cloud.counts
+    failed = ", ".join(f"{k[len('failed_'):]} {v:,}" for k, v in counts.items() if k.startswith("failed_"))
+    console.print(f"kept {counts['kept']:,} of {counts['cells']:,} points from {counts['frames']} frames "
+                  f"(failed: {failed}); wrote {output}")
+    if png is not None:
+        render_cloud_png(cloud, png, up=up_from_cameras([f.cam_from_world for f in scene.frames]),
+                         title=f"{scene.name}: {len(cloud.xyz):,} points")
+        console.print(f"wrote {png}")
+
+
+@app.command("evaluate-cloud")
+def evaluate_cloud_command(
+    cloud_file: Path = typer.Argument(..., help="PLY point cloud (e.g. from `sceneloc export points`)"),
+    mesh: Path = typer.Option(..., "--mesh", help="Ground-truth mesh (PLY, OBJ, ...), same world frame and units"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="Report prefix: writes PREFIX.json, PREFIX.md, PREFIX.png "
+                                               "(default: next to the cloud)"),
+    tau: Optional[float] = typer.Option(None, help="Distance threshold of precision and recall, metres (default 0.05)"),
+    samples: Optional[int] = typer.Option(None, help="Points sampled on the mesh for completeness and recall "
+                                                     "(default 200000)"),
+    seed: Optional[int] = typer.Option(None, help="Seed of the mesh sampling (default 0)"),
+):
+    """Accuracy, completeness, precision, recall and F-score of a point cloud against a mesh; JSON + markdown + PNG."""
+    from sceneloc.evaluate.cloud import (CloudEvalConfig, evaluate_cloud, format_cloud_table, read_mesh,
+                                         render_cloud_png, write_cloud_report)
+    from sceneloc.evaluate.report import _with_suffix
+    from sceneloc.export.points import read_ply
+
+    config = CloudEvalConfig()
+    for name, value in [("tau", tau), ("n_mesh_samples", samples), ("seed", seed)]:
+        if value is not None:
+            setattr(config, name, value)
+    try:
+        config.validate()
+    except ValueError as e:
+        _fail(str(e))
+    prefix = output or cloud_file.with_name(cloud_file.stem + "_eval")
+    png = _with_suffix(prefix, ".png")
+    check_writable(png)
+    cloud = read_ply(cloud_file)
+    result = evaluate_cloud(cloud, read_mesh(mesh), config)
+    written = write_cloud_report(result, prefix)
+    render_cloud_png(cloud, png, title=f"{cloud_file.name}: {len(cloud.xyz):,} points")
+    Console().print(format_cloud_table(result))
+    console.print("wrote " + ", ".join(str(p) for p in [*written, png]))
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Localization: image + Camera -> PoseEstimate with a SceneMap (encode, regress scene coordinates, RANSAC-PnP)."""
+"""Localization: image + Camera -> PoseEstimate with a SceneMap (encode, regress scene coordinates, keep the likely
+keypoints when the map has a keypoint network, RANSAC-PnP)."""
 
 from __future__ import annotations
 
@@ -31,15 +32,32 @@ class LocalizeConfig:
     (the map's image height), so one setting means the same angular tolerance at every resolution. 20 px rather
     than ACE's 10: on our maps it keeps recall at (5 cm, 5 deg), raises it at (10 cm, 5 deg) and halves RANSAC time
     (docs/BENCHMARKS.md); --threshold 10 trades that for slightly better recall at (2 cm, 2 deg)."""
+    use_keypoints: bool = True
+    """When the map has a keypoint network, give RANSAC only the correspondences it rates as keypoints."""
+    keypoint_min_probability: float = 0.5
+    """Keypoint probability a correspondence needs to be kept."""
+    keypoint_min_count: int = 200
+    """When fewer correspondences pass, the most probable ones up to this count are kept instead."""
+
+
+@dataclass
+class Prediction:
+    """The network's output for one image, in the working image (resized to the map's image height)."""
+
+    pixels: np.ndarray
+    """(N, 2) float64 cell-centre pixels."""
+    coords: np.ndarray
+    """(N, 3) float64 world scene coordinates."""
+    camera: Camera
+    """The working image's camera."""
+    keypoint_prob: np.ndarray | None
+    """(N,) float32 keypoint probabilities, None when the map has no keypoint network."""
 
 
 @torch.no_grad()
 def predict_scene_coordinates(scene_map: SceneMap, rgb: np.ndarray, camera: Camera,
-                              device: torch.device) -> tuple[np.ndarray, np.ndarray, Camera]:
-    """rgb: (H, W, 3) uint8 of `camera` -> (pixels (N, 2), scene coordinates (N, 3) float64, working camera).
-
-    Pixels are cell centres in the working image (resized to the map's image height) described by the returned
-    camera."""
+                              device: torch.device) -> Prediction:
+    """rgb: (H, W, 3) uint8 of `camera` -> Prediction for every stride-8 cell of the working image."""
     image, work_cam = prepare_image(rgb, camera, scene_map.image_height)
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
     encoder = scene_map.encoder.to(device)
@@ -47,26 +65,44 @@ def predict_scene_coordinates(scene_map: SceneMap, rgb: np.ndarray, camera: Came
         fmap = encoder(tensor)[0]
         rows = fmap.reshape(fmap.shape[0], -1).T
         coords = scene_map.head(rows)
+        prob = None if scene_map.keypoint_net is None else scene_map.keypoint_net.probabilities(rows)
     pixels = cell_centres(image.shape[0], image.shape[1])
     inside = (pixels[:, 0] < image.shape[1]) & (pixels[:, 1] < image.shape[0])
-    return pixels[inside].astype(np.float64), coords.float().cpu().numpy()[inside].astype(np.float64), work_cam
+    return Prediction(pixels[inside].astype(np.float64), coords.float().cpu().numpy()[inside].astype(np.float64),
+                      work_cam, None if prob is None else prob.float().cpu().numpy()[inside])
+
+
+def select_keypoints(prediction: Prediction, config: LocalizeConfig) -> np.ndarray:
+    """Indices of the correspondences RANSAC gets: all of them without keypoint probabilities (or with
+    use_keypoints off), else those at keypoint_min_probability or above, topped up by probability to
+    keypoint_min_count."""
+    n = len(prediction.pixels)
+    if prediction.keypoint_prob is None or not config.use_keypoints:
+        return np.arange(n)
+    keep = np.flatnonzero(prediction.keypoint_prob >= config.keypoint_min_probability)
+    if len(keep) < min(config.keypoint_min_count, n):
+        keep = np.argsort(-prediction.keypoint_prob, kind="stable")[:config.keypoint_min_count]
+    return keep
 
 
 def localize_image(scene_map: SceneMap, name: str, rgb: np.ndarray, camera: Camera, config: LocalizeConfig,
                    device: torch.device) -> PoseEstimate:
     """One image -> PoseEstimate (cam_from_world None when the solver fails). details: time_ms, network_ms,
-    solver_ms, iterations, n_correspondences."""
+    solver_ms, iterations, n_correspondences (given to RANSAC), n_cells (predicted)."""
     t0 = time.perf_counter()
-    pixels, coords, work_cam = predict_scene_coordinates(scene_map, rgb, camera, device)
+    prediction = predict_scene_coordinates(scene_map, rgb, camera, device)
+    keep = select_keypoints(prediction, config)
     t1 = time.perf_counter()
+    work_cam = prediction.camera
     threshold = config.solver.inlier_threshold_px * work_cam.height / REFERENCE_HEIGHT
-    result = solve_pnp(pixels, coords, work_cam, replace(config.solver, inlier_threshold_px=threshold))
+    result = solve_pnp(prediction.pixels[keep], prediction.coords[keep], work_cam,
+                       replace(config.solver, inlier_threshold_px=threshold))
     t2 = time.perf_counter()
     return PoseEstimate(name=name, cam_from_world=result.cam_from_world, num_inliers=result.num_inliers,
                         inlier_ratio=result.inlier_ratio,
                         details={"time_ms": (t2 - t0) * 1e3, "network_ms": (t1 - t0) * 1e3,
                                  "solver_ms": (t2 - t1) * 1e3, "iterations": result.iterations,
-                                 "n_correspondences": len(pixels)})
+                                 "n_correspondences": len(keep), "n_cells": len(prediction.pixels)})
 
 
 def localize_scene(scene_map: SceneMap, scene: Scene, config: LocalizeConfig, device: torch.device,

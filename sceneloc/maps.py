@@ -12,28 +12,39 @@ from sceneloc import __version__
 from sceneloc.map_files import load_map_file, save_map_file
 from sceneloc.errors import InputError
 from sceneloc.nn.encoders import Encoder, load_encoder
-from sceneloc.nn.heads import HeadConfig, RegressionHead
+from sceneloc.nn.heads import HeadConfig, KeypointNet, KeypointNetConfig, RegressionHead
 
 FORMAT = "sceneloc-map"
 FORMAT_VERSION = 1
+KEYPOINT_PREFIX = "keypoint."
+"""Tensor-name prefix of the keypoint network's weights (the head's have none)."""
 
 
 @dataclass
 class SceneMap:
-    """A trained head plus what is needed to use it. metadata holds: format, format_version, sceneloc_version,
-    encoder {name, version}, head (HeadConfig), image_height, scene {name, n_frames, camera_bounds}, training
-    (TrainingSummary), mapping_config."""
+    """A trained head (and optionally a keypoint network) plus what is needed to use them. metadata holds: format,
+    format_version, sceneloc_version, encoder {name, version}, head (HeadConfig), image_height, scene {name,
+    n_frames, camera_bounds}, training (TrainingSummary), mapping_config, and keypoint_net (KeypointNetConfig) when
+    the map has one."""
 
     head: RegressionHead
     encoder_name: str
     image_height: int
     metadata: dict
+    keypoint_net: KeypointNet | None = None
 
     def save(self, path: str | Path) -> None:
-        """Head weights in float16, written to a temporary file and renamed into place."""
+        """Weights in float16 (the head's mean offset in float32), written to a temporary file and renamed into
+        place."""
+        weights = dict(self.head.state_dict())
+        metadata = dict(self.metadata)
+        metadata.pop("keypoint_net", None)
+        if self.keypoint_net is not None:
+            weights.update({KEYPOINT_PREFIX + k: v for k, v in self.keypoint_net.state_dict().items()})
+            metadata["keypoint_net"] = self.keypoint_net.config.to_dict()
         tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() and k != "mean" else v.dtype).cpu()
-                   .contiguous() for k, v in self.head.state_dict().items()}
-        save_map_file(path, tensors, self.metadata, save_file)
+                   .contiguous() for k, v in weights.items()}
+        save_map_file(path, tensors, metadata, save_file)
 
     @staticmethod
     def load(path: str | Path, device: torch.device = torch.device("cpu")) -> "SceneMap":
@@ -49,12 +60,24 @@ class SceneMap:
             raise InputError(path, f"map was made with encoder {enc_meta['version']}, but the installed one is "
                                    f"{encoder.version}; re-map the scene")
         head = RegressionHead(encoder.out_channels, HeadConfig(**meta["head"]))
+        keypoint_net = (KeypointNet(encoder.out_channels, KeypointNetConfig(**meta["keypoint_net"]))
+                        if "keypoint_net" in meta else None)
+        parts = {KEYPOINT_PREFIX: {}, "": {}}
+        for k, v in tensors.items():
+            prefix = KEYPOINT_PREFIX if k.startswith(KEYPOINT_PREFIX) else ""
+            parts[prefix][k[len(prefix):]] = v.float()
         try:
-            head.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+            head.load_state_dict(parts[""], strict=True)
+            if keypoint_net is not None or parts[KEYPOINT_PREFIX]:
+                if keypoint_net is None:
+                    raise RuntimeError("keypoint weights without a keypoint_net config")
+                keypoint_net.load_state_dict(parts[KEYPOINT_PREFIX], strict=True)
         except RuntimeError as e:
-            raise InputError(path, f"map tensors do not match its head config ({str(e).splitlines()[0]})") from None
+            raise InputError(path, f"map tensors do not match its config ({str(e).splitlines()[0]})") from None
         head.to(device).eval()
-        return SceneMap(head, enc_meta["name"], int(meta["image_height"]), meta)
+        if keypoint_net is not None:
+            keypoint_net.to(device).eval()
+        return SceneMap(head, enc_meta["name"], int(meta["image_height"]), meta, keypoint_net)
 
     @property
     def encoder(self) -> Encoder:

@@ -132,3 +132,31 @@ def test_infinite_medians_become_null():
     row = {"median_t_cm": math.inf, "median_r_deg": float("nan"), "recall": {"5cm5deg": 0.0}, "rows": [math.inf]}
     assert strict_json(row) == {"median_t_cm": None, "median_r_deg": None, "recall": {"5cm5deg": 0.0},
                                 "rows": [None]}
+
+
+DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "slambook_rgbd").is_dir(), reason="needs ../shared/data/slambook_rgbd")
+def test_folds_pool_into_one_row_and_query_variants_reuse_the_map(tmp_path, monkeypatch):
+    from sceneloc.bench import suites
+    from sceneloc.bench.real_scenes import SLAMBOOK
+    from sceneloc.bench.runner import run_bench
+    from sceneloc.bench.scenes import SyntheticSceneSpec
+    from sceneloc.bench.variant_scenes import DegradedQueriesSpec
+
+    suite = suites.Suite("t", "test", (DegradedQueriesSpec(SyntheticSceneSpec("tiny-room"), ("jpeg",)), SLAMBOOK),
+                         ("colmap-sift",))
+    monkeypatch.setitem(suites.SUITES, "t", suite)
+    rows = run_bench(BenchOptions(tmp_path / "out", suites=["t"], cache_dir=tmp_path / "cache", data_root=DATA,
+                                  show_progress=False))
+    assert [(r["scene"], r["n_folds"], r["n_map"], r["n_query"]) for r in rows] == [
+        ("tiny-room", 1, 60, 20), ("tiny-room+jpeg", 1, 60, 20), ("slambook", 5, 4, 5)]
+    # One map serves the original and the degraded queries; the folds made five maps.
+    maps = sorted(p.name for p in (tmp_path / "out" / "maps").iterdir())
+    assert maps == ["t_slambook_fold%02d_colmap-sift.sift.safetensors" % k for k in range(5)] + [
+        "t_tiny-room_colmap-sift.sift.safetensors"]
+    assert rows[0]["map_bytes"] == rows[1]["map_bytes"]
+    poses = (tmp_path / "out" / "poses" / "t_slambook_colmap-sift.txt").read_text().splitlines()
+    assert sorted(line.split()[0] for line in poses if not line.startswith("#")) == ["1", "2", "3", "4", "5"]
+    assert rows[0]["median_t_cm"] < 5.0 and rows[1]["recall"]["50cm5deg"] > 0.5

@@ -25,7 +25,8 @@ import numpy as np
 import sceneloc
 from sceneloc.bench.methods import METHODS, ScrMethod, map_in_this_process
 from sceneloc.bench.report import write_markdown_report, write_results_json
-from sceneloc.bench.suites import SUITES, PreparedScene, default_cache_dir
+from sceneloc.bench.scenes import PreparedScene, default_cache_dir, default_data_root
+from sceneloc.bench.suites import SUITES
 from sceneloc.data import read_scene
 from sceneloc.errors import InputError
 from sceneloc.evaluate import evaluate_poses, plot_error_cdf, plot_trajectory
@@ -48,6 +49,9 @@ class BenchOptions:
     """Names from METHODS, run on every scene; None runs each suite's own list."""
     cache_dir: Path | None = None
     """Rendered-scene cache; None: default_cache_dir() ($SCENELOC_CACHE or ~/.cache/sceneloc)."""
+    data_root: Path | None = None
+    """Folder holding the real data sets scenes of the standard and real suites are made from (copyroom/,
+    sevenscenes_stairs_slice/, strecha/, slambook_rgbd/); None: $SCENELOC_DATA."""
     overrides: list[str] = field(default_factory=list)
     """Method settings: "key=value" or "scr.key=value" for scr's MappingConfig, "colmap-sift.key=value" for the
     peer's ColmapSiftConfig (nested fields with dots, as the CLI's --set)."""
@@ -159,16 +163,16 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def _row(suite: str, prepared: PreparedScene, method: str, n_map: int, result: dict, estimates: list[PoseEstimate],
-         built: dict, map_path: Path, device: str, commit: str | None, settings: dict) -> dict:
-    """One results.json row: RESULT_KEYS, then extras."""
+def _row(suite: str, scene_name: str, prepared: PreparedScene, method: str, n_map: int, result: dict,
+         estimates: list[PoseEstimate], built: dict, device: str, commit: str | None, settings: dict) -> dict:
+    """One results.json row: RESULT_KEYS, then extras. built: the pooled mapping result (_pool_builds)."""
     query_ms = _median([e.details["time_ms"] for e in estimates])
     device = "cpu" if METHODS[method].cpu_only else device
     return {
-        "suite": suite, "scene": prepared.name, "method": method, "n_map": n_map, "n_query": result["n_query"],
+        "suite": suite, "scene": scene_name, "method": method, "n_map": n_map, "n_query": result["n_query"],
         "median_t_cm": result["median_t_cm"], "median_r_deg": result["median_r_deg"], "recall": result["recall"],
         "map_s": built["map_s"], "map_peak_rss_mb": built["peak_rss_mb"], "query_ms_median": query_ms,
-        "map_bytes": map_path.stat().st_size, "device": device,
+        "map_bytes": built["map_bytes"], "device": device,
         "seed": prepared.seed, "commit": commit,
         "resolution": f"{prepared.resolution[0]}x{prepared.resolution[1]}",
         "n_failed": result["n_failed"],
@@ -176,6 +180,7 @@ def _row(suite: str, prepared: PreparedScene, method: str, n_map: int, result: d
         "num_inliers_median": _median([e.num_inliers for e in estimates]),
         "query_images_per_s": 1000.0 / query_ms if query_ms > 0 else None,
         "map_process_s": built["process_s"],
+        "n_folds": built["n_folds"],
         "map_details": built["details"],
         "settings": settings,
         "device_name": _device_name(device),
@@ -189,9 +194,23 @@ def _row(suite: str, prepared: PreparedScene, method: str, n_map: int, result: d
     }
 
 
+def _pool_builds(builds: list[dict], map_paths: list[Path]) -> dict:
+    """One mapping result for a scene mapped as several folds: mean time and size per map, the largest peak
+    memory, the first fold's details."""
+    return {"map_s": float(np.mean([b["map_s"] for b in builds])),
+            "peak_rss_mb": float(max(b["peak_rss_mb"] for b in builds)),
+            "process_s": float(np.mean([b["process_s"] for b in builds])),
+            "map_bytes": int(np.mean([p.stat().st_size for p in map_paths])),
+            "n_folds": len(builds), "details": builds[0]["details"]}
+
+
 def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message: None) -> list[dict]:
     """Runs the benchmark (module docstring) and returns the results.json rows. `log` receives one line per
-    step. Raises InputError for bad options (before anything runs) or unusable scenes."""
+    step. Raises InputError for bad options (before anything runs) or unusable scenes.
+
+    A scene with folds (leave-one-out) maps each fold and pools the estimates of all folds into one row (map time
+    and size per fold); a scene with query variants localizes each variant's queries with the same map, one row
+    per variant ("<scene>+<variant>")."""
     settings = check_options(options)
     overrides = split_overrides(options.overrides)
     out = Path(options.out_dir)
@@ -200,37 +219,51 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message
     except OSError as e:
         raise InputError(out, f"cannot create the output folder ({e.strerror})") from None
     cache = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
+    data_root = Path(options.data_root) if options.data_root is not None else default_data_root()
     commit = source_commit()
     rows: list[dict] = []
     for suite_name in options.suites:
         suite = SUITES[suite_name]
         methods = options.methods or list(suite.methods)
         for spec in suite.scenes:
-            prepared = spec.prepare(cache, options.show_progress)
-            log(f"[{suite_name}] {prepared.name}: {'cached' if prepared.from_cache else 'rendered'} in "
+            prepared = spec.prepare(cache, options.show_progress, data_root)
+            log(f"[{suite_name}] {prepared.name}: {'cached' if prepared.from_cache else 'prepared'} in "
                 f"{prepared.root} ({prepared.prepare_s:.0f} s)")
-            n_map = len(read_scene(prepared.root, split="train").frames)
-            queries = read_scene(prepared.root, split="test")
-            truth = {f.name: f.cam_from_world for f in queries.posed_frames}
-            evaluations = {}
+            units = list(prepared.folds) or [prepared.root]
+            query_sets = [(prepared.name, None)] + [(f"{prepared.name}+{suffix}", root)
+                                                    for suffix, root in prepared.query_variants]
+            n_map = len(read_scene(units[0], split="train").frames)
+            evaluations: dict[str, dict] = {name: {} for name, _ in query_sets}
             for method in methods:
-                tag = f"{suite_name}_{prepared.name}_{method}"
-                map_path = out / "maps" / f"{tag}{METHODS[method].map_suffix}"
-                log(f"[{suite_name}] {prepared.name} / {method}: mapping {n_map} frames in a child process")
-                built = map_in_child(method, prepared.root, map_path, overrides[method], options.device,
-                                     options.show_progress)
-                log(f"[{suite_name}] {prepared.name} / {method}: map in {built['map_s']:.1f} s, peak RSS "
-                    f"{built['peak_rss_mb']:.0f} MB, {map_path.stat().st_size / 1e6:.2f} MB; localizing "
-                    f"{len(queries.frames)} queries")
-                estimates = METHODS[method].localize(map_path, queries, overrides[method], options.device,
-                                                     options.show_progress)
-                write_poses(out / "poses" / f"{tag}.txt", estimates)
-                evaluations[method] = evaluate_poses(estimates, truth)
-                plot_trajectory(truth, estimates, out / "plots" / f"{tag}_trajectory.png")
-                rows.append(_row(suite_name, prepared, method, n_map, evaluations[method], estimates, built,
-                                 map_path, options.device, commit, settings[method]))
-                # Rewritten after every row, so an interrupted run keeps what it measured.
-                write_results_json(out / "results.json", rows)
-            plot_error_cdf(evaluations, out / "plots" / f"{suite_name}_{prepared.name}_cdf.png")
+                builds, map_paths = [], []
+                estimates: dict[str, list[PoseEstimate]] = {name: [] for name, _ in query_sets}
+                truth: dict[str, dict] = {name: {} for name, _ in query_sets}
+                for k, unit in enumerate(units):
+                    fold = f"_fold{k:02d}" if prepared.folds else ""
+                    map_path = out / "maps" / f"{suite_name}_{prepared.name}{fold}_{method}{METHODS[method].map_suffix}"
+                    log(f"[{suite_name}] {prepared.name}{fold} / {method}: mapping {n_map} frames in a child process")
+                    built = map_in_child(method, unit, map_path, overrides[method], options.device,
+                                         options.show_progress)
+                    builds.append(built)
+                    map_paths.append(map_path)
+                    log(f"[{suite_name}] {prepared.name}{fold} / {method}: map in {built['map_s']:.1f} s, peak RSS "
+                        f"{built['peak_rss_mb']:.0f} MB, {map_path.stat().st_size / 1e6:.2f} MB")
+                    for name, variant_root in query_sets:
+                        queries = read_scene(variant_root or unit, split="test")
+                        truth[name].update({f.name: f.cam_from_world for f in queries.posed_frames})
+                        estimates[name] += METHODS[method].localize(map_path, queries, overrides[method],
+                                                                    options.device, options.show_progress)
+                pooled = _pool_builds(builds, map_paths)
+                for name, _ in query_sets:
+                    tag = f"{suite_name}_{name}_{method}"
+                    write_poses(out / "poses" / f"{tag}.txt", estimates[name])
+                    evaluations[name][method] = evaluate_poses(estimates[name], truth[name])
+                    plot_trajectory(truth[name], estimates[name], out / "plots" / f"{tag}_trajectory.png")
+                    rows.append(_row(suite_name, name, prepared, method, n_map, evaluations[name][method],
+                                     estimates[name], pooled, options.device, commit, settings[method]))
+                    # Rewritten after every row, so an interrupted run keeps what it measured.
+                    write_results_json(out / "results.json", rows)
+            for name, by_method in evaluations.items():
+                plot_error_cdf(by_method, out / "plots" / f"{suite_name}_{name}_cdf.png")
     write_markdown_report(out / "report.md", rows)
     return rows

@@ -5,7 +5,41 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from sceneloc.nn.encoders import DEFAULT_ENCODER
-from sceneloc.nn.heads import HeadConfig
+from sceneloc.nn.heads import HeadConfig, KeypointNetConfig
+
+
+@dataclass
+class KeypointConfig:
+    """Keypoint classification network and keypoint-guided fine-tuning (keypoint paper, sections 2.2 and 3), run
+    after the head is trained. Labels come from the trained head: a buffer row is a keypoint when its prediction
+    reprojects within label_repro_px of its pixel and, where depth is known, lies within label_max_3d_m of the
+    depth point."""
+
+    enabled: bool = False
+    """Train a keypoint network (stored in the map; localization then gives RANSAC only likely keypoints)."""
+    net: KeypointNetConfig = field(default_factory=KeypointNetConfig)
+    """Shape of the keypoint network."""
+    label_repro_px: float = 5.0
+    """Reprojection error (pixels of the working image) below which a row is a keypoint."""
+    label_max_3d_m: float = 0.1
+    """3D error (metres) below which a row with known depth may be a keypoint."""
+    iterations: int = 2000
+    """Optimisation steps of the keypoint network."""
+    batch_size: int = 4096
+    """Rows per step of the keypoint network."""
+    lr_max: float = 5e-3
+    """Peak learning rate of the keypoint network's one-cycle schedule (the paper: train fast with a large rate)."""
+    lr_start: float = 1e-4
+    """Starting learning rate of that schedule (the paper's initial rate)."""
+    fine_tune_iterations: int = 0
+    """Steps of keypoint-guided fine-tuning of the head (0: none), on the rows the keypoint network rates at or
+    above fine_tune_min_probability."""
+    fine_tune_lr_start: float = 5e-5
+    """Learning rate at the start and end of the fine-tuning one-cycle schedule (the paper's lower bound)."""
+    fine_tune_lr_max: float = 6e-4
+    """Peak learning rate of fine-tuning (the paper's upper bound)."""
+    fine_tune_min_probability: float = 0.5
+    """Rows at or above this keypoint probability are fine-tuned on."""
 
 
 @dataclass
@@ -61,6 +95,8 @@ class MappingConfig:
     """When frames have depth, add a 3D scene-coordinate loss on the rows with valid depth."""
     depth_loss_weight: float = 1.0
     """Weight of the 3D loss, measured in pixels-equivalent (focal x error / depth) so it matches the reprojection term."""
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    """Keypoint network and keypoint-guided fine-tuning (off by default)."""
     seed: int = 0
     """Seed for sampling, augmentation, initialisation and shuffling."""
 
@@ -72,7 +108,10 @@ class MappingConfig:
         for name, value in [("iterations", self.iterations), ("buffer_size", self.buffer_size),
                             ("max_buffer_passes", self.max_buffer_passes), ("batch_size", self.batch_size),
                             ("image_height", self.image_height), ("head.width", self.head.width),
-                            ("head.num_output_layers", self.head.num_output_layers)]:
+                            ("head.num_output_layers", self.head.num_output_layers),
+                            ("keypoints.iterations", self.keypoints.iterations),
+                            ("keypoints.batch_size", self.keypoints.batch_size),
+                            ("keypoints.net.num_layers", self.keypoints.net.num_layers)]:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if not 0 < self.aug_scale_min <= self.aug_scale_max:
@@ -85,4 +124,6 @@ class MappingConfig:
     def from_dict(d: dict) -> "MappingConfig":
         d = dict(d)
         head = HeadConfig(**d.pop("head", {}))
-        return MappingConfig(head=head, **d)
+        keypoints = dict(d.pop("keypoints", {}))
+        net = KeypointNetConfig(**keypoints.pop("net", {}))
+        return MappingConfig(head=head, keypoints=KeypointConfig(net=net, **keypoints), **d)

@@ -10,11 +10,16 @@ import torch
 from sceneloc.mapping.config import MappingConfig
 
 
-def repro_threshold(config: MappingConfig, progress: float) -> float:
+def shrinking_threshold(start: float, end: float, progress: float) -> float:
     """Robust threshold (pixels) at training progress 0..1: shrinks from start to end along a quarter circle, so it
     stays wide for most of training and tightens at the end."""
     w = math.sqrt(max(0.0, 1.0 - progress ** 2))
-    return config.repro_threshold_end + w * (config.repro_threshold_start - config.repro_threshold_end)
+    return end + w * (start - end)
+
+
+def repro_threshold(config: MappingConfig, progress: float) -> float:
+    """The first training's robust threshold (repro_threshold_start -> repro_threshold_end) at progress 0..1."""
+    return shrinking_threshold(config.repro_threshold_start, config.repro_threshold_end, progress)
 
 
 def mapping_loss(pred_world: torch.Tensor, pixels: torch.Tensor, K: torch.Tensor, cam_from_world: torch.Tensor,

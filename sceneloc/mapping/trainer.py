@@ -1,4 +1,5 @@
-"""map_scene: posed Scene -> trained RegressionHead, end to end (buffer, one-cycle AdamW, mixed precision)."""
+"""map_scene: posed Scene -> trained RegressionHead (and keypoint network), end to end (buffer, one-cycle AdamW,
+mixed precision)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import numpy as np
 import torch
 
 from sceneloc.data import Scene
-from sceneloc.device import autocast
 from sceneloc.errors import InputError
 from sceneloc.mapping.buffer import build_buffer
 from sceneloc.mapping.config import MappingConfig
-from sceneloc.mapping.loss import mapping_loss, repro_threshold
+from sceneloc.mapping.keypoints import fine_tune_head, train_keypoint_net
+from sceneloc.mapping.loss import repro_threshold
+from sceneloc.mapping.optimise import optimise_head
 from sceneloc.maps import SceneMap, build_metadata
 from sceneloc.memory import peak_rss_mb
 from sceneloc.nn.encoders import load_encoder
-from sceneloc.nn.heads import RegressionHead
+from sceneloc.nn.heads import KeypointNet, RegressionHead
 from sceneloc.progress import make_progress
 
 
@@ -30,6 +32,8 @@ class TrainingSummary:
     steps: int
     encode_s: float
     train_s: float
+    keypoint_s: float
+    """Keypoint network training and fine-tuning (0 when keypoints are off)."""
     total_s: float
     peak_rss_mb: float
     final_loss: float
@@ -37,6 +41,8 @@ class TrainingSummary:
     final_median_repro_px: float
     device: str
     history: list[dict] = field(default_factory=list)
+    keypoints: dict = field(default_factory=dict)
+    """Keypoint training statistics (label fraction, classifier accuracy, fine-tuning result)."""
 
 
 def _seed_everything(seed: int) -> None:
@@ -44,9 +50,10 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def map_scene(scene: Scene, config: MappingConfig, device: torch.device,
-              show_progress: bool = True) -> tuple[RegressionHead, TrainingSummary]:
-    """Train a scene-coordinate head for `scene` (all frames must be posed). Deterministic for a given seed on a
+def map_scene(scene: Scene, config: MappingConfig, device: torch.device, show_progress: bool = True
+              ) -> tuple[RegressionHead, KeypointNet | None, TrainingSummary]:
+    """Train a scene-coordinate head for `scene` (all frames must be posed), then, when config.keypoints.enabled,
+    a keypoint network and optionally keypoint-guided fine-tuning of the head. Deterministic for a given seed on a
     given device and thread count."""
     if not scene.frames:
         raise InputError(scene.root, "scene has no frames")
@@ -57,62 +64,38 @@ def map_scene(scene: Scene, config: MappingConfig, device: torch.device,
     encoder = load_encoder(config.encoder).to(device)
     mean = torch.tensor(scene.camera_centers().mean(0), dtype=torch.float32)
     head = RegressionHead(encoder.out_channels, config.head, mean).to(device)
+    keypoint_net, keypoint_stats = None, {}
 
     with make_progress(show_progress) as progress:
         buffer = build_buffer(scene, encoder, config, device, progress)
         t_encoded = time.perf_counter()
-        total_steps = config.iterations
-        optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr_start, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr_max, total_steps=total_steps, div_factor=config.lr_max / config.lr_start,
-            final_div_factor=config.lr_start / config.lr_end, cycle_momentum=False, pct_start=0.25)
-        generator = torch.Generator().manual_seed(config.seed)
-        task = progress.add_task("training head", total=total_steps, info="")
-        history, stats, loss = [], {}, torch.tensor(float("nan"))
-        frame_K = buffer.frame_K.to(device)
-        frame_pose = buffer.frame_cam_from_world.to(device)
-        batch = min(config.batch_size, len(buffer))
-        order, cursor = torch.randperm(len(buffer), generator=generator), 0
-        for step in range(total_steps):
-            if cursor + batch > len(buffer):
-                order, cursor = torch.randperm(len(buffer), generator=generator), 0
-            rows = order[cursor:cursor + batch]
-            cursor += batch
-            features = buffer.features[rows].to(device)
-            fidx = buffer.frame_index[rows].to(device)
-            threshold = repro_threshold(config, step / total_steps)
-            with autocast(device):
-                pred = head(features)
-            loss, stats = mapping_loss(pred.float(), buffer.pixels[rows].to(device), frame_K[fidx], frame_pose[fidx],
-                                       None if buffer.targets is None else buffer.targets[rows].to(device),
-                                       config, threshold)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if (step + 1) % 50 == 0 or step + 1 == total_steps:
-                progress.update(task, completed=step + 1, info=f"loss {loss.item():.2f} valid {stats['valid']:.2f} "
-                                                                f"repro {stats['repro_px']:.1f}px thr {threshold:.1f}")
-            if (step + 1) % max(1, total_steps // 10) == 0:
-                history.append({"step": step + 1, "loss": float(loss.item()), **stats})
+        loss, stats, history = optimise_head(
+            head, buffer, config, device, progress, "training head", config.iterations,
+            (config.lr_start, config.lr_max, config.lr_end), lambda t: repro_threshold(config, t), seed=config.seed)
+        t_trained = time.perf_counter()
+        if config.keypoints.enabled:
+            keypoint_net, keypoint_stats = train_keypoint_net(head, buffer, encoder.out_channels, config, device,
+                                                              progress)
+            if config.keypoints.fine_tune_iterations > 0:
+                keypoint_stats.update(fine_tune_head(head, keypoint_net, buffer, config, device, progress))
     t_end = time.perf_counter()
     summary = TrainingSummary(
-        n_frames=len(scene.frames), buffer_rows=len(buffer), steps=total_steps, encode_s=t_encoded - t0,
-        train_s=t_end - t_encoded, total_s=t_end - t0,
-        peak_rss_mb=peak_rss_mb(),
-        final_loss=float(loss.item()), final_valid_fraction=float(stats.get("valid", float("nan"))),
-        final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device), history=history)
+        n_frames=len(scene.frames), buffer_rows=len(buffer), steps=config.iterations, encode_s=t_encoded - t0,
+        train_s=t_trained - t_encoded, keypoint_s=t_end - t_trained, total_s=t_end - t0,
+        peak_rss_mb=peak_rss_mb(), final_loss=loss, final_valid_fraction=float(stats.get("valid", float("nan"))),
+        final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device), history=history,
+        keypoints=keypoint_stats)
     head.eval()
-    return head, summary
+    return head, keypoint_net, summary
 
 
 def build_scene_map(scene: Scene, config: MappingConfig, device: torch.device,
                     show_progress: bool = True) -> tuple[SceneMap, TrainingSummary]:
     """map_scene plus everything the map file records about the scene and the run."""
-    head, summary = map_scene(scene, config, device, show_progress)
+    head, keypoint_net, summary = map_scene(scene, config, device, show_progress)
     centers = scene.camera_centers()
     scene_info = {"name": scene.name, "n_frames": len(scene.frames),
                   "camera_bounds": [centers.min(0).tolist(), centers.max(0).tolist()]}
     metadata = build_metadata(load_encoder(config.encoder), config.head, config.image_height, scene_info,
                               dict(summary.__dict__), config.to_dict())
-    return SceneMap(head, config.encoder, config.image_height, metadata), summary
+    return SceneMap(head, config.encoder, config.image_height, metadata, keypoint_net), summary

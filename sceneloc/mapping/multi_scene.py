@@ -1,0 +1,263 @@
+"""Mapping many scenes into one SCINR head: one buffer over all scenes (each row tagged with its scene), batches
+balanced across scenes, the single-scene loss and one-cycle AdamW schedule.
+
+Scenes keep their own world coordinates, taken together as one global frame: they may overlap or lie kilometres
+apart. The head's global mean offset and its per-scene complement bias (initialised at each scene's centre) absorb
+the distances, so the network itself only learns room-sized offsets."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from sceneloc.data import Scene
+from sceneloc.device import autocast
+from sceneloc.errors import InputError
+from sceneloc.mapping.buffer import build_buffer
+from sceneloc.mapping.config import MappingConfig
+from sceneloc.mapping.loss import mapping_loss, repro_threshold
+from sceneloc.memory import peak_rss_mb
+from sceneloc.multi_maps import MultiSceneMap, build_multimap_metadata
+from sceneloc.nn.encoders import Encoder, load_encoder
+from sceneloc.nn.heads.scinr import ScinrConfig, ScinrHead, normalised_positions
+from sceneloc.progress import make_progress
+
+SAMPLING = ("balanced", "proportional")
+
+
+@dataclass
+class MultiSceneConfig:
+    """How several scenes are mapped into one SCINR head."""
+
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    """Encoder, working height, buffer, augmentation, loss and schedule, as for one scene. buffer_size is the total
+    over all scenes; mapping.head is not used (the network's shape is `model`)."""
+    model: ScinrConfig = field(default_factory=ScinrConfig)
+    """Shape of the SCINR head and its ablation switches."""
+    sampling: str = "balanced"
+    """"balanced": every scene gets an equal share of the buffer and of every batch, so a scene with 10x fewer
+    frames is seen as often as the others (its frames get more augmented views, up to mapping.max_buffer_passes).
+    "proportional": buffer shares follow the number of mapping frames and batches are drawn uniformly over all
+    rows, as one buffer over all frames would give (the thesis' setting)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that cannot work."""
+        self.mapping.validate()
+        self.model.validate()
+        if self.sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
+
+    @staticmethod
+    def from_dict(d: dict) -> "MultiSceneConfig":
+        d = dict(d)
+        return MultiSceneConfig(mapping=MappingConfig.from_dict(d.pop("mapping", {})),
+                                model=ScinrConfig(**d.pop("model", {})), **d)
+
+
+@dataclass
+class MultiSceneSummary:
+    """What happened during mapping (totals over all scenes, then per scene); stored in the map file's metadata."""
+
+    n_frames: int
+    buffer_rows: int
+    steps: int
+    encode_s: float
+    train_s: float
+    total_s: float
+    peak_rss_mb: float
+    final_loss: float
+    final_valid_fraction: float
+    """Of the last batch."""
+    final_median_repro_px: float
+    """Of the last batch."""
+    device: str
+    scenes: list[dict]
+    """Per scene in embedding order: name, n_frames, camera_bounds, buffer_rows, final_valid_fraction and
+    final_median_repro_px (on up to 4,096 of its buffer rows after training)."""
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class MultiSceneBuffer:
+    """The buffers of all scenes, concatenated (N rows, F augmented frames over all scenes).
+
+    features: (N, C); pixels: (N, 2) in the augmented image; positions: (N, 2) normalised (normalised_positions);
+    frame_index: (N,) int64 into frame_K / frame_cam_from_world ((F, 3, 3), (F, 3, 4)); scene_index: (N,) int64;
+    targets: (N, 3) world points, NaN where unknown (None when no scene has depth); scene_rows: rows of each scene."""
+
+    features: torch.Tensor
+    pixels: torch.Tensor
+    positions: torch.Tensor
+    frame_index: torch.Tensor
+    scene_index: torch.Tensor
+    frame_K: torch.Tensor
+    frame_cam_from_world: torch.Tensor
+    targets: torch.Tensor | None
+    scene_rows: list[int]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def buffer_shares(scenes: list[Scene], total: int, sampling: str) -> list[int]:
+    """Rows of the buffer given to each scene: equal ("balanced") or proportional to its frames (at least 1)."""
+    weights = np.ones(len(scenes)) if sampling == "balanced" else np.array([len(s.frames) for s in scenes], float)
+    return [max(1, int(total * w / weights.sum())) for w in weights]
+
+
+def build_multi_scene_buffer(scenes: list[Scene], encoder: Encoder, config: MultiSceneConfig, device: torch.device,
+                             progress: Progress) -> MultiSceneBuffer:
+    """build_buffer on each scene with its share of mapping.buffer_size (and its own seed), then concatenated."""
+    shares = buffer_shares(scenes, config.mapping.buffer_size, config.sampling)
+    parts = [build_buffer(scene, encoder, replace(config.mapping, buffer_size=share, seed=config.mapping.seed + i),
+                          device, progress) for i, (scene, share) in enumerate(zip(scenes, shares))]
+    frame_offsets = np.cumsum([0] + [len(p.frame_K) for p in parts])
+    frame_index = torch.cat([p.frame_index + int(off) for p, off in zip(parts, frame_offsets)])
+    frame_K = torch.cat([p.frame_K for p in parts])
+    pixels = torch.cat([p.pixels for p in parts])
+    targets = None
+    if any(p.targets is not None for p in parts):
+        targets = torch.cat([p.targets if p.targets is not None else torch.full((len(p), 3), float("nan"))
+                             for p in parts])
+    return MultiSceneBuffer(
+        features=torch.cat([p.features for p in parts]), pixels=pixels,
+        positions=normalised_positions(pixels, frame_K[frame_index]), frame_index=frame_index,
+        scene_index=torch.cat([torch.full((len(p),), i, dtype=torch.int64) for i, p in enumerate(parts)]),
+        frame_K=frame_K, frame_cam_from_world=torch.cat([p.frame_cam_from_world for p in parts]),
+        targets=targets, scene_rows=[len(p) for p in parts])
+
+
+class SceneBatches:
+    """Row indices of successive batches. Each pool of rows is walked in a fresh random order per pass; a batch
+    takes a fixed number of rows from every pool ("balanced": one pool per scene, equal takes; "proportional": one
+    pool of all rows)."""
+
+    def __init__(self, scene_rows: list[int], batch_size: int, sampling: str, generator: torch.Generator):
+        starts = np.cumsum([0] + scene_rows)
+        if sampling == "balanced":
+            self.pools = [torch.arange(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+            base, extra = divmod(batch_size, len(scene_rows))
+            self.takes = [min(base + (i < extra), n) for i, n in enumerate(scene_rows)]
+        else:
+            self.pools = [torch.arange(int(starts[-1]))]
+            self.takes = [min(batch_size, int(starts[-1]))]
+        self.generator = generator
+        self.orders = [pool[torch.randperm(len(pool), generator=generator)] for pool in self.pools]
+        self.cursors = [0] * len(self.pools)
+
+    def next(self) -> torch.Tensor:
+        rows = []
+        for i, take in enumerate(self.takes):
+            if self.cursors[i] + take > len(self.orders[i]):
+                self.orders[i] = self.pools[i][torch.randperm(len(self.pools[i]), generator=self.generator)]
+                self.cursors[i] = 0
+            rows.append(self.orders[i][self.cursors[i]:self.cursors[i] + take])
+            self.cursors[i] += take
+        return torch.cat(rows)
+
+
+def _check_scenes(scenes: list[Scene]) -> None:
+    if not scenes:
+        raise InputError(None, "no scenes to map")
+    seen = set()
+    for scene in scenes:
+        if not scene.frames:
+            raise InputError(scene.root, "scene has no frames")
+        scene.require_poses()
+        if scene.name in seen:
+            raise InputError(scene.root, f"scene name {scene.name!r} is used twice; scene names must be unique")
+        seen.add(scene.name)
+
+
+def _batch_loss(head: ScinrHead, buffer: MultiSceneBuffer, rows: torch.Tensor, frame_K: torch.Tensor,
+                frame_pose: torch.Tensor, config: MappingConfig, threshold: float, device: torch.device):
+    fidx = buffer.frame_index[rows].to(device)
+    with autocast(device):
+        pred = head(buffer.features[rows].to(device), buffer.positions[rows].to(device),
+                    buffer.scene_index[rows].to(device))
+    return mapping_loss(pred.float(), buffer.pixels[rows].to(device), frame_K[fidx], frame_pose[fidx],
+                        None if buffer.targets is None else buffer.targets[rows].to(device), config, threshold)
+
+
+def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.device,
+               show_progress: bool = True) -> tuple[ScinrHead, MultiSceneSummary]:
+    """Train one SCINR head for `scenes` (every frame posed, names unique; scene i gets embedding i).
+    Deterministic for a given seed on a given device and thread count."""
+    _check_scenes(scenes)
+    config.validate()
+    cfg = config.mapping
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    t0 = time.perf_counter()
+    encoder = load_encoder(cfg.encoder).to(device)
+    centres = torch.tensor(np.stack([s.camera_centers().mean(0) for s in scenes]), dtype=torch.float32)
+    head = ScinrHead(encoder.out_channels, config.model, len(scenes), centres).to(device)
+
+    with make_progress(show_progress) as progress:
+        buffer = build_multi_scene_buffer(scenes, encoder, config, device, progress)
+        t_encoded = time.perf_counter()
+        total_steps = cfg.iterations
+        no_decay = {id(p) for p in head.no_decay_parameters()}
+        groups = [{"params": [p for p in head.parameters() if id(p) not in no_decay]},
+                  {"params": head.no_decay_parameters(), "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr_start, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr_max, total_steps=total_steps, div_factor=cfg.lr_max / cfg.lr_start,
+            final_div_factor=cfg.lr_start / cfg.lr_end, cycle_momentum=False, pct_start=0.25)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        batches = SceneBatches(buffer.scene_rows, min(cfg.batch_size, len(buffer)), config.sampling, generator)
+        frame_K, frame_pose = buffer.frame_K.to(device), buffer.frame_cam_from_world.to(device)
+        task = progress.add_task(f"training SCINR on {len(scenes)} scenes", total=total_steps, info="")
+        history, stats, loss = [], {}, torch.tensor(float("nan"))
+        for step in range(total_steps):
+            threshold = repro_threshold(cfg, step / total_steps)
+            loss, stats = _batch_loss(head, buffer, batches.next(), frame_K, frame_pose, cfg, threshold, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if (step + 1) % 50 == 0 or step + 1 == total_steps:
+                progress.update(task, completed=step + 1, info=f"loss {loss.item():.2f} valid {stats['valid']:.2f} "
+                                                                f"repro {stats['repro_px']:.1f}px thr {threshold:.1f}")
+            if (step + 1) % max(1, total_steps // 10) == 0:
+                history.append({"step": step + 1, "loss": float(loss.item()), **stats})
+    head.eval()
+    t_end = time.perf_counter()
+
+    per_scene, start = [], 0
+    with torch.no_grad():
+        for scene, n_rows in zip(scenes, buffer.scene_rows):
+            rows = torch.arange(start, start + n_rows)[torch.randperm(n_rows, generator=generator)[:4096]]
+            start += n_rows
+            _, scene_stats = _batch_loss(head, buffer, rows, frame_K, frame_pose, cfg, cfg.repro_threshold_end,
+                                         device)
+            centers = scene.camera_centers()
+            per_scene.append({"name": scene.name, "n_frames": len(scene.frames),
+                              "camera_bounds": [centers.min(0).tolist(), centers.max(0).tolist()],
+                              "buffer_rows": n_rows, "final_valid_fraction": scene_stats["valid"],
+                              "final_median_repro_px": scene_stats["repro_px"]})
+    summary = MultiSceneSummary(
+        n_frames=sum(len(s.frames) for s in scenes), buffer_rows=len(buffer), steps=total_steps,
+        encode_s=t_encoded - t0, train_s=t_end - t_encoded, total_s=t_end - t0, peak_rss_mb=peak_rss_mb(),
+        final_loss=float(loss.item()), final_valid_fraction=float(stats.get("valid", float("nan"))),
+        final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device), scenes=per_scene,
+        history=history)
+    return head, summary
+
+
+def build_multi_scene_map(scenes: list[Scene], config: MultiSceneConfig, device: torch.device,
+                          show_progress: bool = True) -> tuple[MultiSceneMap, MultiSceneSummary]:
+    """map_scenes plus everything the map file records about the scenes and the run."""
+    head, summary = map_scenes(scenes, config, device, show_progress)
+    training = {k: v for k, v in asdict(summary).items() if k != "scenes"}
+    metadata = build_multimap_metadata(load_encoder(config.mapping.encoder), config.model,
+                                       config.mapping.image_height, summary.scenes, training, config.to_dict())
+    return MultiSceneMap(head, config.mapping.encoder, config.mapping.image_height,
+                         [s.name for s in scenes], metadata), summary
