@@ -161,25 +161,40 @@ def evaluate(
 def render(
     scene: Optional[str] = typer.Argument(None, help="Benchmark scene name (see --list)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder to write (train/ and test/ inside)"),
-    seed: Optional[int] = typer.Option(None, help="Another room of the same kind (default: the preset's)"),
-    overwrite: bool = typer.Option(False, help="Replace frames already in the folder"),
+    seed: Optional[int] = typer.Option(None, help="Another room of the same kind (procedural scenes only)"),
+    overwrite: bool = typer.Option(False, help="Replace frames already in the folder (procedural scenes)"),
+    data_root: Optional[Path] = typer.Option(
+        None, "--data-root", help="Folder holding copyroom/ (the scan copyroom is rendered from; default: "
+                                  "$SCENELOC_DATA)"),
     list_scenes: bool = typer.Option(False, "--list", help="List the scene names and exit"),
 ):
-    """Render a benchmark scene as an ACE-style folder that `map` and `localize` read directly."""
+    """Render a benchmark scene as an ACE-style folder that `map` and `localize` read directly (with mesh.ply, the
+    scene's exact geometry)."""
+    from sceneloc.bench.scan_scenes import COPYROOM
+    from sceneloc.bench.scenes import default_data_root
+    from sceneloc.data.copyroom import CopyroomConfig
     from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
 
     if list_scenes:
         for name, config in PRESETS.items():
-            Console().print(f"{name}: {config.width}x{config.height}, {config.n_map} mapping + "
+            Console().print(f"{name}: procedural, {config.width}x{config.height}, {config.n_map} mapping + "
                             f"{config.n_query} query frames")
+        copy = CopyroomConfig()
+        Console().print(f"{COPYROOM.name}: the copyroom scan along its real trajectory (needs --data-root), "
+                        f"{copy.width}x{copy.height}, {copy.n_map} mapping + {copy.n_query} query frames")
         return
     if scene is None or output is None:
         _fail("render needs a SCENE name and -o DIR (or --list)")
-    if scene not in PRESETS:
-        _fail(f"unknown scene {scene!r}; available: {', '.join(PRESETS)}")
-    config = PRESETS[scene] if seed is None else PRESETS[scene].with_seed(seed)
-    render_scene_to_folder(config, output, overwrite=overwrite)
-    console.print(f"wrote {output}/train and {output}/test")
+    if scene == COPYROOM.name:
+        if seed is not None:
+            _fail("copyroom follows its real trajectory: --seed applies to procedural scenes only")
+        COPYROOM.write(output, data_root=data_root if data_root is not None else default_data_root())
+    elif scene in PRESETS:
+        config = PRESETS[scene] if seed is None else PRESETS[scene].with_seed(seed)
+        render_scene_to_folder(config, output, overwrite=overwrite)
+    else:
+        _fail(f"unknown scene {scene!r}; available: {', '.join([*PRESETS, COPYROOM.name])}")
+    console.print(f"wrote {output}/train, {output}/test and {output}/mesh.ply")
 
 
 @app.command()
@@ -223,10 +238,11 @@ def export_points_command(
     split: str = typer.Option("train", help="Split to export when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
     stride: Optional[int] = typer.Option(None, help="Use every STRIDE-th frame (default 1)"),
-    min_depth: Optional[float] = typer.Option(None, help="Smallest camera-frame depth of a point, metres (default 0.1)"),
+    min_depth: Optional[float] = typer.Option(None, help="Smallest camera-frame depth of a point, m (default 0.1)"),
     max_depth: Optional[float] = typer.Option(None, help="Largest camera-frame depth of a point, metres (default 10)"),
     keypoints: bool = typer.Option(True, "--keypoints/--no-keypoints",
-                                   help="Keep only cells with keypoint probability > 0.9 (maps with a keypoint network)"),
+                                   help="Keep only cells with keypoint probability > 0.9 (maps with a keypoint "
+                                        "network)"),
     consistency: bool = typer.Option(True, "--consistency/--no-consistency",
                                      help="Keep only cells whose prediction on the image rotated by 20 deg agrees "
                                           "within 0.1 m"),

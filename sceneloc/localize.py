@@ -33,11 +33,10 @@ class LocalizeConfig:
     than ACE's 10: on our maps it keeps recall at (5 cm, 5 deg), raises it at (10 cm, 5 deg) and halves RANSAC time
     (docs/BENCHMARKS.md); --threshold 10 trades that for slightly better recall at (2 cm, 2 deg)."""
     use_keypoints: bool = True
-    """When the map has a keypoint network, give RANSAC only the correspondences it rates as keypoints."""
-    keypoint_min_probability: float = 0.5
-    """Keypoint probability a correspondence needs to be kept."""
-    keypoint_min_count: int = 200
-    """When fewer correspondences pass, the most probable ones up to this count are kept instead."""
+    """When the map has a keypoint network, give RANSAC only the correspondences it ranks as most likely keypoints."""
+    keypoint_top_fraction: float = 0.5
+    """Fraction of an image's correspondences kept, those of highest keypoint probability (a rank, not a
+    probability threshold, so it works whatever the classifier's calibration)."""
 
 
 @dataclass
@@ -74,15 +73,12 @@ def predict_scene_coordinates(scene_map: SceneMap, rgb: np.ndarray, camera: Came
 
 def select_keypoints(prediction: Prediction, config: LocalizeConfig) -> np.ndarray:
     """Indices of the correspondences RANSAC gets: all of them without keypoint probabilities (or with
-    use_keypoints off), else those at keypoint_min_probability or above, topped up by probability to
-    keypoint_min_count."""
+    use_keypoints off), else the keypoint_top_fraction of highest probability (at least 4), in probability order."""
     n = len(prediction.pixels)
     if prediction.keypoint_prob is None or not config.use_keypoints:
         return np.arange(n)
-    keep = np.flatnonzero(prediction.keypoint_prob >= config.keypoint_min_probability)
-    if len(keep) < min(config.keypoint_min_count, n):
-        keep = np.argsort(-prediction.keypoint_prob, kind="stable")[:config.keypoint_min_count]
-    return keep
+    count = min(n, max(4, int(round(n * config.keypoint_top_fraction))))
+    return np.argsort(-prediction.keypoint_prob, kind="stable")[:count]
 
 
 def localize_image(scene_map: SceneMap, name: str, rgb: np.ndarray, camera: Camera, config: LocalizeConfig,

@@ -116,15 +116,19 @@ def test_second_run_uses_the_cache_and_the_child_reports_its_own_memory(first_ru
 def test_options_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(InputError, match=r"unknown suite 'nope'; available: tiny, quick, speed"):
         check_options(BenchOptions(tmp_path, suites=["nope"]))
-    with pytest.raises(InputError, match=r"unknown method 'sift'; available: scr, scr-effnet, scr-xfeat-ctx, colmap-sift"):
+    with pytest.raises(InputError, match=r"unknown method 'sift'; available: scr, scr-effnet, scr-xfeat-ctx, "
+                                         r"scr-acehead, scr-reshead, scr-acehead-kp, scr-reshead-kp, colmap-sift"):
         check_options(BenchOptions(tmp_path, suites=["tiny"], methods=["sift"]))
     with pytest.raises(InputError, match=r"colmap-sift: --set nope: unknown field 'nope'"):
         check_options(BenchOptions(tmp_path, overrides=["colmap-sift.nope=1"]))
     settings = check_options(BenchOptions(tmp_path, overrides=["iterations=3", "colmap-sift.num_neighbors=4"]))
     assert settings["scr"]["iterations"] == 3 and settings["colmap-sift"]["num_neighbors"] == 4
-    assert split_overrides(["iterations=3", "scr.head.width=64", "colmap-sift.seed=2"]) == {
-        "scr": ["iterations=3", "head.width=64"], "scr-effnet": ["iterations=3"], "scr-xfeat-ctx": ["iterations=3"],
-        "colmap-sift": ["seed=2"]}
+    routed = split_overrides(["iterations=3", "scr.head.width=64", "colmap-sift.seed=2"])
+    assert routed["scr"] == ["iterations=3", "head.width=64"] and routed["colmap-sift"] == ["seed=2"]
+    assert all(routed[name] == ["iterations=3"] for name in routed if name.startswith("scr-"))
+    # A variant's own settings come first, the user's override after them.
+    assert settings["scr-reshead-kp"]["head"]["num_blocks"] == 6 and settings["scr-reshead-kp"]["iterations"] == 3
+    assert settings["scr-reshead-kp"]["keypoints"]["enabled"] is True
     assert not (tmp_path / "results.json").exists()
 
 

@@ -1,15 +1,19 @@
-"""Synthetic rooms: exact depth and scene coordinates, textured images, deterministic paths, the ACE folder."""
+"""Synthetic rooms: exact depth and scene coordinates, textured images, deterministic paths, the ACE folder and its
+mesh, the standard benchmark presets (office, stairs, lowtex, hall)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
+import open3d as o3d
 import pytest
 from scipy.spatial.transform import Rotation
 
-from sceneloc.data.synthetic import (PRESETS, RoomConfig, SyntheticSceneConfig, TrajectoryConfig, frame_name,
-                                     generate_room, mapping_trajectory, query_trajectory, render_scene_to_folder,
-                                     render_view)
+from sceneloc.data.synthetic import (MESH_FILE, PRESETS, RoomConfig, StaircaseConfig, SyntheticSceneConfig,
+                                     TrajectoryConfig, frame_name, generate_room, mapping_trajectory,
+                                     query_trajectory, render_scene_to_folder, render_view)
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
@@ -200,7 +204,7 @@ def test_written_folder_has_the_ace_layout(tmp_path):
                                   n_map=4, n_query=3)
     scene = render_scene_to_folder(config, tmp_path / "room", progress=False)
     root = tmp_path / "room"
-    assert sorted(p.name for p in root.iterdir()) == ["test", "train"]
+    assert sorted(p.name for p in root.iterdir()) == [MESH_FILE, "test", "train"]
     for split, poses in (("train", scene.mapping), ("test", scene.query)):
         names = [frame_name(i) for i in range(len(poses))]
         assert names[0] == "frame-000000"
@@ -234,3 +238,130 @@ def test_written_folder_has_the_ace_layout(tmp_path):
     assert len(list((root / "train" / "rgb").iterdir())) == 2
     assert len(list((root / "test" / "depth").iterdir())) == 1
     assert not list(root.rglob("*.tmp"))
+
+
+STANDARD = ("office", "stairs", "lowtex", "hall")
+
+
+@pytest.fixture(scope="module")
+def standard_rooms():
+    return {name: generate_room(PRESETS[name].room) for name in STANDARD}
+
+
+def face_textures(room) -> list[np.ndarray]:
+    """The atlas window (h, w, 3) each face shows, from its first triangle's atlas coordinates."""
+    windows = []
+    for x, y, _, _, w, h in room.triangle_atlas_uv[::2]:
+        x0, y0 = int(round(x + 0.5)), int(round(y + 0.5))
+        windows.append(room.atlas[y0:y0 + int(round(h)), x0:x0 + int(round(w))])
+    return windows
+
+
+def gradient(image: np.ndarray) -> float:
+    """Mean absolute difference between neighbouring texels of an (h, w, 3) image, grey levels."""
+    grey = image.astype(np.float64).mean(2)
+    return float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
+
+
+def stairs_fraction(room, view) -> float:
+    """Fraction of a view's pixels that see the staircase (its landing or steps, not the floor)."""
+    points = view.scene_coords.reshape(-1, 3)
+    on_stairs = np.zeros(len(points), bool)
+    for box in room.stairs:
+        inside = np.all(np.abs(points[:, :2] - box.center_xy) <= box.half_size + 1e-4, 1)
+        on_stairs |= inside & (points[:, 2] > 1e-3) & (points[:, 2] <= box.height + 1e-4)
+    return float(on_stairs[view.depth.ravel() > 0].mean())
+
+
+def test_standard_presets_are_vga_with_modest_frame_counts_and_their_own_query_path(standard_rooms):
+    for name in STANDARD:
+        config, room = PRESETS[name], standard_rooms[name]
+        assert (config.width, config.height) == (640, 480)
+        assert (config.n_map, config.n_query) == ((500, 100) if name == "hall" else (400, 100))
+        mapping = mapping_trajectory(room, 100, config.room.seed, config.trajectory)
+        query = query_trajectory(room, 30, config.room.seed, config.trajectory)
+        centres = np.array([p.center for p in mapping])
+        nearest = np.linalg.norm(np.array([p.center for p in query])[:, None] - centres[None], axis=2).min(1)
+        assert nearest.min() > 1e-3 and nearest.max() < 0.6, name
+
+
+def test_office_is_richly_textured_and_lowtex_weakly(standard_rooms):
+    office = [gradient(t) for t in face_textures(standard_rooms["office"])]
+    default = [gradient(t) for t in face_textures(generate_room(RoomConfig(seed=0)))]
+    assert np.median(office) > 12 and min(office) > 3
+    assert len(office) >= len(default) + 25  # more furniture: 5 faces per block
+    assert np.median(office) > np.median(default) + 2
+
+    lowtex = face_textures(standard_rooms["lowtex"])
+    assert np.median([gradient(t) for t in lowtex]) < 2.5
+    # Mostly plain, with a few full-contrast spots: gradients over 0.3 m squares.
+    patches = np.array([gradient(t[y:y + 60, x:x + 60]) for t in lowtex
+                        for y in range(0, t.shape[0] - 60, 60) for x in range(0, t.shape[1] - 60, 60)])
+    assert np.percentile(patches, 95) < 4
+    assert 5 <= (patches > 8).sum() < 0.05 * len(patches)
+
+
+def test_stairs_have_identical_steps(standard_rooms):
+    room, stairs = standard_rooms["stairs"], PRESETS["stairs"].room.staircase
+    corners = room.vertices.reshape(-1, 4, 3)
+    extent = np.ptp(corners, axis=1)
+    risers = np.flatnonzero(np.all(np.abs(extent - [stairs.width_m, 0, stairs.rise_m]) < 1e-5, 1))
+    treads = np.flatnonzero(np.all(np.abs(extent - [stairs.width_m, stairs.going_m, 0]) < 1e-5, 1))
+    assert len(risers) == len(treads) == stairs.n_steps == 10
+    # One step above the other, each a rise higher.
+    np.testing.assert_allclose(np.sort(corners[treads, 0, 2]), stairs.rise_m * np.arange(1, 11), atol=1e-5)
+    np.testing.assert_allclose(np.sort(corners[risers, :, 2].min(1)), stairs.rise_m * np.arange(10), atol=1e-5)
+    # Every riser samples the same atlas texels (both triangles), every tread too, and no other face does.
+    for faces in (risers, treads):
+        uv = room.triangle_atlas_uv.reshape(-1, 2, 6)
+        np.testing.assert_array_equal(uv[faces], np.broadcast_to(uv[faces[0]], uv[faces].shape))
+        assert (np.all(uv == uv[faces[0]], axis=(1, 2))).sum() == 10
+    riser, tread = face_textures(room)[risers[0]], face_textures(room)[treads[0]]
+    assert gradient(riser) > 3 and np.abs(riser.astype(int) - tread[:len(riser)]).mean() > 10
+    # The steps are solid: a point inside a step is not free, one above its tread is.
+    step = room.stairs[1 + 4]
+    inside = np.append(step.center_xy, step.height - 0.05)
+    assert not room.is_free(inside[None])[0] and room.is_free((inside + [0, 0, 0.1])[None])[0]
+
+
+def test_stairs_cameras_look_at_the_stairs_and_depth_lands_on_the_mesh(standard_rooms):
+    room, config = standard_rooms["stairs"], replace(PRESETS["stairs"], width=32, height=24, supersampling=1)
+    mapping = mapping_trajectory(room, 40, config.room.seed, config.trajectory)
+    fractions = [stairs_fraction(room, render_view(room, config.camera(), p, 1)) for p in mapping]
+    assert np.mean(np.array(fractions) > 0.1) > 0.6
+
+    camera = replace(config, width=160, height=120).camera()
+    pose = mapping[int(np.argmax(fractions))]
+    view = render_view(room, camera, pose)
+    assert stairs_fraction(room, view) > 0.3 and (view.depth > 0).all()
+    world = pose.inverse().apply(camera.unproject(pixel_grid(camera), view.depth.ravel()))
+    assert room.distance_to_surface(world).max() < 1e-4
+
+
+def test_hall_is_large_and_its_loop_crosses_it(standard_rooms):
+    room, config = standard_rooms["hall"], PRESETS["hall"]
+    assert room.size.max() >= 10.0 and room.size.min() >= 3.5
+    centres = np.array([p.center for p in mapping_trajectory(room, 100, config.room.seed, config.trajectory)])
+    span = np.ptp(centres[:, :2], axis=0)
+    assert span.max() >= 9.0 and np.all(span >= 0.6 * room.size[:2])
+
+
+def test_mesh_ply_is_the_room_geometry(tmp_path):
+    config = replace(PRESETS["stairs"], width=32, height=24, n_map=2, n_query=1)
+    scene = render_scene_to_folder(config, tmp_path / "stairs", progress=False)
+    mesh = o3d.io.read_triangle_mesh(str(tmp_path / "stairs" / MESH_FILE))
+    assert len(mesh.triangles) == len(scene.room.triangles) > 100
+    np.testing.assert_array_equal(np.asarray(mesh.triangles), scene.room.triangles)
+    np.testing.assert_array_equal(np.asarray(mesh.vertices, np.float32), scene.room.vertices)
+    assert not list((tmp_path / "stairs").glob(".*"))
+
+
+def test_staircase_and_focus_settings_are_checked():
+    with pytest.raises(InputError, match="does not fit"):
+        RoomConfig(staircase=StaircaseConfig(width_m=4.0))
+    with pytest.raises(InputError, match="leaves less than"):
+        RoomConfig(staircase=StaircaseConfig(n_steps=12))
+    with pytest.raises(InputError, match="focus_weight"):
+        TrajectoryConfig(focus_weight=0.5)
+    with pytest.raises(InputError, match="needs a room with a focus"):
+        mapping_trajectory(generate_room(RoomConfig(seed=0)), 10, 0, TrajectoryConfig(focus_weight=1.0))

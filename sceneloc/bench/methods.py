@@ -114,14 +114,26 @@ class ColmapSiftMethod:
         return localize_scene(SiftMap.load(map_path), scene, self._config(overrides), show_progress)
 
 
+ACE_HEAD = ("head.num_blocks=1", "head.layers_per_block=3", "head.num_output_layers=3")
+"""The ACE-style head: one residual block of three layers, a three-layer output MLP."""
+RESIDUAL_HEAD = ("head.num_blocks=6", "head.layers_per_block=3", "head.num_output_layers=5")
+"""The keypoint paper's deeper head: six residual blocks of three layers, a five-layer output MLP."""
+KEYPOINTS = ("keypoints.enabled=true", "keypoints.fine_tune_iterations=2000")
+"""Keypoint network plus keypoint-guided fine-tuning of the head."""
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     ScrMethod(),
     ScrMethod("scr-effnet", ("encoder=effnet-lite0",)),
     ScrMethod("scr-xfeat-ctx", ("encoder=xfeat-ctx",)),
+    ScrMethod("scr-acehead", ACE_HEAD),
+    ScrMethod("scr-reshead", RESIDUAL_HEAD),
+    ScrMethod("scr-acehead-kp", ACE_HEAD + KEYPOINTS),
+    ScrMethod("scr-reshead-kp", RESIDUAL_HEAD + KEYPOINTS),
     ColmapSiftMethod(),
 )}
 """The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
-variants of it (encoder choices); `colmap-sift` is the structure-based peer."""
+variants of it (encoder choices; the ACE-style and the deeper residual head, each with and without keypoint
+selection and keypoint-guided fine-tuning); `colmap-sift` is the structure-based peer."""
 
 
 def map_in_this_process(method: str, scene_root: str, map_path: str, overrides: list[str], device: str,

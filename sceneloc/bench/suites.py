@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sceneloc.bench.real_scenes import FOUNTAIN_P11, HERZJESU_P8, SLAMBOOK, STAIRS_7SCENES
+from sceneloc.bench.scan_scenes import COPYROOM
 from sceneloc.bench.scenes import SceneSpec, SyntheticSceneSpec
+from sceneloc.bench.variant_scenes import DegradedQueriesSpec
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,12 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("speed", "bench-room (640x480, 1000 mapping / 200 query frames), scr only: mapping time, peak memory, "
                    "localization rate and map size at full size",
           (SyntheticSceneSpec("bench-room"),), ("scr",)),
+    Suite("standard", "the copyroom scan rendered along its real trajectory (needs --data-root or $SCENELOC_DATA) "
+                      "and four procedural scenes (640x480): a richly textured office (its queries also degraded: "
+                      "illumination, motion blur, sensor noise, JPEG), stairs (repeated structure), lowtex (weak "
+                      "texture), hall (14 m)",
+          (COPYROOM, DegradedQueriesSpec(SyntheticSceneSpec("office")), SyntheticSceneSpec("stairs"),
+           SyntheticSceneSpec("lowtex"), SyntheticSceneSpec("hall")), ("scr", "colmap-sift")),
     Suite("real", "real image sets (needs --data-root or $SCENELOC_DATA): the 7-Scenes stairs slice (its own "
                   "train/test split), Strecha fountain-P11 and Herz-Jesu-P8 and slambook RGB-D (leave-one-out)",
           (STAIRS_7SCENES, FOUNTAIN_P11, HERZJESU_P8, SLAMBOOK), ("scr", "colmap-sift")),

@@ -32,14 +32,16 @@ class KeypointConfig:
     lr_start: float = 1e-4
     """Starting learning rate of that schedule (the paper's initial rate)."""
     fine_tune_iterations: int = 0
-    """Steps of keypoint-guided fine-tuning of the head (0: none), on the rows the keypoint network rates at or
-    above fine_tune_min_probability."""
+    """Steps of keypoint-guided fine-tuning of the head (0: none), on the buffer rows the keypoint network ranks
+    highest (fine_tune_top_fraction of them)."""
     fine_tune_lr_start: float = 5e-5
     """Learning rate at the start and end of the fine-tuning one-cycle schedule (the paper's lower bound)."""
     fine_tune_lr_max: float = 6e-4
     """Peak learning rate of fine-tuning (the paper's upper bound)."""
-    fine_tune_min_probability: float = 0.5
-    """Rows at or above this keypoint probability are fine-tuned on."""
+    fine_tune_top_fraction: float = 0.5
+    """Fraction of the buffer, the rows of highest keypoint probability, that fine-tuning trains on. A rank rather
+    than a probability threshold: where keypoints are rare the probabilities rarely pass 0.5, but their order is
+    still informative."""
 
 
 @dataclass

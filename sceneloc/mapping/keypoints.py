@@ -65,11 +65,27 @@ def keypoint_probabilities(net: KeypointNet, features: torch.Tensor, device: tor
     return torch.cat(probs)
 
 
+def _auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve of scores (N,) for bool labels (N,): the probability that a random keypoint scores
+    above a random non-keypoint (ties count half); NaN when one class is missing."""
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = torch.argsort(scores)
+    ranks = torch.empty(len(scores), dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    # Ties get their mean rank.
+    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inverse, ranks)
+    ranks = (sums / counts)[inverse]
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def train_keypoint_net(head: RegressionHead, buffer: Buffer, in_channels: int, config: MappingConfig,
                        device: torch.device, progress: Progress) -> tuple[KeypointNet, dict]:
     """Label the buffer with `head`, train a KeypointNet on a shuffled 98 % of it (binary cross-entropy, AdamW
     one-cycle) and measure it on the rest. Returns the network (eval mode) and statistics: positive_fraction,
-    val_accuracy, val_precision and val_recall at probability 0.5, final_loss."""
+    val_auc, and val_accuracy, val_precision and val_recall at probability 0.5, final_loss."""
     kp = config.keypoints
     labels = _label_buffer(head, buffer, config, device)
     generator = torch.Generator().manual_seed(config.seed + 1)
@@ -96,10 +112,12 @@ def train_keypoint_net(head: RegressionHead, buffer: Buffer, in_channels: int, c
         if (step + 1) % 50 == 0 or step + 1 == kp.iterations:
             progress.update(task, completed=step + 1, info=f"loss {loss.item():.3f}")
     net.eval()
-    predicted = keypoint_probabilities(net, buffer.features[val_rows], device) >= 0.5
+    val_prob = keypoint_probabilities(net, buffer.features[val_rows], device)
+    predicted = val_prob >= 0.5
     truth = labels[val_rows]
     true_pos = (predicted & truth).sum().item()
     stats = {"positive_fraction": labels.float().mean().item(),
+             "val_auc": _auc(val_prob, truth),
              "val_accuracy": (predicted == truth).float().mean().item(),
              "val_precision": true_pos / max(1, predicted.sum().item()),
              "val_recall": true_pos / max(1, truth.sum().item()),
@@ -109,14 +127,13 @@ def train_keypoint_net(head: RegressionHead, buffer: Buffer, in_channels: int, c
 
 def fine_tune_head(head: RegressionHead, keypoint_net: KeypointNet, buffer: Buffer, config: MappingConfig,
                    device: torch.device, progress: Progress) -> dict:
-    """Keypoint-guided fine-tuning: continue training `head` only on the buffer rows keypoint_net rates at
-    fine_tune_min_probability or above, with the paper's low learning rates and a robust threshold shrinking from
+    """Keypoint-guided fine-tuning: continue training `head` only on the fine_tune_top_fraction of buffer rows that
+    keypoint_net ranks highest, with the paper's low learning rates and a robust threshold shrinking from
     label_repro_px to repro_threshold_end. Returns {"fine_tune_rows", "fine_tune_final_repro_px"}."""
     kp = config.keypoints
     probs = keypoint_probabilities(keypoint_net, buffer.features, device)
-    rows = torch.nonzero(probs >= kp.fine_tune_min_probability).flatten()
-    if len(rows) == 0:
-        return {"fine_tune_rows": 0, "fine_tune_final_repro_px": float("nan")}
+    n_rows = max(1, int(round(len(probs) * kp.fine_tune_top_fraction)))
+    rows = torch.argsort(probs, descending=True, stable=True)[:n_rows]
     _, stats, _ = optimise_head(
         head, buffer, config, device, progress, "fine-tuning head on keypoints", kp.fine_tune_iterations,
         (kp.fine_tune_lr_start, kp.fine_tune_lr_max, config.lr_end),

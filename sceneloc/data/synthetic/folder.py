@@ -5,7 +5,10 @@ Layout (frame names "frame-000000", numbered from 0 in each split):
     out_dir/train|test/poses/<name>.pose.txt                4x4 camera-to-world matrix, 4 lines of numbers
     out_dir/train|test/calibration/<name>.calibration.txt   3x3 K, 3 lines of numbers
     out_dir/train|test/depth/<name>.depth.png               uint16 millimetres, 0 = invalid
-train/ holds the mapping path, test/ the query path."""
+    out_dir/mesh.ply                                        the scene's ground-truth geometry
+train/ holds the mapping path, test/ the query path. mesh.ply is the room's triangle mesh (Room.mesh, written by Open3D
+as binary PLY: vertex positions in metres in the world frame of the poses, four vertices and two triangles per
+planar face, no colours): the reference for evaluating reconstructed point clouds."""
 
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import open3d as o3d
 from rich.progress import track
 
 from sceneloc.data.synthetic.render import RenderedView, render_view
-from sceneloc.data.synthetic.room import Room, RoomConfig, generate_room
+from sceneloc.data.synthetic.room import Room, RoomConfig, StaircaseConfig, generate_room
 from sceneloc.data.synthetic.trajectory import TrajectoryConfig, mapping_trajectory, query_trajectory
+from sceneloc.atomic import atomic_output
 from sceneloc.data.ace_folder import write_ace_frame
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
@@ -25,6 +30,7 @@ from sceneloc.geometry import Camera, Rigid3
 SPLITS = ("train", "test")
 SUBFOLDERS = {"rgb": ".color.png", "poses": ".pose.txt", "calibration": ".calibration.txt", "depth": ".depth.png"}
 """Sub-folder of each split -> file suffix after the frame name."""
+MESH_FILE = "mesh.ply"
 
 
 @dataclass(frozen=True)
@@ -73,15 +79,45 @@ class SyntheticSceneConfig:
         return replace(self, room=replace(self.room, seed=seed))
 
 
+_STANDARD = dict(width=640, height=480, principal_offset_px=(6.0, -4.0), n_map=400, n_query=100)
+"""What the four standard benchmark scenes share: VGA images and modest frame counts (a benchmark on 2 cores)."""
+
 PRESETS: dict[str, SyntheticSceneConfig] = {
     "tiny-room": SyntheticSceneConfig(width=160, height=120, principal_offset_px=(1.5, -1.0), n_map=60, n_query=20),
     "quick-room": SyntheticSceneConfig(width=320, height=240, principal_offset_px=(3.0, -2.0), n_map=300, n_query=50),
     "bench-room": SyntheticSceneConfig(width=640, height=480, principal_offset_px=(6.0, -4.0), n_map=1000,
                                        n_query=200),
+    "office": SyntheticSceneConfig(
+        room=RoomConfig(seed=1, size_min=(5.0, 6.0, 2.6), size_max=(6.0, 7.0, 3.0), n_wall_blocks=10,
+                        n_island_blocks=3, tile_size_range=(0.5, 0.9)),
+        **_STANDARD),
+    "stairs": SyntheticSceneConfig(
+        room=RoomConfig(seed=2, size_min=(5.0, 7.0, 3.6), size_max=(5.6, 7.6, 4.0), n_wall_blocks=3,
+                        n_island_blocks=0, staircase=StaircaseConfig()),
+        trajectory=TrajectoryConfig(focus_weight=0.9, yaw_swing_deg=45.0), **_STANDARD),
+    "lowtex": SyntheticSceneConfig(room=RoomConfig(seed=3, texture_contrast=0.12, n_textured_spots=5), **_STANDARD),
+    "hall": SyntheticSceneConfig(
+        room=RoomConfig(seed=4, size_min=(13.0, 8.5, 3.8), size_max=(14.5, 9.5, 4.2), n_wall_blocks=14,
+                        n_island_blocks=4, n_lights=6, ambient=0.55),
+        trajectory=TrajectoryConfig(wall_margin_m=1.8, yaw_swing_deg=150.0), **{**_STANDARD, "n_map": 500}),
 }
-"""Named scenes: tiny-room for unit tests, quick-room for `make demo` and the quick benchmark suite, bench-room
-for the 1,000-frame speed benchmark. All share the
-default room (seed 0) and paths, a 60-degree horizontal field of view and fy = 1.01 fx."""
+"""Named scenes, all with a 60-degree horizontal field of view and fy = 1.01 fx.
+- tiny-room: unit tests; quick-room: `make demo` and the quick benchmark suite; bench-room: the 1,000-frame speed
+  benchmark. They share the default room (seed 0) and paths.
+- The standard suite's procedural scenes, 640x480, 400 mapping + 100 query frames (hall: 500 + 100), each hard in
+  its own way:
+  office: a richly textured office (5-6 x 6-7 x 2.6-3 m) crowded with furniture (10 wall blocks and 3 tables
+    asked for; 11 fit in seed 1) and small distinct texture tiles (0.5-0.9 m): the well-textured reference, but
+    cluttered, with many occlusions and close-ups.
+  stairs: a 3.6-4 m high stairwell with a 10-step staircase whose risers all show one texture and treads another,
+    the cameras turned towards it (it fills over a tenth of most frames): genuinely repeated structure, as in
+    7-Scenes' Stairs, where one step looks like the next and only the ends, sides and surroundings of the stairs
+    tell the steps apart.
+  lowtex: a default-sized room whose textures keep 12% of their contrast (grey-level gradients of about 1 to 4)
+    with five full-contrast posters and rugs: few features, most of each image barely textured.
+  hall: a 13-14.5 x 8.5-9.5 x 3.8-4.2 m hall, its loop 1.8 m from the walls so that the camera crosses about 11 x
+    6 m, headings swinging up to 150 degrees from facing the nearest wall: depths from 1 to 14 m (little texture
+    detail per pixel far away), large viewpoint and scale changes along the loop."""
 
 
 @dataclass
@@ -106,6 +142,13 @@ def write_frame(split_dir: Path, name: str, camera: Camera, cam_from_world: Rigi
     write_ace_frame(split_dir, name, view.rgb, camera, cam_from_world, view.depth)
 
 
+def write_mesh(path: Path, room: Room) -> None:
+    """Write the room's triangle mesh (Room.mesh) to the PLY file `path`, atomically."""
+    with atomic_output(path) as tmp:
+        if not o3d.t.io.write_triangle_mesh(str(tmp), room.mesh()):
+            raise InputError(path, "Open3D could not write the mesh")
+
+
 def _prepare(out_dir: Path, overwrite: bool) -> None:
     """Create the split folders. Existing frame files are an error unless `overwrite`, which deletes them (only
     files named like ours, in our sub-folders) so that a smaller scene leaves no stale frames behind."""
@@ -124,14 +167,16 @@ def _prepare(out_dir: Path, overwrite: bool) -> None:
 
 def render_scene_to_folder(config: SyntheticSceneConfig, out_dir: str | Path, overwrite: bool = False,
                            progress: bool = True) -> SyntheticScene:
-    """Generate the room of `config`, render config.n_map mapping frames into out_dir/train and config.n_query
-    query frames into out_dir/test (layout in the module docstring), with a progress bar unless progress=False."""
+    """Generate the room of `config`, write its mesh to out_dir/mesh.ply, render config.n_map mapping frames into
+    out_dir/train and config.n_query query frames into out_dir/test (layout in the module docstring), with a
+    progress bar unless progress=False."""
     out_dir = Path(out_dir)
     _prepare(out_dir, overwrite)
     camera = config.camera()
     room = generate_room(config.room)
     mapping = mapping_trajectory(room, config.n_map, config.room.seed, config.trajectory)
     query = query_trajectory(room, config.n_query, config.room.seed, config.trajectory)
+    write_mesh(out_dir / MESH_FILE, room)
     jobs = [(split, i, pose) for split, poses in zip(SPLITS, (mapping, query)) for i, pose in enumerate(poses)]
     for split, i, pose in track(jobs, description=f"Rendering {out_dir.name}", disable=not progress):
         view = render_view(room, camera, pose, config.supersampling)

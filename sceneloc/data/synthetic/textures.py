@@ -2,7 +2,8 @@
 
 Each planar face gets its own texture covering the whole face at a fixed physical resolution (texels per metre),
 made of tiles of about one metre, each tile a random crop of a random photo with its own colour jitter, so no two
-places in a room look alike."""
+places in a room look alike. For weakly textured rooms a texture can be blended towards its mean colour
+(lower_contrast) and a few full-contrast photo patches painted on (photo_patch)."""
 
 from __future__ import annotations
 
@@ -81,3 +82,18 @@ def face_texture(width_m: float, height_m: float, texels_per_metre: float, tile_
             photo = photos[int(rng.integers(len(photos)))]
             texture[ys[j]:ys[j + 1], xs[i]:xs[i + 1]] = _tile(photo, xs[i + 1] - xs[i], ys[j + 1] - ys[j], rng)
     return texture
+
+
+def photo_patch(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A (height, width, 3) uint8 RGB crop of a random photo at full contrast (a poster, a rug)."""
+    photos = load_photos()
+    return _tile(photos[int(rng.integers(len(photos)))], width, height, rng)
+
+
+def lower_contrast(texture: np.ndarray, contrast: float) -> np.ndarray:
+    """texture (h, w, 3) uint8 blended towards its own mean colour: mean + contrast * (texel - mean), same shape
+    and dtype; contrast 1 returns it unchanged, 0 a flat colour."""
+    if contrast == 1.0:
+        return texture
+    mean = texture.reshape(-1, 3).mean(0)
+    return np.clip(mean + contrast * (texture - mean) + 0.5, 0, 255).astype(np.uint8)

@@ -1,8 +1,9 @@
 """Hand-held-like camera paths through a synthetic room: one mapping loop and a query path that stays close to it.
 
-The mapping path is a closed loop around the room's middle (an ellipse kept `wall_margin_m` from the walls, its
-radius wobbling smoothly); the heading swings smoothly around "facing the nearest wall", pitch and roll drift, and
-a small fast shake is added. The query path follows the same loop with a different phase and its own smooth
+The mapping path is a closed loop around the middle of the room's path area (the floor, less a staircase's strip:
+an ellipse kept `wall_margin_m` from the area's edges, its radius wobbling smoothly); the heading swings smoothly
+around "facing the nearest wall" (optionally turned towards the room's focus, its staircase), pitch and roll drift,
+and a small fast shake is added. The query path follows the same loop with a different phase and its own smooth
 offsets in position, height, heading and pitch, so it sees what the mapping frames saw from nearby but different
 viewpoints. Every pose is checked (inside the room, outside furniture, clear of surfaces, the image centre not too
 close); a path that fails is drawn again."""
@@ -59,6 +60,14 @@ class TrajectoryConfig:
     """Smallest distance along the optical axis to the surface seen at the image centre."""
     max_attempts: int = 50
     """Paths drawn before giving up (the room is then too small or cluttered for this configuration)."""
+    focus_weight: float = 0.0
+    """How far the heading the yaw swings around turns from facing away from the path area's centre (0) towards
+    the room's focus (1, see Room.focus_xy): the unit directions are blended with this weight. Values within 0.1
+    of 0.5 are refused: where the two directions are opposite they would cancel."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.focus_weight <= 1.0 or abs(self.focus_weight - 0.5) < 0.1:
+            raise InputError(None, f"focus_weight must be in [0, 0.4] or [0.6, 1], got {self.focus_weight}")
 
 
 def _periodic_spline(rng: np.random.Generator, n: int, low: float, high: float) -> CubicSpline:
@@ -118,17 +127,32 @@ class _Loop:
 
     def centres(self, s: np.ndarray) -> np.ndarray:
         """(N,) loop parameters -> (N, 3) camera centres without shake."""
-        half = self.room.size[:2] / 2
+        middle, half = _path_middle(self.room)
         axes = half - self.config.wall_margin_m
         angle = 2 * np.pi * s
-        xy = half + np.stack([np.cos(angle), np.sin(angle)], 1) * axes * self.radius(s % 1.0)[:, None]
+        xy = middle + np.stack([np.cos(angle), np.sin(angle)], 1) * axes * self.radius(s % 1.0)[:, None]
         z = np.clip(self.height(s % 1.0), *self.config.height_range_m)
         return np.column_stack([xy, z])
 
     def outward_yaw(self, s: np.ndarray) -> np.ndarray:
-        """(N,) heading that faces away from the room's centre."""
-        d = self.centres(s)[:, :2] - self.room.size[:2] / 2
+        """(N,) heading that faces away from the path area's centre."""
+        d = self.centres(s)[:, :2] - _path_middle(self.room)[0]
         return np.arctan2(d[:, 1], d[:, 0])
+
+    def heading(self, s: np.ndarray) -> np.ndarray:
+        """(N,) heading the yaw swings around: outward_yaw turned focus_weight of the way towards the room's
+        focus (exactly outward_yaw for weight 0)."""
+        outward = self.outward_yaw(s)
+        w = self.config.focus_weight
+        if w == 0:
+            return outward
+        out = np.stack([np.cos(outward), np.sin(outward)], 1)
+        to_focus = self.room.focus_xy - self.centres(s)[:, :2]
+        blend = (1 - w) * out + w * to_focus / np.linalg.norm(to_focus, axis=1, keepdims=True)
+        # The signed angle from outward to the blend (within +-180 degrees, the blend never vanishes), added to
+        # outward: continuous wherever outward_yaw is.
+        turn = np.arctan2(out[:, 0] * blend[:, 1] - out[:, 1] * blend[:, 0], np.einsum("ij,ij->i", out, blend))
+        return outward + turn
 
     def shaken(self, s: np.ndarray, centres: np.ndarray, yaw: np.ndarray, pitch: np.ndarray,
                roll: np.ndarray) -> list[Rigid3]:
@@ -138,12 +162,22 @@ class _Loop:
         return _poses(centres, yaw + self.shake[3](u), pitch + self.shake[4](u), roll + self.shake[5](u))
 
 
+def _path_middle(room: Room) -> tuple[np.ndarray, np.ndarray]:
+    """(2,) centre and (2,) half extent of the room's path area."""
+    low, high = room.path_area
+    half = (high - low) / 2
+    return low + half, half
+
+
 def _check(room: Room, n_frames: int, config: TrajectoryConfig) -> None:
     if n_frames < 1:
         raise InputError(None, f"a trajectory needs at least one frame, got {n_frames}")
-    if np.any(room.size[:2] / 2 - config.wall_margin_m < 0.2):
-        raise InputError(None, f"room {room.size[0]:.2f} x {room.size[1]:.2f} m is too small for a camera loop "
-                               f"{config.wall_margin_m} m from the walls")
+    if np.any(_path_middle(room)[1] - config.wall_margin_m < 0.2):
+        width, length = room.path_area[1] - room.path_area[0]
+        raise InputError(None, f"floor area {width:.2f} x {length:.2f} m of room {room.size.round(2).tolist()} m "
+                               f"is too small for a camera loop {config.wall_margin_m} m from its edges")
+    if config.focus_weight > 0 and room.focus_xy is None:
+        raise InputError(None, "focus_weight > 0 needs a room with a focus (a staircase)")
 
 
 def _give_up(room: Room, what: str, config: TrajectoryConfig) -> InputError:
@@ -165,7 +199,7 @@ def _mapping_loop(room: Room, seed: int, config: TrajectoryConfig) -> tuple[_Loo
 def _mapping_poses(loop: _Loop, phase: float, n_frames: int) -> list[Rigid3]:
     s = phase + np.arange(n_frames) / n_frames
     u = s % 1.0
-    return loop.shaken(s, loop.centres(s), loop.outward_yaw(s) + loop.yaw(u), loop.pitch(u), loop.roll(u))
+    return loop.shaken(s, loop.centres(s), loop.heading(s) + loop.yaw(u), loop.pitch(u), loop.roll(u))
 
 
 def mapping_trajectory(room: Room, n_frames: int, seed: int,
@@ -199,8 +233,8 @@ def query_trajectory(room: Room, n_frames: int, seed: int,
         centres[:, :2] += radial(u)[:, None] * np.stack([np.cos(outward), np.sin(outward)], 1)
         centres[:, 2] = np.clip(centres[:, 2] + height(u), *config.height_range_m)
         # The shake splines are the mapping loop's; shifting their parameter decorrelates the query's shake.
-        poses = loop.shaken(s + 0.5 / n, centres, outward + loop.yaw(u) + d_yaw(u), loop.pitch(u) + d_pitch(u),
-                            q_roll(u))
+        poses = loop.shaken(s + 0.5 / n, centres, loop.heading(s) + loop.yaw(u) + d_yaw(u),
+                            loop.pitch(u) + d_pitch(u), q_roll(u))
         if _all_valid(room, poses, config):
             return poses
     raise _give_up(room, "query", config)
