@@ -301,7 +301,7 @@ def evaluate_cloud_command(
     """Accuracy, completeness, precision, recall and F-score of a point cloud against a mesh; JSON + markdown + PNG."""
     from sceneloc.evaluate.cloud import (CloudEvalConfig, evaluate_cloud, format_cloud_table, read_mesh,
                                          render_cloud_png, write_cloud_report)
-    from sceneloc.evaluate.report import _with_suffix
+    from sceneloc.evaluate.report import with_suffix
     from sceneloc.export.points import read_ply
 
     config = CloudEvalConfig()
@@ -313,7 +313,7 @@ def evaluate_cloud_command(
     except ValueError as e:
         _fail(str(e))
     prefix = output or cloud_file.with_name(cloud_file.stem + "_eval")
-    png = _with_suffix(prefix, ".png")
+    png = with_suffix(prefix, ".png")
     check_writable(png)
     cloud = read_ply(cloud_file)
     result = evaluate_cloud(cloud, read_mesh(mesh), config)

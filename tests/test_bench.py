@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sceneloc.bench.report import strict_json
+from sceneloc.evaluate.report import strict_json
 from sceneloc.bench.runner import RESULT_KEYS, BenchOptions, check_options, split_overrides
 from sceneloc.cli import app
 from sceneloc.errors import InputError

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.table import Table
 
 from sceneloc.evaluate import RECALL_THRESHOLDS
+from sceneloc.evaluate.report import strict_json
 from sceneloc.atomic import write_text_atomic
 
 MEASUREMENT_NOTES = """\
@@ -26,17 +27,6 @@ How the numbers were measured:
   slowed by other processes.
 - **query time**: per image, from the decoded image to the pose (reading the file excluded); median over the
   query images (the first one also warms up the model; the median is not swayed by it)."""
-
-
-def strict_json(value):
-    """inf/nan -> None, recursively, so the file is strict JSON (an infinite median error is null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def write_results_json(path: str | Path, rows: list[dict]) -> None:

@@ -21,7 +21,7 @@ _LOG_FLOOR = {"t_err_cm": 1e-2, "r_err_deg": 1e-3}
 _MARKED = {"t_err_cm": 5.0, "r_err_deg": 5.0}
 
 
-def _save(fig: Figure, path: str | Path) -> None:
+def save_figure(fig: Figure, path: str | Path) -> None:
     path = Path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", bbox_inches="tight")
@@ -64,7 +64,7 @@ def plot_error_cdf(results: dict[str, dict], path: str | Path) -> None:
         ax.grid(True, which="major", alpha=0.4)
         ax.grid(True, which="minor", alpha=0.12)
         ax.legend(loc="upper left", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_trajectory(truth: dict[str, Rigid3], estimates: list[PoseEstimate], path: str | Path) -> None:
@@ -124,4 +124,4 @@ def plot_trajectory(truth: dict[str, Rigid3], estimates: list[PoseEstimate], pat
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)

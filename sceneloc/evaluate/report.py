@@ -14,19 +14,19 @@ from sceneloc.evaluate.plots import plot_error_cdf
 from sceneloc.atomic import write_text_atomic
 
 
-def _with_suffix(prefix: Path, suffix: str) -> Path:
+def with_suffix(prefix: Path, suffix: str) -> Path:
     # Not Path.with_suffix: a prefix such as "runs/ace.v2" must keep its dot.
     return prefix.with_name(prefix.name + suffix)
 
 
-def _strict_json(value):
+def strict_json(value):
     """inf/nan -> None, recursively, so that the file is strict JSON (null = infinite error, i.e. failed)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strict_json(v) for v in value]
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
     return value
 
 
@@ -59,8 +59,8 @@ def write_report(result: dict, out_prefix: str | Path) -> list[Path]:
     """Writes <prefix>.json (the evaluate_poses() dict, inf as null), <prefix>.md (summary table) and
     <prefix>_cdf.png (error CDFs, labelled with the prefix's name). Returns the three paths."""
     out_prefix = Path(out_prefix)
-    json_path, md_path, png_path = (_with_suffix(out_prefix, s) for s in (".json", ".md", "_cdf.png"))
-    write_text_atomic(json_path, json.dumps(_strict_json(result), indent=1, allow_nan=False) + "\n")
+    json_path, md_path, png_path = (with_suffix(out_prefix, s) for s in (".json", ".md", "_cdf.png"))
+    write_text_atomic(json_path, json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
     lines = [f"# Relocalisation accuracy: {out_prefix.name}", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {metric} | {value} |" for metric, value in summary_rows(result)]
     lines += ["", "Recall: share of all query images with both errors strictly below the thresholds; failed "
