@@ -6,13 +6,11 @@ three representative ones run the installed `sceneloc` script in a subprocess.""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +18,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from sceneloc.cli import main
+from conftest import run_cli
 from sceneloc.data.ace_folder import write_ace_frame
 from sceneloc.geometry import Camera, Rigid3
 
@@ -39,20 +37,6 @@ def _write_scene(root: Path) -> Path:
         rotation = Rotation.from_euler("y", 5.0 * i, degrees=True).as_matrix()
         write_ace_frame(root, f"f{i}", rgb, CAMERA, Rigid3(rotation, np.array([0.1 * i, 0.0, 1.0])))
     return root
-
-
-def _run(*args) -> tuple[int, str]:
-    """Run the CLI entry point in-process: (exit code, stdout + stderr). Any exception other than the SystemExit
-    main() ends with (i.e. a traceback) propagates and fails the test."""
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["sceneloc", *map(str, args)]
-    try:
-        with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as exited:
-            main()
-    finally:
-        sys.argv = argv
-    return exited.value.code or 0, out.getvalue() + err.getvalue()
 
 
 def _run_subprocess(*args) -> tuple[int, str]:
@@ -84,7 +68,7 @@ def good(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("good")
     scene = _write_scene(root / "scene")
     map_file = root / "scene.map"
-    code, output = _run("map", scene, "-o", map_file, *TINY_MAP)
+    code, output = run_cli("map", scene, "-o", map_file, *TINY_MAP)
     assert code == 0, output
     assert map_file.is_file() and [p.name for p in root.iterdir() if p.name.startswith(".")] == []
     return SimpleNamespace(scene=scene, map=map_file)
@@ -118,7 +102,7 @@ def _nerf_scene(root: Path, source: Path, wrong_frame: int | None) -> Path:
 
 def test_happy_path_localize_writes_one_line_per_image(good, tmp_path):
     out = tmp_path / "out" / "poses.txt"
-    code, output = _run("localize", good.map, good.scene, "-o", out, *FAST_LOCALIZE)
+    code, output = run_cli("localize", good.map, good.scene, "-o", out, *FAST_LOCALIZE)
     assert code == 0, output
     lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
     assert sorted(line.split()[0] for line in lines) == [f"f{i}" for i in range(N_FRAMES)]
@@ -127,14 +111,14 @@ def test_happy_path_localize_writes_one_line_per_image(good, tmp_path):
 
 def test_map_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    code, output = _run("map", tmp_path / "empty", "-o", tmp_path / "out" / "x.map", *TINY_MAP)
+    code, output = run_cli("map", tmp_path / "empty", "-o", tmp_path / "out" / "x.map", *TINY_MAP)
     _assert_one_error_line(code, output, str(tmp_path / "empty"), "folder is empty")
     _assert_nothing_written(tmp_path / "out")
 
 
 def test_map_image_without_pose(scene, tmp_path):
     (scene / "poses" / "f2.pose.txt").unlink()
-    code, output = _run("map", scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
+    code, output = run_cli("map", scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
     _assert_one_error_line(code, output, str(scene / "rgb" / "f2.color.png"), "image has no pose file")
     _assert_nothing_written(tmp_path / "out")
 
@@ -142,7 +126,7 @@ def test_map_image_without_pose(scene, tmp_path):
 def test_map_pose_without_image(scene, tmp_path):
     (scene / "rgb" / "f2.color.png").unlink()
     (scene / "calibration" / "f2.calibration.txt").unlink()
-    code, output = _run("map", scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
+    code, output = run_cli("map", scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
     _assert_one_error_line(code, output, str(scene / "poses" / "f2.pose.txt"), "pose file has no matching image")
     _assert_nothing_written(tmp_path / "out")
 
@@ -153,7 +137,7 @@ def test_map_pose_without_image(scene, tmp_path):
 ], ids=["non-orthonormal", "nan"])
 def test_map_invalid_pose(scene, tmp_path, matrix, problem):
     _write_matrix(scene / "poses" / "f1.pose.txt", matrix)
-    code, output = _run("map", scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
+    code, output = run_cli("map", scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
     _assert_one_error_line(code, output, str(scene / "poses" / "f1.pose.txt"), "invalid pose", problem)
     _assert_nothing_written(tmp_path / "out")
 
@@ -162,14 +146,14 @@ def test_map_truncated_image(scene, tmp_path):
     # The PNG header survives, so the scene reads; the error comes while encoding, after some frames are done.
     image = scene / "rgb" / "f1.color.png"
     image.write_bytes(image.read_bytes()[:100])
-    code, output = _run("map", scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
+    code, output = run_cli("map", scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
     _assert_one_error_line(code, output, str(image), "cannot read image")
     _assert_nothing_written(tmp_path / "out")
 
 
 def test_map_image_size_differs_from_intrinsics(good, tmp_path):
     nerf = _nerf_scene(tmp_path / "nerf", good.scene, wrong_frame=2)
-    code, output = _run("map", nerf, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
+    code, output = run_cli("map", nerf, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
     _assert_one_error_line(code, output, str(nerf / "f2.png"), "image is 64x48 but its intrinsics are for 80x48")
     _assert_nothing_written(tmp_path / "out")
 
@@ -177,7 +161,7 @@ def test_map_image_size_differs_from_intrinsics(good, tmp_path):
 def test_map_error_with_brackets_is_printed_verbatim(scene, tmp_path):
     # The message quotes "[[fx 0 cx] ...]", which rich would otherwise eat as markup.
     _write_matrix(scene / "calibration" / "f0.calibration.txt", [[50, 1, 31.5], [0, 50, 23.5], [0, 0, 1]])
-    code, output = _run("map", scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
+    code, output = run_cli("map", scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP)
     _assert_one_error_line(code, output, str(scene / "calibration" / "f0.calibration.txt"),
                            "expected a 3x3 K matrix [[fx 0 cx] [0 fy cy] [0 0 1]]")
     _assert_nothing_written(tmp_path / "out")
@@ -192,14 +176,14 @@ def test_map_error_with_brackets_is_printed_verbatim(scene, tmp_path):
     (["--set", "batch_size=0"], ["batch_size must be at least 1, got 0"]),
 ], ids=["set-unknown", "set-unknown-nested", "set-bad-value", "encoder", "iterations-0", "batch-0"])
 def test_map_bad_option(good, tmp_path, options, expected):
-    code, output = _run("map", good.scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP, *options)
+    code, output = run_cli("map", good.scene, "-o", tmp_path / "out" / "x.map", *TINY_MAP, *options)
     _assert_one_error_line(code, output, *expected)
     _assert_nothing_written(tmp_path / "out")
 
 
 def test_map_output_in_unwritable_place(scene):
     target = scene / "rgb" / "f0.color.png" / "x.map"
-    code, output = _run("map", scene, "-o", target, *TINY_MAP)
+    code, output = run_cli("map", scene, "-o", target, *TINY_MAP)
     _assert_one_error_line(code, output, str(target), "cannot write here")
     assert sorted(p.name for p in (scene / "rgb").iterdir()) == [f"f{i}.color.png" for i in range(N_FRAMES)]
 
@@ -211,7 +195,7 @@ def test_localize_truncated_map(good, tmp_path, keep):
     data = good.map.read_bytes()
     bad = tmp_path / "truncated.map"
     bad.write_bytes(data[:int(len(data) * keep)] if keep > 0 else data[:keep])
-    code, output = _run("localize", bad, good.scene, "-o", tmp_path / "out" / "poses.txt")
+    code, output = run_cli("localize", bad, good.scene, "-o", tmp_path / "out" / "poses.txt")
     _assert_one_error_line(code, output, str(bad), "not a sceneloc map")
     _assert_nothing_written(tmp_path / "out")
 
@@ -219,7 +203,7 @@ def test_localize_truncated_map(good, tmp_path, keep):
 def test_localize_foreign_file_as_map(good, tmp_path):
     foreign = tmp_path / "picture.map"
     shutil.copy(good.scene / "rgb" / "f0.color.png", foreign)
-    code, output = _run("localize", foreign, good.scene, "-o", tmp_path / "out" / "poses.txt")
+    code, output = run_cli("localize", foreign, good.scene, "-o", tmp_path / "out" / "poses.txt")
     _assert_one_error_line(code, output, str(foreign), "not a sceneloc map")
     _assert_nothing_written(tmp_path / "out")
 
@@ -227,7 +211,7 @@ def test_localize_foreign_file_as_map(good, tmp_path):
 def test_localize_unreadable_query_image(good, scene, tmp_path):
     image = scene / "rgb" / "f3.color.png"
     image.write_bytes(b"this is not a PNG file")
-    code, output = _run("localize", good.map, scene, "-o", tmp_path / "out" / "poses.txt", *FAST_LOCALIZE)
+    code, output = run_cli("localize", good.map, scene, "-o", tmp_path / "out" / "poses.txt", *FAST_LOCALIZE)
     _assert_one_error_line(code, output, str(image), "cannot read image header")
     _assert_nothing_written(tmp_path / "out")
 
@@ -235,7 +219,7 @@ def test_localize_unreadable_query_image(good, scene, tmp_path):
 def test_localize_query_size_differs_from_intrinsics(good, tmp_path):
     # The bad frame is the last one, so three images are localized before the error: still no partial poses file.
     nerf = _nerf_scene(tmp_path / "nerf", good.scene, wrong_frame=N_FRAMES - 1)
-    code, output = _run("localize", good.map, nerf, "-o", tmp_path / "out" / "poses.txt", *FAST_LOCALIZE)
+    code, output = run_cli("localize", good.map, nerf, "-o", tmp_path / "out" / "poses.txt", *FAST_LOCALIZE)
     _assert_one_error_line(code, output, str(nerf / f"f{N_FRAMES - 1}.png"), "intrinsics are for 80x48")
     _assert_nothing_written(tmp_path / "out")
 
@@ -250,7 +234,7 @@ def test_localize_query_size_differs_from_intrinsics(good, tmp_path):
 def test_evaluate_malformed_poses(good, tmp_path, text, problem):
     poses = tmp_path / "poses.txt"
     poses.write_text(text)
-    code, output = _run("evaluate", poses, "--gt", good.scene, "-o", tmp_path / "out" / "report")
+    code, output = run_cli("evaluate", poses, "--gt", good.scene, "-o", tmp_path / "out" / "report")
     _assert_one_error_line(code, output, str(poses), problem)
     _assert_nothing_written(tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["poses.txt"]

@@ -5,10 +5,7 @@ and the `export points` / `evaluate-cloud` commands."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import sys
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import open3d as o3d
@@ -17,7 +14,7 @@ import torch
 from matplotlib.image import imread
 from scipy.spatial.transform import Rotation
 
-from sceneloc.cli import main
+from conftest import run_cli
 from sceneloc.data import Scene, read_scene
 from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
 from sceneloc.errors import InputError
@@ -30,19 +27,6 @@ from sceneloc.localize import Prediction
 from sceneloc.mapping import MappingConfig, build_scene_map
 
 UNFILTERED = PointExportConfig(use_keypoints=False, consistency=False, min_depth=-np.inf, max_depth=np.inf)
-
-
-def _run(*args) -> tuple[int, str]:
-    """The CLI entry point in-process: (exit code, stdout + stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["sceneloc", *map(str, args)]
-    try:
-        with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as exited:
-            main()
-    finally:
-        sys.argv = argv
-    return exited.value.code or 0, out.getvalue() + err.getvalue()
 
 
 def _unit_square() -> o3d.t.geometry.TriangleMesh:
@@ -267,7 +251,7 @@ def test_up_from_cameras_points_against_image_y():
 
 def test_cli_export_and_evaluate(tiny, tmp_path):
     cloud_path = tmp_path / "out" / "cloud.ply"
-    code, output = _run("export", "points", tiny.map_path, tiny.root, "-o", cloud_path, "--png",
+    code, output = run_cli("export", "points", tiny.map_path, tiny.root, "-o", cloud_path, "--png",
                         tmp_path / "out" / "cloud.png", "--device", "cpu", "--stride", "2")
     assert code == 0, output
     cloud = read_ply(cloud_path)
@@ -276,7 +260,7 @@ def test_cli_export_and_evaluate(tiny, tmp_path):
 
     mesh_path = tmp_path / "mesh.ply"
     o3d.t.io.write_triangle_mesh(str(mesh_path), tiny.mesh)
-    code, output = _run("evaluate-cloud", cloud_path, "--mesh", mesh_path, "-o", tmp_path / "eval" / "tiny",
+    code, output = run_cli("evaluate-cloud", cloud_path, "--mesh", mesh_path, "-o", tmp_path / "eval" / "tiny",
                         "--samples", "5000")
     assert code == 0, output
     result = json.loads((tmp_path / "eval" / "tiny.json").read_text())
@@ -291,7 +275,7 @@ def test_cli_export_and_evaluate(tiny, tmp_path):
     (["evaluate-cloud", "{tmp}/missing.ply", "--mesh", "{tmp}/m.ply", "-o", "{tmp}/out/e"], "missing.ply"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, expected):
-    code, output = _run(*[a.format(tmp=tmp_path) for a in args])
+    code, output = run_cli(*[a.format(tmp=tmp_path) for a in args])
     assert code == 2, output
     assert "Traceback" not in output
     errors = [line for line in output.splitlines() if "error" in line.lower()]

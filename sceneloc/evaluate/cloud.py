@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 from sceneloc.atomic import write_text_atomic
 from sceneloc.errors import InputError
 from sceneloc.evaluate.plots import save_figure
-from sceneloc.evaluate.report import strict_json, with_suffix
+from sceneloc.evaluate.report import metric_table, strict_json, with_suffix
 from sceneloc.export.points import PointCloud
 from sceneloc.geometry import Rigid3
 
@@ -109,12 +109,7 @@ def cloud_summary_rows(result: dict) -> list[tuple[str, str]]:
 
 def format_cloud_table(result: dict) -> Table:
     """A rich table of an evaluate_cloud() result."""
-    table = Table(title="Point cloud vs mesh")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for metric, value in cloud_summary_rows(result):
-        table.add_row(metric, value)
-    return table
+    return metric_table("Point cloud vs mesh", cloud_summary_rows(result))
 
 
 def write_cloud_report(result: dict, out_prefix: str | Path) -> list[Path]:

@@ -45,14 +45,19 @@ def summary_rows(result: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def format_summary_table(result: dict) -> Table:
-    """A rich table of the headline numbers of an evaluate_poses() result."""
-    table = Table(title="Relocalisation accuracy")
+def metric_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    """A two-column rich table (metric, value) of formatted rows."""
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for metric, value in summary_rows(result):
+    for metric, value in rows:
         table.add_row(metric, value)
     return table
+
+
+def format_summary_table(result: dict) -> Table:
+    """A rich table of the headline numbers of an evaluate_poses() result."""
+    return metric_table("Relocalisation accuracy", summary_rows(result))
 
 
 def write_report(result: dict, out_prefix: str | Path) -> list[Path]:
