@@ -110,3 +110,14 @@ def test_config_overrides():
         apply_overrides(MappingConfig(), ["nope=1"])
     with pytest.raises(ValueError, match="cannot read 'x' as int"):
         apply_overrides(MappingConfig(), ["iterations=x"])
+
+
+def test_training_steps_stop_after_max_buffer_epochs():
+    from sceneloc.mapping.trainer import training_steps
+
+    config = MappingConfig()  # 10,000 steps of 1,024 rows, at most 16 passes over the buffer
+    assert training_steps(config, 1_000_000) == 10_000  # 16 passes would be 15,625 steps
+    assert training_steps(config, 64_000) == 1_000  # a few images: 16 passes are 1,000 steps
+    assert training_steps(config, 10) == 100  # never fewer than 100 (unless iterations says so)
+    config.iterations = 40
+    assert training_steps(config, 10) == 40

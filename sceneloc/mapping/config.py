@@ -60,7 +60,12 @@ class MappingConfig:
     """Each mapping frame is encoded with fresh augmentation as many times as it takes to fill the buffer, at most
     this often (small scenes get more augmented views instead of repeating the same rows)."""
     iterations: int = 10_000
-    """Optimisation steps in total (the buffer is reshuffled after each pass over it)."""
+    """Optimisation steps in total (the buffer is reshuffled after each pass over it), unless max_buffer_epochs
+    allows fewer."""
+    max_buffer_epochs: float = 16.0
+    """Training stops after this many passes over the buffer even before `iterations` steps, so a scene of a few
+    images (a small buffer) maps in seconds instead of fitting the same rows hundreds of times. ACE trains 16
+    passes over its buffer; a 1M-row buffer at batch 1024 reaches 10,000 steps long before that."""
     batch_size: int = 1024
     """Feature rows per optimisation step. On a CPU, more small steps beat fewer large ones for a fixed time."""
     lr_start: float = 5e-4
@@ -116,6 +121,8 @@ class MappingConfig:
                             ("keypoints.net.num_layers", self.keypoints.net.num_layers)]:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if not self.max_buffer_epochs > 0:
+            raise ValueError(f"max_buffer_epochs must be positive, got {self.max_buffer_epochs}")
         if not 0 < self.aug_scale_min <= self.aug_scale_max:
             raise ValueError(f"aug_scale_min..aug_scale_max must be a positive range, got "
                              f"{self.aug_scale_min}..{self.aug_scale_max}")

@@ -50,6 +50,12 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
+def training_steps(config: MappingConfig, buffer_rows: int) -> int:
+    """config.iterations, capped at max_buffer_epochs passes of batch_size rows over the buffer (at least 100)."""
+    epochs_cap = int(np.ceil(config.max_buffer_epochs * buffer_rows / config.batch_size))
+    return max(min(config.iterations, epochs_cap), min(config.iterations, 100))
+
+
 def map_scene(scene: Scene, config: MappingConfig, device: torch.device, show_progress: bool = True
               ) -> tuple[RegressionHead, KeypointNet | None, TrainingSummary]:
     """Train a scene-coordinate head for `scene` (all frames must be posed), then, when config.keypoints.enabled,
@@ -69,8 +75,9 @@ def map_scene(scene: Scene, config: MappingConfig, device: torch.device, show_pr
     with make_progress(show_progress) as progress:
         buffer = build_buffer(scene, encoder, config, device, progress)
         t_encoded = time.perf_counter()
+        steps = training_steps(config, len(buffer))
         loss, stats, history = optimise_head(
-            head, buffer, config, device, progress, "training head", config.iterations,
+            head, buffer, config, device, progress, "training head", steps,
             (config.lr_start, config.lr_max, config.lr_end), lambda t: repro_threshold(config, t), seed=config.seed)
         t_trained = time.perf_counter()
         if config.keypoints.enabled:
@@ -80,7 +87,7 @@ def map_scene(scene: Scene, config: MappingConfig, device: torch.device, show_pr
                 keypoint_stats.update(fine_tune_head(head, keypoint_net, buffer, config, device, progress))
     t_end = time.perf_counter()
     summary = TrainingSummary(
-        n_frames=len(scene.frames), buffer_rows=len(buffer), steps=config.iterations, encode_s=t_encoded - t0,
+        n_frames=len(scene.frames), buffer_rows=len(buffer), steps=steps, encode_s=t_encoded - t0,
         train_s=t_trained - t_encoded, keypoint_s=t_end - t_trained, total_s=t_end - t0,
         peak_rss_mb=peak_rss_mb(), final_loss=loss, final_valid_fraction=float(stats.get("valid", float("nan"))),
         final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device), history=history,
