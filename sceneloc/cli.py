@@ -203,7 +203,8 @@ def bench(
     suite: str = typer.Option("quick", "--suite",
                               help="Suites, comma-separated: tiny | quick | speed | standard | real"),
     methods: Optional[str] = typer.Option(None, "--methods",
-                                          help="Methods, comma-separated: scr, colmap-sift (default: the suite's)"),
+                                          help="Methods, comma-separated: scr, colmap-sift, ... (default: the suite's)"),
+    scenes: Optional[str] = typer.Option(None, "--scenes", help="Only these scenes of the suite, comma-separated"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Rendered-scene cache (default: $SCENELOC_CACHE, "
                                                                 "else ~/.cache/sceneloc)"),
     data_root: Optional[Path] = typer.Option(
@@ -219,6 +220,7 @@ def bench(
 
     options = BenchOptions(out_dir=out, suites=[s.strip() for s in suite.split(",") if s.strip()],
                            methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
+                           scenes=[n.strip() for n in scenes.split(",") if n.strip()] if scenes else None,
                            cache_dir=cache, data_root=data_root, overrides=overrides or [],
                            device=_device(device).type)
     rows = run_bench(options, log=lambda message: console.print(escape(message), soft_wrap=True))

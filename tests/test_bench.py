@@ -119,6 +119,8 @@ def test_options_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(InputError, match=r"unknown method 'sift'; available: scr, scr-effnet, scr-xfeat-ctx, "
                                          r"scr-acehead, scr-reshead, scr-acehead-kp, scr-reshead-kp, colmap-sift"):
         check_options(BenchOptions(tmp_path, suites=["tiny"], methods=["sift"]))
+    with pytest.raises(InputError, match=r"unknown scene 'hall' in suite\(s\) quick; available: quick-room"):
+        check_options(BenchOptions(tmp_path, suites=["quick"], scenes=["hall"]))
     with pytest.raises(InputError, match=r"colmap-sift: --set nope: unknown field 'nope'"):
         check_options(BenchOptions(tmp_path, overrides=["colmap-sift.nope=1"]))
     settings = check_options(BenchOptions(tmp_path, overrides=["iterations=3", "colmap-sift.num_neighbors=4"]))

@@ -47,6 +47,8 @@ class BenchOptions:
     """Names from SUITES, run in this order."""
     methods: list[str] | None = None
     """Names from METHODS, run on every scene; None runs each suite's own list."""
+    scenes: list[str] | None = None
+    """Only these scenes of the suites (by name); None runs them all."""
     cache_dir: Path | None = None
     """Rendered-scene cache; None: default_cache_dir() ($SCENELOC_CACHE or ~/.cache/sceneloc)."""
     data_root: Path | None = None
@@ -86,6 +88,11 @@ def check_options(options: BenchOptions) -> dict[str, dict]:
     for name in options.methods or []:
         if name not in METHODS:
             raise InputError(None, f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    available = [spec.name for suite in options.suites for spec in SUITES[suite].scenes]
+    for name in options.scenes or []:
+        if name not in available:
+            raise InputError(None, f"unknown scene {name!r} in suite(s) {', '.join(options.suites)}; available: "
+                                   f"{', '.join(available)}")
     settings = {}
     for name, assignments in split_overrides(options.overrides).items():
         try:
@@ -226,6 +233,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message
         suite = SUITES[suite_name]
         methods = options.methods or list(suite.methods)
         for spec in suite.scenes:
+            if options.scenes is not None and spec.name not in options.scenes:
+                continue
             prepared = spec.prepare(cache, options.show_progress, data_root)
             log(f"[{suite_name}] {prepared.name}: {'cached' if prepared.from_cache else 'prepared'} in "
                 f"{prepared.root} ({prepared.prepare_s:.0f} s)")
