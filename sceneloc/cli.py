@@ -43,46 +43,58 @@ def _device(name: str):
 
 @app.command("map")
 def map_command(
-    scene_dir: Path = typer.Argument(..., help="Posed images: ACE folder, 7-Scenes, COLMAP model or transforms.json"),
+    scene_dirs: list[Path] = typer.Argument(..., help="Posed images: ACE folder, 7-Scenes, COLMAP model or "
+                                                       "transforms.json (several with --multi)"),
     output: Path = typer.Option(..., "-o", "--output", help="Map file to write (.map, safetensors)"),
+    multi: bool = typer.Option(False, "--multi", help="Map all the given scenes into one multi-scene model (SCINR)"),
     split: str = typer.Option("train", help="Split to map when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
     encoder: Optional[str] = typer.Option(None, help="Frozen encoder (default: the measured best)"),
     iterations: Optional[int] = typer.Option(None, help="Optimisation steps (more: slower, more accurate)"),
     buffer_size: Optional[int] = typer.Option(None, help="Feature rows in the training buffer"),
     image_height: Optional[int] = typer.Option(None, help="Working image height in pixels"),
+    keypoints: bool = typer.Option(False, "--keypoints", help="Also train the keypoint network (single scene)"),
     seed: int = typer.Option(0, help="Random seed"),
     device: str = DeviceOption,
     overrides: Optional[list[str]] = SetOption,
 ):
-    """Map a scene: posed RGB (+ optional depth) -> one map file."""
+    """Map a scene: posed RGB (+ optional depth) -> one map file. With --multi, several scenes -> one model
+    (--set keys then read mapping.iterations, model.use_scra, sampling, ...)."""
     from sceneloc.config_overrides import apply_overrides
     from sceneloc.data import read_scene
     from sceneloc.mapping import MappingConfig, build_scene_map
+    from sceneloc.mapping.multi_scene import MultiSceneConfig, build_multi_scene_map
     from sceneloc.nn.encoders import load_encoder
 
-    config = MappingConfig(seed=seed)
+    if len(scene_dirs) > 1 and not multi:
+        _fail(f"{len(scene_dirs)} scene folders given: pass --multi to map them into one model")
+    config = MultiSceneConfig() if multi else MappingConfig()
+    mapping = config.mapping if multi else config
+    mapping.seed = seed
+    mapping.keypoints.enabled = keypoints
     for name, value in [("encoder", encoder), ("iterations", iterations), ("buffer_size", buffer_size),
                         ("image_height", image_height)]:
         if value is not None:
-            setattr(config, name, value)
+            setattr(mapping, name, value)
     try:
         apply_overrides(config, overrides or [])
         config.validate()
-        load_encoder(config.encoder)
+        load_encoder(mapping.encoder)
     except ValueError as e:
         _fail(str(e))
     dev = _device(device)
     check_writable(output)
-    scene = read_scene(scene_dir, split=split, images=images)
-    console.print(f"mapping [bold]{scene.name}[/]: {len(scene.frames)} frames, encoder {config.encoder}, "
-                  f"device {dev}")
-    scene_map, summary = build_scene_map(scene, config, dev)
+    scenes = [read_scene(d, split=split, images=images) for d in scene_dirs]
+    console.print(f"mapping [bold]{', '.join(s.name for s in scenes)}[/]: "
+                  f"{sum(len(s.frames) for s in scenes)} frames, encoder {mapping.encoder}, device {dev}")
+    if multi:
+        scene_map, summary = build_multi_scene_map(scenes, config, dev)
+    else:
+        scene_map, summary = build_scene_map(scenes[0], config, dev)
     scene_map.save(output)
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB) in {summary.total_s:.0f} s "
                   f"(encode {summary.encode_s:.0f} s, train {summary.train_s:.0f} s, peak RSS "
-                  f"{summary.peak_rss_mb:.0f} MB); final median reprojection error "
-                  f"{summary.final_median_repro_px:.1f} px")
+                  f"{summary.peak_rss_mb:.0f} MB)")
 
 
 @app.command()
@@ -94,6 +106,8 @@ def localize(
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
     backend: str = typer.Option("poselib", help="RANSAC-PnP backend: poselib | opencv"),
     threshold: Optional[float] = typer.Option(None, help="RANSAC inlier threshold in pixels at 480 px image height (default 20)"),
+    scene_name: Optional[str] = typer.Option(None, "--scene", help="Multi-scene maps: the scene the queries show, "
+                                                                     "or 'auto' to identify it per image"),
     device: str = DeviceOption,
     overrides: Optional[list[str]] = SetOption,
 ):
@@ -104,7 +118,10 @@ def localize(
     from sceneloc.data import read_scene
     from sceneloc.export.poses import write_pose_details_json, write_poses
     from sceneloc.localize import LocalizeConfig, localize_scene
+    from sceneloc.localize_multi import localize_multi_scene
+    from sceneloc.map_files import read_map_metadata
     from sceneloc.maps import SceneMap
+    from sceneloc.multi_maps import FORMAT as MULTI_FORMAT, MultiSceneMap
 
     config = LocalizeConfig()
     config.solver.backend = backend
@@ -118,9 +135,16 @@ def localize(
         _fail(f"unknown backend {config.solver.backend!r} (use poselib or opencv)")
     dev = _device(device)
     check_writable(output)
-    scene_map = SceneMap.load(map_file, dev)
+    is_multi = read_map_metadata(map_file).get("format") == MULTI_FORMAT
+    if is_multi and scene_name is None:
+        _fail(f"{map_file}: a multi-scene map: pass --scene NAME or --scene auto")
+    if not is_multi and scene_name is not None:
+        _fail(f"{map_file}: --scene needs a multi-scene map (from `sceneloc map --multi`)")
     scene = read_scene(query_dir, split=split, images=images)
-    estimates = localize_scene(scene_map, scene, config, dev)
+    if is_multi:
+        estimates = localize_multi_scene(MultiSceneMap.load(map_file, dev), scene, scene_name, config, dev)
+    else:
+        estimates = localize_scene(SceneMap.load(map_file, dev), scene, config, dev)
     write_poses(output, estimates)
     write_pose_details_json(output.with_suffix(output.suffix + ".json"), estimates)
     ok = sum(e.cam_from_world is not None for e in estimates)

@@ -17,7 +17,8 @@ from sceneloc.mapping.augment import prepare_image
 from sceneloc.mapping.buffer import cell_centres
 from sceneloc.maps import SceneMap
 from sceneloc.progress import make_progress
-from sceneloc.solve import SolverConfig, solve_pnp
+from sceneloc.nn.encoders import load_encoder
+from sceneloc.solve import PnPResult, SolverConfig, solve_pnp
 
 REFERENCE_HEIGHT = 480
 """Image height at which SolverConfig.inlier_threshold_px is expressed."""
@@ -54,21 +55,38 @@ class Prediction:
 
 
 @torch.no_grad()
+def encode_query(encoder_name: str, image_height: int, rgb: np.ndarray, camera: Camera,
+                 device: torch.device) -> tuple[torch.Tensor, np.ndarray, Camera]:
+    """rgb: (H, W, 3) uint8 of `camera` -> (features (N, C) on device, cell-centre pixels (N, 2) float64 in the
+    working image (resized to image_height), working camera), keeping the cells whose centre lies inside the
+    image. Runs under autocast: the features may be bfloat16/float16."""
+    image, work_cam = prepare_image(rgb, camera, image_height)
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
+    with autocast(device):
+        fmap = load_encoder(encoder_name).to(device)(tensor)[0]
+    pixels = cell_centres(image.shape[0], image.shape[1])
+    inside = (pixels[:, 0] < image.shape[1]) & (pixels[:, 1] < image.shape[0])
+    features = fmap.reshape(fmap.shape[0], -1).T[torch.from_numpy(inside).to(device)]
+    return features, pixels[inside].astype(np.float64), work_cam
+
+
+@torch.no_grad()
 def predict_scene_coordinates(scene_map: SceneMap, rgb: np.ndarray, camera: Camera,
                               device: torch.device) -> Prediction:
     """rgb: (H, W, 3) uint8 of `camera` -> Prediction for every stride-8 cell of the working image."""
-    image, work_cam = prepare_image(rgb, camera, scene_map.image_height)
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
-    encoder = scene_map.encoder.to(device)
+    features, pixels, work_cam = encode_query(scene_map.encoder_name, scene_map.image_height, rgb, camera, device)
     with autocast(device):
-        fmap = encoder(tensor)[0]
-        rows = fmap.reshape(fmap.shape[0], -1).T
-        coords = scene_map.head(rows)
-        prob = None if scene_map.keypoint_net is None else scene_map.keypoint_net.probabilities(rows)
-    pixels = cell_centres(image.shape[0], image.shape[1])
-    inside = (pixels[:, 0] < image.shape[1]) & (pixels[:, 1] < image.shape[0])
-    return Prediction(pixels[inside].astype(np.float64), coords.float().cpu().numpy()[inside].astype(np.float64),
-                      work_cam, None if prob is None else prob.float().cpu().numpy()[inside])
+        coords = scene_map.head(features)
+        prob = None if scene_map.keypoint_net is None else scene_map.keypoint_net.probabilities(features)
+    return Prediction(pixels, coords.float().cpu().numpy().astype(np.float64), work_cam,
+                      None if prob is None else prob.float().cpu().numpy())
+
+
+def solve_image(pixels: np.ndarray, coords: np.ndarray, work_cam: Camera, config: LocalizeConfig) -> PnPResult:
+    """RANSAC-PnP of (N, 2) working-image pixels and (N, 3) scene coordinates, with config's inlier threshold
+    scaled from REFERENCE_HEIGHT to the working image."""
+    threshold = config.solver.inlier_threshold_px * work_cam.height / REFERENCE_HEIGHT
+    return solve_pnp(pixels, coords, work_cam, replace(config.solver, inlier_threshold_px=threshold))
 
 
 def select_keypoints(prediction: Prediction, config: LocalizeConfig) -> np.ndarray:
@@ -89,10 +107,7 @@ def localize_image(scene_map: SceneMap, name: str, rgb: np.ndarray, camera: Came
     prediction = predict_scene_coordinates(scene_map, rgb, camera, device)
     keep = select_keypoints(prediction, config)
     t1 = time.perf_counter()
-    work_cam = prediction.camera
-    threshold = config.solver.inlier_threshold_px * work_cam.height / REFERENCE_HEIGHT
-    result = solve_pnp(prediction.pixels[keep], prediction.coords[keep], work_cam,
-                       replace(config.solver, inlier_threshold_px=threshold))
+    result = solve_image(prediction.pixels[keep], prediction.coords[keep], prediction.camera, config)
     t2 = time.perf_counter()
     return PoseEstimate(name=name, cam_from_world=result.cam_from_world, num_inliers=result.num_inliers,
                         inlier_ratio=result.inlier_ratio,

@@ -23,26 +23,35 @@ def save_map_file(path: str | Path, tensors: dict, metadata: dict, save_file) ->
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(metadata)})
 
 
-def load_map_file(path: str | Path, kind: str, format_name: str, format_version: int, load_file,
-                  framework: str) -> tuple[dict, dict]:
-    """(tensors, metadata) of a map file of `kind` (used in messages, e.g. "sceneloc", "colmap-sift"), whose
-    metadata must name `format_name` at `format_version`. `load_file` / `framework` are safetensors' loader and
-    framework name for the tensors wanted ("pt" or "numpy")."""
+def read_map_metadata(path: str | Path, kind: str = "sceneloc"):
+    """The JSON metadata of a map file without loading its tensors (e.g. to tell map kinds apart by "format").
+    InputError for a missing or unreadable file, or one without sceneloc metadata."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "map file does not exist")
     try:
-        with safe_open(str(path), framework=framework) as f:
+        with safe_open(str(path), framework="numpy") as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise InputError(path, f"not a {kind} map (unreadable safetensors: {str(e).splitlines()[0]})") from None
     if raw is None:
         raise InputError(path, f"not a {kind} map (safetensors file without sceneloc metadata)")
     try:
-        meta = json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError:
         raise InputError(path, "map metadata is not valid JSON") from None
+
+
+def load_map_file(path: str | Path, kind: str, format_name: str, format_version: int, load_file) -> tuple[dict, dict]:
+    """(tensors, metadata) of a map file of `kind` (used in messages, e.g. "sceneloc", "colmap-sift"), whose
+    metadata must name `format_name` at `format_version`. `load_file` is safetensors' loader for the framework
+    wanted (safetensors.torch.load_file or safetensors.numpy.load_file)."""
+    path = Path(path)
+    meta = read_map_metadata(path, kind)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(path, f"not a {kind} map (unreadable safetensors: {str(e).splitlines()[0]})") from None
     if not isinstance(meta, dict) or meta.get("format") != format_name:
         raise InputError(path, f"not a {kind} map (format {meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("format_version") != format_version:

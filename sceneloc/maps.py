@@ -50,15 +50,9 @@ class SceneMap:
     def load(path: str | Path, device: torch.device = torch.device("cpu")) -> "SceneMap":
         """Raises InputError for a missing, truncated or foreign file, an unknown format version, or a map made
         with different encoder weights than the ones installed."""
-        tensors, meta = load_map_file(path, "sceneloc", FORMAT, FORMAT_VERSION, load_file, "pt")
+        tensors, meta = load_map_file(path, "sceneloc", FORMAT, FORMAT_VERSION, load_file)
         enc_meta = meta["encoder"]
-        try:
-            encoder = load_encoder(enc_meta["name"])
-        except ValueError as e:
-            raise InputError(path, f"map needs encoder {enc_meta['name']!r}, which is not installed ({e})") from None
-        if encoder.version != enc_meta["version"]:
-            raise InputError(path, f"map was made with encoder {enc_meta['version']}, but the installed one is "
-                                   f"{encoder.version}; re-map the scene")
+        encoder = installed_encoder(path, enc_meta)
         head = RegressionHead(encoder.out_channels, HeadConfig(**meta["head"]))
         keypoint_net = (KeypointNet(encoder.out_channels, KeypointNetConfig(**meta["keypoint_net"]))
                         if "keypoint_net" in meta else None)
@@ -82,6 +76,19 @@ class SceneMap:
     @property
     def encoder(self) -> Encoder:
         return load_encoder(self.encoder_name)
+
+
+def installed_encoder(path: str | Path, enc_meta: dict) -> Encoder:
+    """The installed encoder a map file's metadata {name, version} names; InputError (naming the map file) when it
+    is not installed or its weights differ from the ones the map was made with."""
+    try:
+        encoder = load_encoder(enc_meta["name"])
+    except ValueError as e:
+        raise InputError(path, f"map needs encoder {enc_meta['name']!r}, which is not installed ({e})") from None
+    if encoder.version != enc_meta["version"]:
+        raise InputError(path, f"map was made with encoder {enc_meta['version']}, but the installed one is "
+                               f"{encoder.version}; re-map the scene")
+    return encoder
 
 
 def build_metadata(encoder: Encoder, head_config: HeadConfig, image_height: int, scene_info: dict,

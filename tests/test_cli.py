@@ -266,3 +266,26 @@ def test_subprocess_evaluate_malformed_poses_long_path(good, tmp_path):
     code, output = _run_subprocess("evaluate", poses, "--gt", good.scene, "-o", tmp_path / "out" / "report")
     _assert_one_error_line(code, output, str(poses), "line 2: expected")
     _assert_nothing_written(tmp_path / "out")
+
+
+def test_multi_scene_map_and_localize_through_the_cli(tmp_path, good):
+    other = _write_scene(tmp_path / "other")
+    out = tmp_path / "out"
+    code, output = run_cli("map", good.scene, other, "-o", out / "two.map", *TINY_MAP)
+    _assert_one_error_line(code, output, "2 scene folders given: pass --multi")
+    code, output = run_cli("map", "--multi", good.scene, other, "-o", out / "two.map",
+                           "--set", "mapping.buffer_size=2000", "--iterations", "20", "--image-height", "64",
+                           "--set", "model.width=32")
+    assert code == 0, output
+    code, output = run_cli("localize", out / "two.map", other, "-o", out / "p.txt", *FAST_LOCALIZE)
+    _assert_one_error_line(code, output, "two.map", "a multi-scene map: pass --scene NAME or --scene auto")
+    code, output = run_cli("localize", good.map, other, "-o", out / "p.txt", "--scene", "other")
+    _assert_one_error_line(code, output, "--scene needs a multi-scene map")
+    code, output = run_cli("localize", out / "two.map", other, "-o", out / "p.txt", "--scene", "nope")
+    _assert_one_error_line(code, output, "the map holds no scene 'nope'")
+    code, output = run_cli("localize", out / "two.map", other, "-o", out / "p.txt", "--scene", "auto",
+                           *FAST_LOCALIZE)
+    assert code == 0, output
+    images = json.loads((out / "p.txt.json").read_text())["images"]
+    assert len(images) == N_FRAMES
+    assert all(set(d["details"]["scene_scores"]) == {"scene", "other"} for d in images), images[0]

@@ -104,7 +104,8 @@ def test_map_round_trip_with_keypoint_network(tmp_path):
 def test_keypoint_training_separates_good_rows_and_fine_tuning_runs(tiny_scene):
     from sceneloc.mapping import map_scene
 
-    config = MappingConfig(image_height=120, buffer_size=20000, iterations=600, head=HeadConfig(width=128))
+    config = MappingConfig(image_height=120, buffer_size=20000, iterations=600, max_buffer_epochs=100,
+                           head=HeadConfig(width=128))
     config.keypoints.enabled = True
     config.keypoints.iterations = 300
     config.keypoints.fine_tune_iterations = 100

@@ -20,6 +20,7 @@ from sceneloc.errors import InputError
 from sceneloc.mapping.buffer import build_buffer
 from sceneloc.mapping.config import MappingConfig
 from sceneloc.mapping.loss import mapping_loss, repro_threshold
+from sceneloc.mapping.optimise import RowBatches, train_one_cycle
 from sceneloc.memory import peak_rss_mb
 from sceneloc.multi_maps import MultiSceneMap, build_multimap_metadata
 from sceneloc.nn.encoders import Encoder, load_encoder
@@ -35,7 +36,7 @@ class MultiSceneConfig:
 
     mapping: MappingConfig = field(default_factory=MappingConfig)
     """Encoder, working height, buffer, augmentation, loss and schedule, as for one scene. buffer_size is the total
-    over all scenes; mapping.head is not used (the network's shape is `model`)."""
+    over all scenes. mapping.head and mapping.keypoints are not used (the network's shape is `model`)."""
     model: ScinrConfig = field(default_factory=ScinrConfig)
     """Shape of the SCINR head and its ablation switches."""
     sampling: str = "balanced"
@@ -134,33 +135,15 @@ def build_multi_scene_buffer(scenes: list[Scene], encoder: Encoder, config: Mult
         targets=targets, scene_rows=[len(p) for p in parts])
 
 
-class SceneBatches:
-    """Row indices of successive batches. Each pool of rows is walked in a fresh random order per pass; a batch
-    takes a fixed number of rows from every pool ("balanced": one pool per scene, equal takes; "proportional": one
-    pool of all rows)."""
-
-    def __init__(self, scene_rows: list[int], batch_size: int, sampling: str, generator: torch.Generator):
-        starts = np.cumsum([0] + scene_rows)
-        if sampling == "balanced":
-            self.pools = [torch.arange(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
-            base, extra = divmod(batch_size, len(scene_rows))
-            self.takes = [min(base + (i < extra), n) for i, n in enumerate(scene_rows)]
-        else:
-            self.pools = [torch.arange(int(starts[-1]))]
-            self.takes = [min(batch_size, int(starts[-1]))]
-        self.generator = generator
-        self.orders = [pool[torch.randperm(len(pool), generator=generator)] for pool in self.pools]
-        self.cursors = [0] * len(self.pools)
-
-    def next(self) -> torch.Tensor:
-        rows = []
-        for i, take in enumerate(self.takes):
-            if self.cursors[i] + take > len(self.orders[i]):
-                self.orders[i] = self.pools[i][torch.randperm(len(self.pools[i]), generator=self.generator)]
-                self.cursors[i] = 0
-            rows.append(self.orders[i][self.cursors[i]:self.cursors[i] + take])
-            self.cursors[i] += take
-        return torch.cat(rows)
+def scene_batches(scene_rows: list[int], batch_size: int, sampling: str, generator: torch.Generator) -> RowBatches:
+    """Batches over a buffer whose scenes occupy consecutive row ranges of the given sizes: "balanced" takes an equal
+    share of every batch from each scene's rows; "proportional" draws batches from all rows alike."""
+    starts = np.cumsum([0] + scene_rows)
+    if sampling == "balanced":
+        pools = [torch.arange(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        base, extra = divmod(batch_size, len(scene_rows))
+        return RowBatches(pools, [min(base + (i < extra), n) for i, n in enumerate(scene_rows)], generator)
+    return RowBatches([torch.arange(int(starts[-1]))], [min(batch_size, int(starts[-1]))], generator)
 
 
 def _check_scenes(scenes: list[Scene]) -> None:
@@ -207,27 +190,13 @@ def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.devi
         no_decay = {id(p) for p in head.no_decay_parameters()}
         groups = [{"params": [p for p in head.parameters() if id(p) not in no_decay]},
                   {"params": head.no_decay_parameters(), "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr_start, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr_max, total_steps=total_steps, div_factor=cfg.lr_max / cfg.lr_start,
-            final_div_factor=cfg.lr_start / cfg.lr_end, cycle_momentum=False, pct_start=0.25)
         generator = torch.Generator().manual_seed(cfg.seed)
-        batches = SceneBatches(buffer.scene_rows, min(cfg.batch_size, len(buffer)), config.sampling, generator)
+        batches = scene_batches(buffer.scene_rows, min(cfg.batch_size, len(buffer)), config.sampling, generator)
         frame_K, frame_pose = buffer.frame_K.to(device), buffer.frame_cam_from_world.to(device)
-        task = progress.add_task(f"training SCINR on {len(scenes)} scenes", total=total_steps, info="")
-        history, stats, loss = [], {}, torch.tensor(float("nan"))
-        for step in range(total_steps):
-            threshold = repro_threshold(cfg, step / total_steps)
-            loss, stats = _batch_loss(head, buffer, batches.next(), frame_K, frame_pose, cfg, threshold, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if (step + 1) % 50 == 0 or step + 1 == total_steps:
-                progress.update(task, completed=step + 1, info=f"loss {loss.item():.2f} valid {stats['valid']:.2f} "
-                                                                f"repro {stats['repro_px']:.1f}px thr {threshold:.1f}")
-            if (step + 1) % max(1, total_steps // 10) == 0:
-                history.append({"step": step + 1, "loss": float(loss.item()), **stats})
+        loss, stats, history = train_one_cycle(
+            groups, cfg.weight_decay, total_steps, (cfg.lr_start, cfg.lr_max, cfg.lr_end),
+            lambda thr: _batch_loss(head, buffer, batches.next(), frame_K, frame_pose, cfg, thr, device),
+            lambda t: repro_threshold(cfg, t), progress, f"training SCINR on {len(scenes)} scenes")
     head.eval()
     t_end = time.perf_counter()
 
@@ -246,7 +215,7 @@ def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.devi
     summary = MultiSceneSummary(
         n_frames=sum(len(s.frames) for s in scenes), buffer_rows=len(buffer), steps=total_steps,
         encode_s=t_encoded - t0, train_s=t_end - t_encoded, total_s=t_end - t0, peak_rss_mb=peak_rss_mb(),
-        final_loss=float(loss.item()), final_valid_fraction=float(stats.get("valid", float("nan"))),
+        final_loss=loss, final_valid_fraction=float(stats.get("valid", float("nan"))),
         final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device), scenes=per_scene,
         history=history)
     return head, summary

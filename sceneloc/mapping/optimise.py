@@ -1,5 +1,6 @@
-"""optimise_head: the head's training loop (AdamW, one-cycle schedule, robust reprojection loss), shared by the
-first training of a map and keypoint-guided fine-tuning."""
+"""The training loop every head shares (train_one_cycle: AdamW, one-cycle schedule, progress, history), batches of
+shuffled buffer rows (RowBatches), and optimise_head: a scene-coordinate head on its buffer, for the first
+training of a map and keypoint-guided fine-tuning."""
 
 from __future__ import annotations
 
@@ -15,37 +16,42 @@ from sceneloc.mapping.loss import mapping_loss
 from sceneloc.nn.heads import RegressionHead
 
 
-def optimise_head(head: RegressionHead, buffer: Buffer, config: MappingConfig, device: torch.device,
-                  progress: Progress, description: str, steps: int, lr: tuple[float, float, float],
-                  threshold: Callable[[float], float], rows: torch.Tensor | None = None,
-                  seed: int = 0) -> tuple[float, dict, list[dict]]:
-    """Train `head` on buffer rows (all, or the (M,) indices `rows`) for `steps` AdamW steps of config.batch_size
-    rows with a one-cycle schedule lr = (start, peak, end), the robust threshold at training progress t in 0..1
-    being threshold(t). Returns (final loss, final statistics, history of ten snapshots)."""
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr[0], weight_decay=config.weight_decay)
+class RowBatches:
+    """Row indices of successive batches: each pool of rows (a (M,) index tensor) is walked in a fresh random order
+    per pass, and a batch takes a fixed number of rows from every pool."""
+
+    def __init__(self, pools: list[torch.Tensor], takes: list[int], generator: torch.Generator):
+        self.pools, self.takes, self.generator = pools, takes, generator
+        self.orders = [pool[torch.randperm(len(pool), generator=generator)] for pool in pools]
+        self.cursors = [0] * len(pools)
+
+    def next(self) -> torch.Tensor:
+        """(sum(takes),) row indices."""
+        rows = []
+        for i, take in enumerate(self.takes):
+            if self.cursors[i] + take > len(self.orders[i]):
+                self.orders[i] = self.pools[i][torch.randperm(len(self.pools[i]), generator=self.generator)]
+                self.cursors[i] = 0
+            rows.append(self.orders[i][self.cursors[i]:self.cursors[i] + take])
+            self.cursors[i] += take
+        return torch.cat(rows)
+
+
+def train_one_cycle(param_groups: list[dict], weight_decay: float, steps: int, lr: tuple[float, float, float],
+                    batch_loss: Callable[[float], tuple[torch.Tensor, dict]], threshold: Callable[[float], float],
+                    progress: Progress, description: str) -> tuple[float, dict, list[dict]]:
+    """`steps` AdamW steps with a one-cycle schedule lr = (start, peak, end) on the loss batch_loss(threshold)
+    of one freshly drawn batch, the robust threshold at training progress t in 0..1 being threshold(t); a
+    progress bar. Returns (final loss, final statistics, history of ten snapshots)."""
+    optimizer = torch.optim.AdamW(param_groups, lr=lr[0], weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr[1], total_steps=steps, div_factor=lr[1] / lr[0], final_div_factor=lr[0] / lr[2],
         cycle_momentum=False, pct_start=0.25)
-    generator = torch.Generator().manual_seed(seed)
-    pool = torch.arange(len(buffer)) if rows is None else rows
     task = progress.add_task(description, total=steps, info="")
     history, stats, loss = [], {}, torch.tensor(float("nan"))
-    frame_K = buffer.frame_K.to(device)
-    frame_pose = buffer.frame_cam_from_world.to(device)
-    batch = min(config.batch_size, len(pool))
-    order, cursor = pool[torch.randperm(len(pool), generator=generator)], 0
     for step in range(steps):
-        if cursor + batch > len(order):
-            order, cursor = pool[torch.randperm(len(pool), generator=generator)], 0
-        chosen = order[cursor:cursor + batch]
-        cursor += batch
-        fidx = buffer.frame_index[chosen].to(device)
         thr = threshold(step / steps)
-        with autocast(device):
-            pred = head(buffer.features[chosen].to(device))
-        loss, stats = mapping_loss(pred.float(), buffer.pixels[chosen].to(device), frame_K[fidx], frame_pose[fidx],
-                                   None if buffer.targets is None else buffer.targets[chosen].to(device),
-                                   config, thr)
+        loss, stats = batch_loss(thr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -56,3 +62,26 @@ def optimise_head(head: RegressionHead, buffer: Buffer, config: MappingConfig, d
         if (step + 1) % max(1, steps // 10) == 0:
             history.append({"step": step + 1, "loss": float(loss.item()), **stats})
     return float(loss.item()), stats, history
+
+
+def optimise_head(head: RegressionHead, buffer: Buffer, config: MappingConfig, device: torch.device,
+                  progress: Progress, description: str, steps: int, lr: tuple[float, float, float],
+                  threshold: Callable[[float], float], rows: torch.Tensor | None = None,
+                  seed: int = 0) -> tuple[float, dict, list[dict]]:
+    """Train `head` on buffer rows (all, or the (M,) indices `rows`) for `steps` steps of config.batch_size rows
+    (train_one_cycle). Returns (final loss, final statistics, history of ten snapshots)."""
+    pool = torch.arange(len(buffer)) if rows is None else rows
+    batches = RowBatches([pool], [min(config.batch_size, len(pool))], torch.Generator().manual_seed(seed))
+    frame_K = buffer.frame_K.to(device)
+    frame_pose = buffer.frame_cam_from_world.to(device)
+
+    def batch_loss(thr: float) -> tuple[torch.Tensor, dict]:
+        chosen = batches.next()
+        fidx = buffer.frame_index[chosen].to(device)
+        with autocast(device):
+            pred = head(buffer.features[chosen].to(device))
+        return mapping_loss(pred.float(), buffer.pixels[chosen].to(device), frame_K[fidx], frame_pose[fidx],
+                            None if buffer.targets is None else buffer.targets[chosen].to(device), config, thr)
+
+    return train_one_cycle([{"params": list(head.parameters())}], config.weight_decay, steps, lr, batch_loss,
+                           threshold, progress, description)

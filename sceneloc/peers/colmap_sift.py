@@ -107,7 +107,7 @@ class SiftMap:
     @staticmethod
     def load(path: str | Path) -> "SiftMap":
         """Raises InputError for a missing, unreadable or foreign file, or an unknown format version."""
-        tensors, meta = load_map_file(path, "colmap-sift", FORMAT, FORMAT_VERSION, load_file, "numpy")
+        tensors, meta = load_map_file(path, "colmap-sift", FORMAT, FORMAT_VERSION, load_file)
         points, descriptors = tensors.get("points"), tensors.get("descriptors")
         if (points is None or descriptors is None or points.ndim != 2 or points.shape[1] != 3
                 or descriptors.shape != (len(points), 128) or descriptors.dtype != np.uint8):

@@ -1,0 +1,83 @@
+"""MultiSceneMap: one SCINR head for many scenes in one file (the shared network once, one embedding per scene),
+saved atomically through sceneloc.map_files and loaded without pickle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sceneloc import __version__
+from sceneloc.errors import InputError
+from sceneloc.map_files import load_map_file, save_map_file
+from sceneloc.maps import installed_encoder
+from sceneloc.nn.encoders import Encoder, load_encoder
+from sceneloc.nn.heads.scinr import ScinrConfig, ScinrHead
+
+FORMAT = "sceneloc-multimap"
+FORMAT_VERSION = 1
+FLOAT32_TENSORS = ("mean", "anchors")
+"""Tensors stored in float32: they place whole scenes, and float16's 5e-4 relative rounding of a 1 km offset would
+move every prediction of a scene by 0.5 m. Three numbers per scene plus three; the rest is float16."""
+
+
+@dataclass
+class MultiSceneMap:
+    """A trained SCINR head plus what is needed to use it. metadata holds: format, format_version,
+    sceneloc_version, encoder {name, version}, model (ScinrConfig), image_height, scenes [{name, n_frames,
+    camera_bounds, buffer_rows, ...}] in embedding order, training (MultiSceneSummary without its per-scene part),
+    config (MultiSceneConfig)."""
+
+    head: ScinrHead
+    encoder_name: str
+    image_height: int
+    scene_names: list[str]
+    metadata: dict
+
+    def save(self, path: str | Path) -> None:
+        """Weights in float16, scene placement in float32 (FLOAT32_TENSORS); written to a temporary file and renamed
+        into place."""
+        tensors = {}
+        for k, v in self.head.state_dict().items():
+            keep = not v.is_floating_point() or k in FLOAT32_TENSORS
+            tensors[k] = v.detach().to(v.dtype if keep else torch.float16).cpu().contiguous()
+        save_map_file(path, tensors, self.metadata, save_file)
+
+    @staticmethod
+    def load(path: str | Path, device: torch.device = torch.device("cpu")) -> "MultiSceneMap":
+        """Raises InputError for a missing, truncated or foreign file, an unknown format version, or a map made
+        with different encoder weights than the ones installed."""
+        tensors, meta = load_map_file(path, "sceneloc multi-scene", FORMAT, FORMAT_VERSION, load_file)
+        try:
+            enc_meta, names = meta["encoder"], [s["name"] for s in meta["scenes"]]
+            config, image_height = ScinrConfig(**meta["model"]), int(meta["image_height"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(path, f"multi-scene map metadata is incomplete ({type(e).__name__}: {e})") from None
+        encoder = installed_encoder(path, enc_meta)
+        try:
+            head = ScinrHead(encoder.out_channels, config, len(names))
+            head.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+        except (RuntimeError, ValueError) as e:
+            raise InputError(path, f"map tensors do not match its model config ({str(e).splitlines()[0]})") from None
+        head.to(device).eval()
+        return MultiSceneMap(head, enc_meta["name"], image_height, names, meta)
+
+    @property
+    def encoder(self) -> Encoder:
+        return load_encoder(self.encoder_name)
+
+    def scene_index(self, name: str) -> int:
+        """Embedding index of scene `name`; InputError listing the map's scenes when it holds no such scene."""
+        if name not in self.scene_names:
+            raise InputError(None, f"the map holds no scene {name!r}; its scenes are: {', '.join(self.scene_names)}")
+        return self.scene_names.index(name)
+
+
+def build_multimap_metadata(encoder: Encoder, model_config: ScinrConfig, image_height: int, scenes: list[dict],
+                            training: dict, config: dict) -> dict:
+    """The metadata of a MultiSceneMap; `scenes` lists {name, ...} in embedding order."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "sceneloc_version": __version__,
+            "encoder": {"name": encoder.name, "version": encoder.version}, "model": model_config.to_dict(),
+            "image_height": image_height, "scenes": scenes, "training": training, "config": config}
