@@ -117,7 +117,9 @@ def test_options_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(InputError, match=r"unknown suite 'nope'; available: tiny, quick, speed"):
         check_options(BenchOptions(tmp_path, suites=["nope"]))
     with pytest.raises(InputError, match=r"unknown method 'sift'; available: scr, scr-effnet, scr-xfeat-ctx, "
-                                         r"scr-acehead, scr-reshead, scr-acehead-kp, scr-reshead-kp, colmap-sift"):
+                                         r"scr-acehead, scr-reshead, scr-acehead-kp, scr-reshead-kp, scinr, "
+                                         r"scinr-no-scra, scinr-no-modulation, scinr-no-pe, scinr-no-complement, "
+                                         r"colmap-sift"):
         check_options(BenchOptions(tmp_path, suites=["tiny"], methods=["sift"]))
     with pytest.raises(InputError, match=r"unknown scene 'hall' in suite\(s\) quick; available: quick-room"):
         check_options(BenchOptions(tmp_path, suites=["quick"], scenes=["hall"]))
@@ -125,7 +127,8 @@ def test_options_are_checked_before_anything_runs(tmp_path):
         check_options(BenchOptions(tmp_path, overrides=["colmap-sift.nope=1"]))
     settings = check_options(BenchOptions(tmp_path, overrides=["iterations=3", "colmap-sift.num_neighbors=4"]))
     assert settings["scr"]["iterations"] == 3 and settings["colmap-sift"]["num_neighbors"] == 4
-    routed = split_overrides(["iterations=3", "scr.head.width=64", "colmap-sift.seed=2"])
+    routed = split_overrides(["iterations=3", "scr.head.width=64", "colmap-sift.seed=2", "scinr.sampling=x"])
+    assert routed["scinr"] == ["sampling=x"] and routed["scinr-no-scra"] == []
     assert routed["scr"] == ["iterations=3", "head.width=64"] and routed["colmap-sift"] == ["seed=2"]
     assert all(routed[name] == ["iterations=3"] for name in routed if name.startswith("scr-"))
     # A variant's own settings come first, the user's override after them.
@@ -166,3 +169,44 @@ def test_folds_pool_into_one_row_and_query_variants_reuse_the_map(tmp_path, monk
     poses = (tmp_path / "out" / "poses" / "t_slambook_colmap-sift.txt").read_text().splitlines()
     assert sorted(line.split()[0] for line in poses if not line.startswith("#")) == ["1", "2", "3", "4", "5"]
     assert rows[0]["median_t_cm"] < 5.0 and rows[1]["recall"]["50cm5deg"] > 0.5
+
+
+FAST_SCINR = ["scinr.mapping.image_height=120", "scinr.mapping.buffer_size=20000", "scinr.mapping.iterations=60",
+              "scinr.model.width=128"]
+
+
+def test_quick_suite_with_the_peer_and_one_multi_scene_map(tmp_path, monkeypatch):
+    """`sceneloc bench --suite quick` end to end (mapping shortened to seconds: the schema and the plumbing are
+    under test; docs/BENCHMARKS.md has the full-length numbers)."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path / "out"
+        args = ["bench", "--suite", "quick", "--methods", "scr,colmap-sift,scinr", "--out", str(out),
+                "--cache", str(tmp_path / "cache"), "--device", "cpu"]
+        for item in FAST_SCR + FAST_SCINR:
+            args += ["--set", item]
+        result = CliRunner().invoke(app, args)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["scene"], r["method"]) for r in rows] == [
+        ("quick-room", "scr"), ("quick-room", "colmap-sift"), ("quick-room", "scinr"),
+        ("quick-room-seed1", "scinr"), ("quick-room-seed2", "scinr")]
+    for row in rows:
+        assert tuple(row)[:len(RESULT_KEYS)] == RESULT_KEYS
+        assert row["n_query"] == 50 and row["resolution"] == "320x240"
+        assert set(row["recall"]) == set(RECALL_THRESHOLDS)
+    sift = rows[1]
+    assert sift["n_map"] == 300 and sift["median_t_cm"] < 5.0 and sift["recall"]["5cm5deg"] >= 0.8
+    scinr = rows[2:]
+    # One map for the three rooms: the same file, time and size in every row.
+    assert len({(r["map_s"], r["map_bytes"]) for r in scinr}) == 1 and all(r["n_scenes_in_map"] == 3 for r in scinr)
+    assert sorted(p.name for p in (out / "maps").iterdir() if "scinr" in p.name) == ["quick_scinr.multimap"]
+    assert all(0.0 <= r["identification_accuracy"] <= 1.0 for r in scinr)
+    assert scinr[0]["settings"]["mapping"]["iterations"] == 60
+    assert (out / "plots" / "quick_quick-room_cdf.png").is_file()
+    assert "| quick-room (320x240, 300 mapping / 50 query) |" in (out / "report.md").read_text()

@@ -28,17 +28,21 @@ class Method(Protocol):
     """File name ending of its map files."""
     cpu_only: bool
     """True when it ignores the device and runs on the CPU."""
+    multi_scene: bool
+    """True when one map holds all scenes of a suite (build_map gets them all; localize names the scene)."""
 
     def settings(self, overrides: list[str]) -> dict:
         """Its full configuration with `key=value` overrides applied, as a dict; ValueError on a bad override."""
 
-    def build_map(self, scene: Scene, map_path: Path, overrides: list[str], device: str,
+    def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
                   show_progress: bool) -> dict:
-        """Map the posed `scene` into map_path; returns details worth reporting (JSON-serialisable)."""
+        """Map the posed scenes (one unless multi_scene) into map_path; returns details worth reporting
+        (JSON-serialisable)."""
 
     def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
-                 show_progress: bool) -> list[PoseEstimate]:
-        """One estimate per frame of `scene`; details["time_ms"] is the time per image without reading it."""
+                 show_progress: bool, scene_name: str | None = None) -> list[PoseEstimate]:
+        """One estimate per frame of `scene`; details["time_ms"] is the time per image without reading it.
+        scene_name: for multi-scene maps, the map's scene the queries show, or "auto"."""
 
 
 class ScrMethod:
@@ -47,6 +51,7 @@ class ScrMethod:
 
     map_suffix = ".map"
     cpu_only = False
+    multi_scene = False
 
     def __init__(self, name: str = "scr", variant: tuple[str, ...] = ()):
         self.name = name
@@ -61,19 +66,19 @@ class ScrMethod:
     def settings(self, overrides: list[str]) -> dict:
         return self._config(overrides).to_dict()
 
-    def build_map(self, scene: Scene, map_path: Path, overrides: list[str], device: str,
+    def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
                   show_progress: bool) -> dict:
         import torch
 
         from sceneloc.mapping import build_scene_map
 
-        scene_map, summary = build_scene_map(scene, self._config(overrides), torch.device(device), show_progress)
+        scene_map, summary = build_scene_map(scenes[0], self._config(overrides), torch.device(device), show_progress)
         scene_map.save(map_path)
-        return {k: getattr(summary, k) for k in ("buffer_rows", "steps", "encode_s", "train_s",
-                                                 "final_median_repro_px", "final_valid_fraction")}
+        return {k: getattr(summary, k) for k in ("buffer_rows", "steps", "encode_s", "train_s", "keypoint_s",
+                                                 "final_median_repro_px", "final_valid_fraction", "keypoints")}
 
     def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
-                 show_progress: bool) -> list[PoseEstimate]:
+                 show_progress: bool, scene_name: str | None = None) -> list[PoseEstimate]:
         import torch
 
         from sceneloc.localize import LocalizeConfig, localize_scene
@@ -89,6 +94,7 @@ class ColmapSiftMethod:
     name = "colmap-sift"
     map_suffix = ".sift.safetensors"
     cpu_only = True
+    multi_scene = False
 
     def _config(self, overrides: list[str]):
         from sceneloc.peers.colmap_sift import ColmapSiftConfig
@@ -98,20 +104,65 @@ class ColmapSiftMethod:
     def settings(self, overrides: list[str]) -> dict:
         return asdict(self._config(overrides))
 
-    def build_map(self, scene: Scene, map_path: Path, overrides: list[str], device: str,
+    def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
                   show_progress: bool) -> dict:
         from sceneloc.peers.colmap_sift import build_sift_map
 
-        sift_map = build_sift_map(scene, self._config(overrides), show_progress)
+        sift_map = build_sift_map(scenes[0], self._config(overrides), show_progress)
         sift_map.save(map_path)
         return {k: sift_map.metadata[k] for k in ("n_points", "n_pairs", "n_verified_pairs", "mean_track_length",
                                                   "timings")}
 
     def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
-                 show_progress: bool) -> list[PoseEstimate]:
+                 show_progress: bool, scene_name: str | None = None) -> list[PoseEstimate]:
         from sceneloc.peers.colmap_sift import SiftMap, localize_scene
 
         return localize_scene(SiftMap.load(map_path), scene, self._config(overrides), show_progress)
+
+
+class ScinrMethod:
+    """sceneloc's multi-scene model: every scene of a suite mapped into one SCINR map (MultiSceneConfig defaults,
+    then the variant's settings, then the user's overrides), each scene's queries localized with its name."""
+
+    map_suffix = ".multimap"
+    cpu_only = False
+    multi_scene = True
+
+    def __init__(self, name: str = "scinr", variant: tuple[str, ...] = ()):
+        self.name = name
+        self.variant = list(variant)
+        """MultiSceneConfig assignments that define this variant, e.g. ("model.use_scra=false",)."""
+
+    def _config(self, overrides: list[str]):
+        from sceneloc.mapping.multi_scene import MultiSceneConfig
+
+        return apply_overrides(MultiSceneConfig(), self.variant + overrides)
+
+    def settings(self, overrides: list[str]) -> dict:
+        return self._config(overrides).to_dict()
+
+    def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
+                  show_progress: bool) -> dict:
+        import torch
+
+        from sceneloc.mapping.multi_scene import build_multi_scene_map
+
+        multi_map, summary = build_multi_scene_map(scenes, self._config(overrides), torch.device(device),
+                                                   show_progress)
+        multi_map.save(map_path)
+        return {k: getattr(summary, k) for k in ("buffer_rows", "steps", "encode_s", "train_s", "scenes")}
+
+    def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
+                 show_progress: bool, scene_name: str | None = None) -> list[PoseEstimate]:
+        import torch
+
+        from sceneloc.localize import LocalizeConfig
+        from sceneloc.localize_multi import localize_multi_scene
+        from sceneloc.multi_maps import MultiSceneMap
+
+        dev = torch.device(device)
+        return localize_multi_scene(MultiSceneMap.load(map_path, dev), scene, scene_name, LocalizeConfig(), dev,
+                                    show_progress)
 
 
 ACE_HEAD = ("head.num_blocks=1", "head.layers_per_block=3", "head.num_output_layers=3")
@@ -129,22 +180,32 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     ScrMethod("scr-reshead", RESIDUAL_HEAD),
     ScrMethod("scr-acehead-kp", ACE_HEAD + KEYPOINTS),
     ScrMethod("scr-reshead-kp", RESIDUAL_HEAD + KEYPOINTS),
+    ScinrMethod(),
+    ScinrMethod("scinr-no-scra", ("model.use_scra=false",)),
+    ScinrMethod("scinr-no-modulation", ("model.use_modulation=false",)),
+    ScinrMethod("scinr-no-pe", ("model.use_positional_encoding=false",)),
+    ScinrMethod("scinr-no-complement", ("model.use_complement=false",)),
     ColmapSiftMethod(),
 )}
 """The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
 variants of it (encoder choices; the ACE-style and the deeper residual head, each with and without keypoint
-selection and keypoint-guided fine-tuning); `colmap-sift` is the structure-based peer."""
+selection and keypoint-guided fine-tuning); `scinr` maps all scenes of a suite into one model (`scinr-no-*`: the
+thesis' ablations, one module switched off); `colmap-sift` is the structure-based peer."""
 
 
-def map_in_this_process(method: str, scene_root: str, map_path: str, overrides: list[str], device: str,
-                        show_progress: bool, result_path: str) -> None:
-    """Child-process entry: read the scene's mapping split, build and save the map, and write {"map_s",
-    "peak_rss_mb", "details"} (or {"error"} for bad input) as JSON to result_path. map_s runs from reading the
-    scene to the saved map file; interpreter start-up and imports are outside it."""
+def map_in_this_process(method: str, scene_roots: list[str], scene_names: list[str], map_path: str,
+                        overrides: list[str], device: str, show_progress: bool, result_path: str) -> None:
+    """Child-process entry: read the mapping split of each scene (named scene_names), build and save the map, and
+    write {"map_s", "peak_rss_mb", "details"} (or {"error"} for bad input) as JSON to result_path. map_s runs from
+    reading the scenes to the saved map file; interpreter start-up and imports are outside it."""
     try:
         t0 = time.perf_counter()
-        scene = read_scene(scene_root, split="train")
-        details = METHODS[method].build_map(scene, Path(map_path), overrides, device, show_progress)
+        scenes = []
+        for root, name in zip(scene_roots, scene_names):
+            scene = read_scene(root, split="train")
+            scene.name = name
+            scenes.append(scene)
+        details = METHODS[method].build_map(scenes, Path(map_path), overrides, device, show_progress)
         result = {"map_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "details": details}
     except InputError as e:
         result = {"error": str(e)}

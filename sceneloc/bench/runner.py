@@ -127,16 +127,18 @@ def source_commit() -> str | None:
     return None
 
 
-def map_in_child(method: str, scene_root: Path, map_path: Path, overrides: list[str], device: str,
-                 show_progress: bool) -> dict:
-    """Builds a map in a fresh 'spawn' child process -> {"map_s", "peak_rss_mb", "details", "process_s"}
+def map_in_child(method: str, scene_roots: list[Path], scene_names: list[str], map_path: Path, overrides: list[str],
+                 device: str, show_progress: bool) -> dict:
+    """Builds a map of the scenes at scene_roots (train splits, named scene_names; one scene unless the method is
+    multi-scene) in a fresh 'spawn' child process -> {"map_s", "peak_rss_mb", "details", "process_s"}
     (process_s: the child's whole life, start-up and imports included). Re-raises the child's InputError."""
     map_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sceneloc-bench-") as tmp:
         result_path = Path(tmp) / "result.json"
         process = multiprocessing.get_context("spawn").Process(
             target=map_in_this_process, name=f"sceneloc-bench-map-{method}",
-            args=(method, str(scene_root), str(map_path), overrides, device, show_progress, str(result_path)))
+            args=(method, [str(r) for r in scene_roots], scene_names, str(map_path), overrides, device, show_progress,
+                  str(result_path)))
         t0 = time.perf_counter()
         process.start()
         process.join()
@@ -211,15 +213,111 @@ def _pool_builds(builds: list[dict], map_paths: list[Path]) -> dict:
             "n_folds": len(builds), "details": builds[0]["details"]}
 
 
+@dataclass
+class _Run:
+    """What every step of one bench run shares."""
+
+    options: BenchOptions
+    settings: dict[str, dict]
+    overrides: dict[str, list[str]]
+    out: Path
+    commit: str | None
+    log: Callable[[str], None]
+    rows: list[dict] = field(default_factory=list)
+    evaluations: dict[tuple[str, str], dict[str, dict]] = field(default_factory=dict)
+    """(suite, scene row name) -> method -> evaluate_poses result, for the CDF plots."""
+
+    def add_row(self, suite: str, name: str, prepared: PreparedScene, method: str, n_map: int,
+                estimates: list[PoseEstimate], truth: dict, built: dict, **extras) -> None:
+        """Evaluate, write the poses and trajectory plot, and append the results.json row (file rewritten)."""
+        tag = f"{suite}_{name}_{method}"
+        write_poses(self.out / "poses" / f"{tag}.txt", estimates)
+        result = evaluate_poses(estimates, truth)
+        self.evaluations.setdefault((suite, name), {})[method] = result
+        plot_trajectory(truth, estimates, self.out / "plots" / f"{tag}_trajectory.png")
+        row = _row(suite, name, prepared, method, n_map, result, estimates, built, self.options.device,
+                   self.commit, self.settings[method])
+        self.rows.append({**row, **extras})
+        # Rewritten after every row, so an interrupted run keeps what it measured.
+        write_results_json(self.out / "results.json", self.rows)
+
+
+def _query_sets(prepared: PreparedScene) -> list[tuple[str, Path | None]]:
+    """(row name, ACE root of the variant's queries or None for the scene's own) of each query set."""
+    return [(prepared.name, None)] + [(f"{prepared.name}+{suffix}", root) for suffix, root in prepared.query_variants]
+
+
+def _run_scene(run: _Run, suite: str, prepared: PreparedScene, methods: list[str]) -> None:
+    """Single-scene methods on one prepared scene: each fold mapped in a child, every query set localized."""
+    options = run.options
+    units = list(prepared.folds) or [prepared.root]
+    query_sets = _query_sets(prepared)
+    n_map = len(read_scene(units[0], split="train").frames)
+    for method in methods:
+        builds, map_paths = [], []
+        estimates: dict[str, list[PoseEstimate]] = {name: [] for name, _ in query_sets}
+        truth: dict[str, dict] = {name: {} for name, _ in query_sets}
+        for k, unit in enumerate(units):
+            fold = f"_fold{k:02d}" if prepared.folds else ""
+            map_path = run.out / "maps" / f"{suite}_{prepared.name}{fold}_{method}{METHODS[method].map_suffix}"
+            run.log(f"[{suite}] {prepared.name}{fold} / {method}: mapping {n_map} frames in a child process")
+            built = map_in_child(method, [unit], [prepared.name], map_path, run.overrides[method], options.device,
+                                 options.show_progress)
+            builds.append(built)
+            map_paths.append(map_path)
+            run.log(f"[{suite}] {prepared.name}{fold} / {method}: map in {built['map_s']:.1f} s, peak RSS "
+                    f"{built['peak_rss_mb']:.0f} MB, {map_path.stat().st_size / 1e6:.2f} MB")
+            for name, variant_root in query_sets:
+                queries = read_scene(variant_root or unit, split="test")
+                truth[name].update({f.name: f.cam_from_world for f in queries.posed_frames})
+                estimates[name] += METHODS[method].localize(map_path, queries, run.overrides[method],
+                                                            options.device, options.show_progress)
+        pooled = _pool_builds(builds, map_paths)
+        for name, _ in query_sets:
+            run.add_row(suite, name, prepared, method, n_map, estimates[name], truth[name], pooled)
+
+
+def _run_multi_scene(run: _Run, suite: str, scenes: list[PreparedScene], methods: list[str]) -> None:
+    """Multi-scene methods: all (fold-less) scenes mapped into one map in a child; each scene's query sets
+    localized with its name (the rows) and with scene identification ("auto": identification_accuracy)."""
+    from sceneloc.localize_multi import AUTO, identification_accuracy
+
+    options = run.options
+    scenes = [p for p in scenes if not p.folds]
+    for method in methods:
+        map_path = run.out / "maps" / f"{suite}_{method}{METHODS[method].map_suffix}"
+        n_maps = [len(read_scene(p.root, split="train").frames) for p in scenes]
+        run.log(f"[{suite}] {method}: mapping {len(scenes)} scenes ({sum(n_maps)} frames) into one map in a child "
+                f"process")
+        built = map_in_child(method, [p.root for p in scenes], [p.name for p in scenes], map_path,
+                             run.overrides[method], options.device, options.show_progress)
+        pooled = _pool_builds([built], [map_path])
+        run.log(f"[{suite}] {method}: map in {built['map_s']:.1f} s, peak RSS {built['peak_rss_mb']:.0f} MB, "
+                f"{map_path.stat().st_size / 1e6:.2f} MB")
+        for prepared, n_map in zip(scenes, n_maps):
+            for name, variant_root in _query_sets(prepared):
+                queries = read_scene(variant_root or prepared.root, split="test")
+                truth = {f.name: f.cam_from_world for f in queries.posed_frames}
+                estimates = METHODS[method].localize(map_path, queries, run.overrides[method], options.device,
+                                                     options.show_progress, scene_name=prepared.name)
+                auto = METHODS[method].localize(map_path, queries, run.overrides[method], options.device,
+                                                options.show_progress, scene_name=AUTO)
+                auto_result = evaluate_poses(auto, truth)
+                run.add_row(suite, name, prepared, method, n_map, estimates, truth, pooled,
+                            n_scenes_in_map=len(scenes),
+                            identification_accuracy=identification_accuracy(auto, prepared.name),
+                            auto_recall=auto_result["recall"], auto_median_t_cm=auto_result["median_t_cm"])
+
+
 def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message: None) -> list[dict]:
     """Runs the benchmark (module docstring) and returns the results.json rows. `log` receives one line per
     step. Raises InputError for bad options (before anything runs) or unusable scenes.
 
     A scene with folds (leave-one-out) maps each fold and pools the estimates of all folds into one row (map time
     and size per fold); a scene with query variants localizes each variant's queries with the same map, one row
-    per variant ("<scene>+<variant>")."""
+    per variant ("<scene>+<variant>"). A multi-scene method maps all scenes of a suite (plus the suite's
+    multi_scene_extras, and without leave-one-out scenes) into one map; its rows give that map's time and size."""
     settings = check_options(options)
-    overrides = split_overrides(options.overrides)
     out = Path(options.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -227,52 +325,24 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message
         raise InputError(out, f"cannot create the output folder ({e.strerror})") from None
     cache = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
     data_root = Path(options.data_root) if options.data_root is not None else default_data_root()
-    commit = source_commit()
-    rows: list[dict] = []
+    run = _Run(options, settings, split_overrides(options.overrides), out, source_commit(), log)
     for suite_name in options.suites:
         suite = SUITES[suite_name]
         methods = options.methods or list(suite.methods)
-        for spec in suite.scenes:
-            if options.scenes is not None and spec.name not in options.scenes:
-                continue
+        single = [m for m in methods if not METHODS[m].multi_scene]
+        multi = [m for m in methods if METHODS[m].multi_scene]
+        specs = [s for s in suite.scenes if options.scenes is None or s.name in options.scenes]
+        prepared_scenes = []
+        for spec in specs + (list(suite.multi_scene_extras) if multi else []):
             prepared = spec.prepare(cache, options.show_progress, data_root)
             log(f"[{suite_name}] {prepared.name}: {'cached' if prepared.from_cache else 'prepared'} in "
                 f"{prepared.root} ({prepared.prepare_s:.0f} s)")
-            units = list(prepared.folds) or [prepared.root]
-            query_sets = [(prepared.name, None)] + [(f"{prepared.name}+{suffix}", root)
-                                                    for suffix, root in prepared.query_variants]
-            n_map = len(read_scene(units[0], split="train").frames)
-            evaluations: dict[str, dict] = {name: {} for name, _ in query_sets}
-            for method in methods:
-                builds, map_paths = [], []
-                estimates: dict[str, list[PoseEstimate]] = {name: [] for name, _ in query_sets}
-                truth: dict[str, dict] = {name: {} for name, _ in query_sets}
-                for k, unit in enumerate(units):
-                    fold = f"_fold{k:02d}" if prepared.folds else ""
-                    map_path = out / "maps" / f"{suite_name}_{prepared.name}{fold}_{method}{METHODS[method].map_suffix}"
-                    log(f"[{suite_name}] {prepared.name}{fold} / {method}: mapping {n_map} frames in a child process")
-                    built = map_in_child(method, unit, map_path, overrides[method], options.device,
-                                         options.show_progress)
-                    builds.append(built)
-                    map_paths.append(map_path)
-                    log(f"[{suite_name}] {prepared.name}{fold} / {method}: map in {built['map_s']:.1f} s, peak RSS "
-                        f"{built['peak_rss_mb']:.0f} MB, {map_path.stat().st_size / 1e6:.2f} MB")
-                    for name, variant_root in query_sets:
-                        queries = read_scene(variant_root or unit, split="test")
-                        truth[name].update({f.name: f.cam_from_world for f in queries.posed_frames})
-                        estimates[name] += METHODS[method].localize(map_path, queries, overrides[method],
-                                                                    options.device, options.show_progress)
-                pooled = _pool_builds(builds, map_paths)
-                for name, _ in query_sets:
-                    tag = f"{suite_name}_{name}_{method}"
-                    write_poses(out / "poses" / f"{tag}.txt", estimates[name])
-                    evaluations[name][method] = evaluate_poses(estimates[name], truth[name])
-                    plot_trajectory(truth[name], estimates[name], out / "plots" / f"{tag}_trajectory.png")
-                    rows.append(_row(suite_name, name, prepared, method, n_map, evaluations[name][method],
-                                     estimates[name], pooled, options.device, commit, settings[method]))
-                    # Rewritten after every row, so an interrupted run keeps what it measured.
-                    write_results_json(out / "results.json", rows)
-            for name, by_method in evaluations.items():
-                plot_error_cdf(by_method, out / "plots" / f"{suite_name}_{name}_cdf.png")
-    write_markdown_report(out / "report.md", rows)
-    return rows
+            prepared_scenes.append(prepared)
+            if spec in specs:
+                _run_scene(run, suite_name, prepared, single)
+        if multi:
+            _run_multi_scene(run, suite_name, prepared_scenes, multi)
+    for (suite_name, name), by_method in run.evaluations.items():
+        plot_error_cdf(by_method, out / "plots" / f"{suite_name}_{name}_cdf.png")
+    write_markdown_report(out / "report.md", run.rows)
+    return run.rows
