@@ -195,7 +195,7 @@ def test_quick_suite_with_the_peer_and_one_multi_scene_map(tmp_path, monkeypatch
     rows = json.loads((out / "results.json").read_text())
     assert [(r["scene"], r["method"]) for r in rows] == [
         ("quick-room", "scr"), ("quick-room", "colmap-sift"), ("quick-room", "scinr"),
-        ("quick-room-seed1", "scinr"), ("quick-room-seed2", "scinr")]
+        ("quick-room-seed1", "scinr"), ("quick-room-seed2@1000_0_0m", "scinr")]
     for row in rows:
         assert tuple(row)[:len(RESULT_KEYS)] == RESULT_KEYS
         assert row["n_query"] == 50 and row["resolution"] == "320x240"

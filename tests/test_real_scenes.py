@@ -191,3 +191,28 @@ def test_strecha_camera_file_with_distortion_is_rejected(tmp_path):
     path.write_text("100 0 50\n0 100 40\n0 0 1\n")
     with pytest.raises(InputError, match="26 numbers"):
         read_strecha_camera(path)
+
+
+def test_translated_scene_moves_poses_and_mesh_only(tmp_path):
+    import open3d as o3d
+
+    from sceneloc.bench.variant_scenes import TranslatedSceneSpec
+
+    base_spec = SyntheticSceneSpec("tiny-room")
+    spec = TranslatedSceneSpec(base_spec, (1000.0, 0.0, -2.5))
+    moved = spec.prepare(tmp_path, show_progress=False)
+    base = base_spec.prepare(tmp_path, show_progress=False)
+    assert moved.name == "tiny-room@1000_0_-2.5m" and moved.root != base.root
+    for split in ("train", "test"):
+        a, b = read_scene(base.root, split=split), read_scene(moved.root, split=split)
+        assert [f.name for f in a.frames] == [f.name for f in b.frames]
+        for fa, fb in zip(a.frames, b.frames):
+            np.testing.assert_allclose(fb.cam_from_world.center, fa.cam_from_world.center + [1000.0, 0.0, -2.5],
+                                       atol=1e-9)
+            np.testing.assert_allclose(fb.cam_from_world.rotation, fa.cam_from_world.rotation, atol=1e-12)
+            assert fb.rgb_path.read_bytes() == fa.rgb_path.read_bytes()
+    # The ground-truth mesh moves with the cameras.
+    mesh_a = np.asarray(o3d.io.read_triangle_mesh(str(base.root / "mesh.ply")).vertices)
+    mesh_b = np.asarray(o3d.io.read_triangle_mesh(str(moved.root / "mesh.ply")).vertices)
+    np.testing.assert_allclose(mesh_b - mesh_a, np.tile([1000.0, 0.0, -2.5], (len(mesh_a), 1)), atol=1e-6)
+    assert spec.prepare(tmp_path, show_progress=False).from_cache

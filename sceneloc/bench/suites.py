@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sceneloc.bench.real_scenes import FOUNTAIN_P11, HERZJESU_P8, SLAMBOOK, STAIRS_7SCENES
 from sceneloc.bench.scan_scenes import COPYROOM
 from sceneloc.bench.scenes import SceneSpec, SyntheticSceneSpec
-from sceneloc.bench.variant_scenes import DegradedQueriesSpec
+from sceneloc.bench.variant_scenes import DegradedQueriesSpec, TranslatedSceneSpec
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("tiny", "tiny-room (160x120, 60 mapping / 20 query frames): seconds, for tests",
           (SyntheticSceneSpec("tiny-room"),), ("scr", "colmap-sift")),
     Suite("quick", "quick-room (320x240, 300 mapping / 50 query frames): CI-sized accuracy comparison; multi-scene "
-                   "methods map it together with quick-room seeds 1 and 2",
+                   "methods map it together with quick-room seed 1 (overlapping it: both rooms start at the "
+                   "origin) and quick-room seed 2 moved 1 km away",
           (SyntheticSceneSpec("quick-room"),), ("scr", "colmap-sift"),
-          (SyntheticSceneSpec("quick-room", 1), SyntheticSceneSpec("quick-room", 2))),
+          (SyntheticSceneSpec("quick-room", 1), TranslatedSceneSpec(SyntheticSceneSpec("quick-room", 2),
+                                                                    (1000.0, 0.0, 0.0)))),
     Suite("speed", "bench-room (640x480, 1000 mapping / 200 query frames), scr only: mapping time, peak memory, "
                    "localization rate and map size at full size",
           (SyntheticSceneSpec("bench-room"),), ("scr",)),

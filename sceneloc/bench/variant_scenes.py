@@ -1,5 +1,6 @@
-"""Benchmark scenes whose queries are degraded copies of another scene's queries (sceneloc.data.degrade): the map is
-built once from the base scene, then localized with each variant's queries as well.
+"""Benchmark scenes derived from another scene: degraded copies of its queries (DegradedQueriesSpec; the map is
+built once from the base scene, then localized with each variant's queries as well), and the whole scene moved to
+another place in the world (TranslatedSceneSpec, for multi-scene maps whose scenes lie far apart).
 
 Cache: one ACE root per degradation, <cache>/scenes/<base folder>+<degradation>-<key>/test/, where <key> hashes the
 base folder name, the degradation's settings in DegradationConfig and the source of degrade.py, this module and
@@ -21,9 +22,11 @@ import numpy as np
 from sceneloc.bench.real_scenes import link_or_copy
 from sceneloc.bench.scenes import PreparedScene, SceneSpec, cached_folder
 from sceneloc.data import ace_folder, degrade, read_scene
-from sceneloc.data.ace_folder import write_ace_frame
+from sceneloc.data.ace_folder import read_pose_file, write_ace_frame, write_pose_file
 from sceneloc.data.degrade import DEGRADATIONS, DegradationConfig
 from sceneloc.data.scene import Frame, Scene
+from sceneloc.data.synthetic import MESH_FILE
+from sceneloc.geometry import Rigid3
 from sceneloc.progress import make_progress
 
 
@@ -106,3 +109,54 @@ class DegradedQueriesSpec:
             all_cached = all_cached and from_cache
         return dataclasses.replace(base, from_cache=all_cached, prepare_s=time.perf_counter() - t0,
                                    query_variants=base.query_variants + tuple(variants))
+
+
+@dataclass(frozen=True)
+class TranslatedSceneSpec:
+    """The base scene (an ACE root with train/ and test/) moved by `offset_m` in the world: every camera pose and
+    the ground-truth mesh are translated, images, calibration and depth are the base's (hard-linked). Cached as
+    <base folder>@<x>_<y>_<z>/."""
+
+    base: SceneSpec
+    """The scene to move (no folds, no query variants)."""
+    offset_m: tuple[float, float, float]
+    """World translation in metres."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.base.name}@{'_'.join(f'{v:g}' for v in self.offset_m)}m"
+
+    def prepare(self, cache_dir: Path, show_progress: bool = True, data_root: Path | None = None) -> PreparedScene:
+        """Prepares the base scene, then finds or writes the moved copy. Raises InputError as the base does."""
+        t0 = time.perf_counter()
+        base = self.base.prepare(cache_dir, show_progress, data_root)
+        if base.folds or base.query_variants:
+            raise ValueError(f"{base.name}: only a plain train/test scene can be moved")
+        offset = "_".join(f"{v:g}" for v in self.offset_m)
+        root, from_cache = cached_folder(cache_dir, f"{base.root.name}@{offset}",
+                                         lambda tmp: _write_translated(base.root, np.asarray(self.offset_m), tmp))
+        return dataclasses.replace(base, name=self.name, root=root, from_cache=from_cache and base.from_cache,
+                                   prepare_s=time.perf_counter() - t0)
+
+
+def _write_translated(source: Path, offset: np.ndarray, out: Path) -> None:
+    """Copy the ACE root `source` into `out` with every pose's world moved by offset (3,) metres; other files
+    hard-linked; mesh.ply (when present) translated."""
+    import open3d as o3d
+
+    for path in sorted(source.rglob("*")):
+        if not path.is_file():
+            continue
+        target = out / path.relative_to(source)
+        if path.parent.name == "poses" and path.name.endswith(".pose.txt"):
+            cam_from_world = read_pose_file(path)
+            # x_cam = R (x_new - offset) + t
+            moved = Rigid3(cam_from_world.rotation, cam_from_world.translation - cam_from_world.rotation @ offset)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_pose_file(target, moved)
+        elif path.name == MESH_FILE and path.parent == source:
+            mesh = o3d.io.read_triangle_mesh(str(path))
+            mesh.translate(offset)
+            o3d.io.write_triangle_mesh(str(target), mesh)
+        else:
+            link_or_copy(path, target)

@@ -160,6 +160,11 @@ def _encode_png(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+def write_pose_file(path: str | Path, cam_from_world: Rigid3) -> None:
+    """The ACE pose file of cam_from_world (4x4 camera-to-world, full float64 precision), atomically."""
+    write_bytes_atomic(path, _matrix_text(cam_from_world.inverse().matrix()))
+
+
 def _matrix_text(matrix: np.ndarray) -> bytes:
     # repr precision so that reading back gives the same float64 values.
     return ("\n".join(" ".join(repr(float(v)) for v in row) for row in matrix) + "\n").encode()
@@ -181,7 +186,7 @@ def write_ace_frame(out_dir: str | Path, name: str, rgb: np.ndarray, camera: Cam
     write_bytes_atomic(out_dir / "rgb" / f"{name}.color.png", _encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
     write_bytes_atomic(out_dir / "calibration" / f"{name}.calibration.txt", _matrix_text(camera.K))
     if cam_from_world is not None:
-        write_bytes_atomic(out_dir / "poses" / f"{name}.pose.txt", _matrix_text(cam_from_world.inverse().matrix()))
+        write_pose_file(out_dir / "poses" / f"{name}.pose.txt", cam_from_world)
     if depth is not None:
         if depth.shape != (camera.height, camera.width):
             raise ValueError(f"depth is {depth.shape}, expected ({camera.height}, {camera.width})")
