@@ -21,6 +21,7 @@ from sceneloc.mapping.buffer import build_buffer
 from sceneloc.mapping.config import MappingConfig
 from sceneloc.mapping.loss import mapping_loss, repro_threshold
 from sceneloc.mapping.optimise import RowBatches, train_one_cycle
+from sceneloc.mapping.trainer import TrainingSummary
 from sceneloc.memory import peak_rss_mb
 from sceneloc.multi_maps import MultiSceneMap, build_multimap_metadata
 from sceneloc.nn.encoders import Encoder, load_encoder
@@ -63,26 +64,13 @@ class MultiSceneConfig:
 
 
 @dataclass
-class MultiSceneSummary:
-    """What happened during mapping (totals over all scenes, then per scene); stored in the map file's metadata."""
+class MultiSceneSummary(TrainingSummary):
+    """What happened during mapping, totals over all scenes (final_* of the last batch; keypoint_s is 0), then per
+    scene; stored in the map file's metadata."""
 
-    n_frames: int
-    buffer_rows: int
-    steps: int
-    encode_s: float
-    train_s: float
-    total_s: float
-    peak_rss_mb: float
-    final_loss: float
-    final_valid_fraction: float
-    """Of the last batch."""
-    final_median_repro_px: float
-    """Of the last batch."""
-    device: str
-    scenes: list[dict]
+    scenes: list[dict] = field(default_factory=list)
     """Per scene in embedding order: name, n_frames, camera_bounds, buffer_rows, final_valid_fraction and
     final_median_repro_px (on up to 4,096 of its buffer rows after training)."""
-    history: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -214,7 +202,8 @@ def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.devi
                               "final_median_repro_px": scene_stats["repro_px"]})
     summary = MultiSceneSummary(
         n_frames=sum(len(s.frames) for s in scenes), buffer_rows=len(buffer), steps=total_steps,
-        encode_s=t_encoded - t0, train_s=t_end - t_encoded, total_s=t_end - t0, peak_rss_mb=peak_rss_mb(),
+        encode_s=t_encoded - t0, train_s=t_end - t_encoded, keypoint_s=0.0, total_s=t_end - t0,
+        peak_rss_mb=peak_rss_mb(),
         final_loss=loss, final_valid_fraction=float(stats.get("valid", float("nan"))),
         final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device), scenes=per_scene,
         history=history)
@@ -225,7 +214,7 @@ def build_multi_scene_map(scenes: list[Scene], config: MultiSceneConfig, device:
                           show_progress: bool = True) -> tuple[MultiSceneMap, MultiSceneSummary]:
     """map_scenes plus everything the map file records about the scenes and the run."""
     head, summary = map_scenes(scenes, config, device, show_progress)
-    training = {k: v for k, v in asdict(summary).items() if k != "scenes"}
+    training = {k: v for k, v in asdict(summary).items() if k not in ("scenes", "keypoint_s", "keypoints")}
     metadata = build_multimap_metadata(load_encoder(config.mapping.encoder), config.model,
                                        config.mapping.image_height, summary.scenes, training, config.to_dict())
     return MultiSceneMap(head, config.mapping.encoder, config.mapping.image_height,
