@@ -186,6 +186,9 @@ def _row(suite: str, scene_name: str, prepared: PreparedScene, method: str, n_ma
         "resolution": f"{prepared.resolution[0]}x{prepared.resolution[1]}",
         "n_failed": result["n_failed"],
         "inlier_ratio_median": _median([e.inlier_ratio for e in estimates]),
+        "ransac_iterations_median": _median([e.details["iterations"] for e in estimates
+                                             if e.details.get("iterations") is not None]),
+        "solver_ms_median": _median([e.details["solver_ms"] for e in estimates if "solver_ms" in e.details]),
         "num_inliers_median": _median([e.num_inliers for e in estimates]),
         "query_images_per_s": 1000.0 / query_ms if query_ms > 0 else None,
         "map_process_s": built["process_s"],
