@@ -45,26 +45,40 @@ class Method(Protocol):
         scene_name: for multi-scene maps, the map's scene the queries show, or "auto"."""
 
 
-class ScrMethod:
-    """sceneloc itself: map_scene with MappingConfig (defaults, then the variant's settings, then the user's
-    overrides) -> SceneMap.save -> localize_scene with the default LocalizeConfig."""
+class _SceneLocMethod:
+    """A sceneloc configuration: the config's defaults, then the variant's settings, then the user's overrides."""
 
-    map_suffix = ".map"
     cpu_only = False
-    multi_scene = False
 
-    def __init__(self, name: str = "scr", variant: tuple[str, ...] = ()):
+    def __init__(self, name: str, variant: tuple[str, ...] = ()):
         self.name = name
         self.variant = list(variant)
-        """MappingConfig assignments that define this variant, e.g. ("encoder=effnet-lite0",)."""
+        """Config assignments that define this variant, e.g. ("encoder=effnet-lite0",)."""
+
+    def _default_config(self):
+        raise NotImplementedError
 
     def _config(self, overrides: list[str]):
-        from sceneloc.mapping import MappingConfig
-
-        return apply_overrides(MappingConfig(), self.variant + overrides)
+        return apply_overrides(self._default_config(), self.variant + overrides)
 
     def settings(self, overrides: list[str]) -> dict:
         return self._config(overrides).to_dict()
+
+
+class ScrMethod(_SceneLocMethod):
+    """sceneloc itself: map_scene with MappingConfig -> SceneMap.save -> localize_scene with the default
+    LocalizeConfig."""
+
+    map_suffix = ".map"
+    multi_scene = False
+
+    def __init__(self, name: str = "scr", variant: tuple[str, ...] = ()):
+        super().__init__(name, variant)
+
+    def _default_config(self):
+        from sceneloc.mapping import MappingConfig
+
+        return MappingConfig()
 
     def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
                   show_progress: bool) -> dict:
@@ -120,26 +134,20 @@ class ColmapSiftMethod:
         return localize_scene(SiftMap.load(map_path), scene, self._config(overrides), show_progress)
 
 
-class ScinrMethod:
-    """sceneloc's multi-scene model: every scene of a suite mapped into one SCINR map (MultiSceneConfig defaults,
-    then the variant's settings, then the user's overrides), each scene's queries localized with its name."""
+class ScinrMethod(_SceneLocMethod):
+    """sceneloc's multi-scene model: every scene of a suite mapped into one SCINR map (MultiSceneConfig), each
+    scene's queries localized with its name."""
 
     map_suffix = ".multimap"
-    cpu_only = False
     multi_scene = True
 
     def __init__(self, name: str = "scinr", variant: tuple[str, ...] = ()):
-        self.name = name
-        self.variant = list(variant)
-        """MultiSceneConfig assignments that define this variant, e.g. ("model.use_scra=false",)."""
+        super().__init__(name, variant)
 
-    def _config(self, overrides: list[str]):
+    def _default_config(self):
         from sceneloc.mapping.multi_scene import MultiSceneConfig
 
-        return apply_overrides(MultiSceneConfig(), self.variant + overrides)
-
-    def settings(self, overrides: list[str]) -> dict:
-        return self._config(overrides).to_dict()
+        return MultiSceneConfig()
 
     def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
                   show_progress: bool) -> dict:
