@@ -100,7 +100,8 @@ def read_poses(path: str | Path) -> list[PoseEstimate]:
                 cam_from_world = Rigid3.from_qvec_tvec(values[:4], values[4:])
             except ValueError as e:
                 raise InputError(path, f"line {lineno}: invalid pose for {name!r}: {e}") from None
-        estimates.append(PoseEstimate(name, cam_from_world, num_inliers))
+        # The poses file has no inlier ratio: NaN (null in JSON) rather than a made-up 0.
+        estimates.append(PoseEstimate(name, cam_from_world, num_inliers, inlier_ratio=float("nan")))
     return estimates
 
 
