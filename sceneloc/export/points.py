@@ -18,7 +18,7 @@ from sceneloc.data import Scene
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.localize import Prediction, predict_scene_coordinates
-from sceneloc.mapping.augment import prepare_image
+from sceneloc.mapping.augment import prepare_image, roll_homography
 from sceneloc.maps import SceneMap
 from sceneloc.progress import make_progress
 
@@ -77,10 +77,8 @@ class PointCloud:
 
 def rotation_homography(camera: Camera, angle_deg: float) -> np.ndarray:
     """(3, 3) homography K R K^-1 taking pixels of `camera` to the image of the same camera rotated by angle_deg
-    about its optical axis (as mapping.augment does), exact for fx != fy and an off-centre principal point."""
-    c, s = np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))
-    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    return camera.K @ rotation @ np.linalg.inv(camera.K)
+    about its optical axis (the augmentation's roll_homography, same camera in and out)."""
+    return roll_homography(camera, camera, np.radians(angle_deg))[1]
 
 
 def lookup_coordinates(prediction: Prediction, pixels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

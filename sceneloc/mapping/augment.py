@@ -40,6 +40,15 @@ def prepare_image(rgb: np.ndarray, camera: Camera, image_height: int) -> tuple[n
     return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA), camera.scaled(w, h)
 
 
+def roll_homography(camera: Camera, out_camera: Camera, angle_rad: float) -> tuple[np.ndarray, np.ndarray]:
+    """(R, H), both (3, 3): R rotates the camera by angle_rad about its optical axis; H = out_camera.K R
+    camera.K^-1 warps the image of `camera` to the rotated camera's (with out_camera's size and intrinsics), exact
+    for fx != fy and an off-centre principal point."""
+    c, s = np.cos(angle_rad), np.sin(angle_rad)
+    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return rotation, out_camera.K @ rotation @ np.linalg.inv(camera.K)
+
+
 def augment_image(rgb: np.ndarray, camera: Camera, image_height: int, rng: np.random.Generator,
                   scale_range: tuple[float, float], rotation_deg: float,
                   brightness: float, contrast: float) -> PreparedImage:
@@ -50,10 +59,7 @@ def augment_image(rgb: np.ndarray, camera: Camera, image_height: int, rng: np.ra
     scale = np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1])))
     w, h = working_size(camera, max(8, int(round(image_height * scale))))
     cam_out = camera.scaled(w, h)
-    angle = np.radians(rng.uniform(-rotation_deg, rotation_deg))
-    c, s = np.cos(angle), np.sin(angle)
-    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    homography = cam_out.K @ rotation @ np.linalg.inv(camera.K)
+    rotation, homography = roll_homography(camera, cam_out, np.radians(rng.uniform(-rotation_deg, rotation_deg)))
     out = cv2.warpPerspective(rgb, homography, (w, h), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT)
     valid = cv2.warpPerspective(np.ones(rgb.shape[:2], np.uint8), homography, (w, h), flags=cv2.INTER_NEAREST) > 0
