@@ -11,7 +11,6 @@ files, and the source of this module and of the ACE writer.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -23,9 +22,9 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from sceneloc.bench.scenes import PreparedScene, cached_folder
+from sceneloc.bench.scenes import PreparedScene, cache_key, cached_folder
 from sceneloc.data import ace_folder, read_scene
-from sceneloc.data.ace_folder import read_numbers, write_ace_frame
+from sceneloc.data.ace_folder import WRITTEN_FILES, read_numbers, write_ace_frame
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.progress import make_progress
@@ -33,8 +32,6 @@ from sceneloc.progress import make_progress
 SourceFrame = tuple[str, np.ndarray, Camera, Rigid3, np.ndarray | None]
 """(name, rgb (H, W, 3) uint8, camera, cam_from_world, depth (H, W) metres or None): one frame to write."""
 
-_ACE_FILES = {"rgb": ".color.png", "calibration": ".calibration.txt", "poses": ".pose.txt", "depth": ".depth.png"}
-"""Sub-folder -> suffix after the frame name of the files write_ace_frame writes."""
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -60,14 +57,11 @@ def require_data(data_root: Path | None, subdir: str, files: tuple[str, ...]) ->
     return folder
 
 
-def _cache_key(spec: object, folder: Path, inputs: list[Path]) -> str:
-    """12 hex digits of the spec's settings, the input files' names and sizes, and the writing code."""
-    digest = hashlib.sha256(repr(spec).encode())
-    for path in inputs:
-        digest.update(f"{path.relative_to(folder)} {path.stat().st_size}\n".encode())
-    for source in (Path(__file__), Path(ace_folder.__file__)):
-        digest.update(source.read_bytes())
-    return digest.hexdigest()[:12]
+def _cache_key(spec: object, inputs: list[Path]) -> str:
+    """12 hex digits of the spec's settings, the input files' names and sizes (not their contents: the Strecha
+    photos are tens of MB, read on every prepare) and the writing code."""
+    sizes = [(path.name, path.stat().st_size) for path in inputs]
+    return cache_key((spec, sizes), [Path(__file__), Path(ace_folder.__file__)])
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -91,7 +85,7 @@ def write_leave_one_out(frames: Iterator[SourceFrame], count: int, out: Path, sh
     for held_out in names:
         for name in names:
             split = out / f"fold-{held_out}" / ("test" if name == held_out else "train")
-            for sub, suffix in _ACE_FILES.items():
+            for sub, suffix in WRITTEN_FILES.items():
                 source = out / "frames" / sub / f"{name}{suffix}"
                 if source.is_file():
                     link_or_copy(source, split / sub / source.name)
@@ -189,7 +183,7 @@ class StrechaSpec:
                 small = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
                 yield image.stem, small, camera.scaled(self.width, self.height), cam_from_world, None
 
-        key = _cache_key(self, folder, images + cameras)
+        key = _cache_key(self, images + cameras)
         return _prepare_leave_one_out(
             self.name, cache_dir, f"{self.name}-{self.width}x{self.height}-{key}",
             lambda out: write_leave_one_out(frames(), len(images), out, show_progress, f"caching {self.name}"),
@@ -250,7 +244,7 @@ class SlambookSpec:
         for path in inputs:
             if not path.is_file():
                 raise InputError(path, f"missing: pose.txt has {len(poses)} poses, one per colour and depth image")
-        key = _cache_key(self, folder, inputs)
+        key = _cache_key(self, inputs)
         return _prepare_leave_one_out(
             self.name, cache_dir, f"{self.name}-{key}",
             lambda out: write_leave_one_out(self._frames(folder, poses), len(poses), out, show_progress,

@@ -8,7 +8,6 @@ CopyroomConfig, the contents of the input files, the Open3D version and the sour
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,21 +16,15 @@ from typing import ClassVar
 import open3d as o3d
 
 from sceneloc.bench.real_scenes import require_data
-from sceneloc.bench.scenes import PreparedScene, cached_folder
+from sceneloc.bench.scenes import PreparedScene, cache_key, cached_folder
 from sceneloc.data import ace_folder, copyroom, scan_render
 from sceneloc.data.copyroom import INPUT_FILES, CopyroomConfig, CopyroomScene, write_copyroom_scene
 
 
 def copyroom_key(config: CopyroomConfig, data_dir: Path) -> str:
     """12 hex digits identifying what a rendering of the scan in data_dir with `config` contains."""
-    digest = hashlib.sha256(repr(config).encode())
-    digest.update(o3d.__version__.encode())
-    for name in INPUT_FILES:
-        digest.update(name.encode())
-        digest.update(hashlib.sha256((data_dir / name).read_bytes()).digest())
-    for module in (scan_render, copyroom, ace_folder):
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:12]
+    sources = [Path(module.__file__) for module in (scan_render, copyroom, ace_folder)]
+    return cache_key((config, o3d.__version__), [data_dir / name for name in INPUT_FILES] + sources)
 
 
 @dataclass(frozen=True)

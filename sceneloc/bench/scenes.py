@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from sceneloc.data import synthetic
@@ -77,14 +77,19 @@ def default_cache_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache") / "sceneloc"
 
 
+def cache_key(settings: object, files: Iterable[Path]) -> str:
+    """12 hex digits of repr(settings) and the names and contents of `files` (a scene's inputs and the source code
+    that writes it): a change to any of them gives another key, so a cached scene is never stale."""
+    digest = hashlib.sha256(repr(settings).encode())
+    for path in files:
+        digest.update(Path(path).name.encode())
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()[:12]
+
+
 def scene_key(config: SyntheticSceneConfig) -> str:
     """12 hex digits identifying what a rendering of `config` contains (see the module docstring)."""
-    digest = hashlib.sha256(repr(config).encode())
-    digest.update(version("scikit-image").encode())
-    for path in sorted(Path(synthetic.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+    return cache_key((config, version("scikit-image")), sorted(Path(synthetic.__file__).parent.glob("*.py")))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ calibration and pose, and the depth (hard-linked from the base when it is an ACE
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -20,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from sceneloc.bench.real_scenes import link_or_copy
-from sceneloc.bench.scenes import PreparedScene, SceneSpec, cached_folder
+from sceneloc.bench.scenes import PreparedScene, SceneSpec, cache_key, cached_folder
 from sceneloc.data import ace_folder, degrade, read_scene
-from sceneloc.data.ace_folder import read_pose_file, write_ace_frame, write_pose_file
+from sceneloc.data.ace_folder import WRITTEN_FILES, read_pose_file, write_ace_frame, write_pose_file
 from sceneloc.data.degrade import DEGRADATIONS, DegradationConfig
 from sceneloc.data.scene import Frame, Scene
 from sceneloc.data.synthetic import MESH_FILE
@@ -35,11 +34,8 @@ def variant_key(base_folder: str, kind: str, config: DegradationConfig) -> str:
     fields of that degradation (and the seed) count, so changing the JPEG quality re-renders only the JPEG copy."""
     settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                 if f.name == "seed" or f.name.startswith(kind)}
-    digest = hashlib.sha256(repr((base_folder, kind, sorted(settings.items()))).encode())
-    for module in (degrade, ace_folder):
-        digest.update(Path(module.__file__).read_bytes())
-    digest.update(Path(__file__).read_bytes())
-    return digest.hexdigest()[:12]
+    return cache_key((base_folder, kind, sorted(settings.items())),
+                     [Path(module.__file__) for module in (degrade, ace_folder)] + [Path(__file__)])
 
 
 def frame_seed(config: DegradationConfig, kind: str, frame_name: str) -> int:
@@ -65,7 +61,7 @@ def _write_frame(frame: Frame, kind: str, config: DegradationConfig, out_dir: Pa
     write_ace_frame(out_dir, frame.name, image, frame.camera, frame.cam_from_world,
                     None if linkable else frame.load_depth())
     if linkable:
-        link_or_copy(frame.depth_path, out_dir / "depth" / f"{frame.name}.depth.png")
+        link_or_copy(frame.depth_path, out_dir / "depth" / f"{frame.name}{WRITTEN_FILES['depth']}")
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,10 @@ def _encode_png(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+WRITTEN_FILES = {"rgb": ".color.png", "poses": ".pose.txt", "calibration": ".calibration.txt", "depth": ".depth.png"}
+"""Sub-folder -> file suffix after the frame name, of the files write_ace_frame writes."""
+
+
 def write_pose_file(path: str | Path, cam_from_world: Rigid3) -> None:
     """The ACE pose file of cam_from_world (4x4 camera-to-world, full float64 precision), atomically."""
     write_bytes_atomic(path, _matrix_text(cam_from_world.inverse().matrix()))
@@ -183,14 +187,15 @@ def write_ace_frame(out_dir: str | Path, name: str, rgb: np.ndarray, camera: Cam
         raise ValueError(f"frame name {name!r} must be a non-empty file stem without slashes or a leading dot")
     if rgb.dtype != np.uint8 or rgb.shape != (camera.height, camera.width, 3):
         raise ValueError(f"rgb is {rgb.shape} {rgb.dtype}, expected ({camera.height}, {camera.width}, 3) uint8")
-    write_bytes_atomic(out_dir / "rgb" / f"{name}.color.png", _encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
-    write_bytes_atomic(out_dir / "calibration" / f"{name}.calibration.txt", _matrix_text(camera.K))
+    files = {sub: out_dir / sub / f"{name}{suffix}" for sub, suffix in WRITTEN_FILES.items()}
+    write_bytes_atomic(files["rgb"], _encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
+    write_bytes_atomic(files["calibration"], _matrix_text(camera.K))
     if cam_from_world is not None:
-        write_pose_file(out_dir / "poses" / f"{name}.pose.txt", cam_from_world)
+        write_pose_file(files["poses"], cam_from_world)
     if depth is not None:
         if depth.shape != (camera.height, camera.width):
             raise ValueError(f"depth is {depth.shape}, expected ({camera.height}, {camera.width})")
         mm = np.nan_to_num(np.asarray(depth, dtype=np.float64) * 1000.0, nan=0.0, posinf=0.0, neginf=0.0)
         mm = np.rint(mm)
         mm[(mm < 0) | (mm > _MAX_DEPTH_MM)] = 0
-        write_bytes_atomic(out_dir / "depth" / f"{name}.depth.png", _encode_png(mm.astype(np.uint16)))
+        write_bytes_atomic(files["depth"], _encode_png(mm.astype(np.uint16)))

@@ -23,13 +23,11 @@ from sceneloc.data.synthetic.render import RenderedView, render_view
 from sceneloc.data.synthetic.room import Room, RoomConfig, StaircaseConfig, generate_room
 from sceneloc.data.synthetic.trajectory import TrajectoryConfig, mapping_trajectory, query_trajectory
 from sceneloc.atomic import atomic_output
-from sceneloc.data.ace_folder import write_ace_frame
+from sceneloc.data.ace_folder import WRITTEN_FILES, write_ace_frame
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 SPLITS = ("train", "test")
-SUBFOLDERS = {"rgb": ".color.png", "poses": ".pose.txt", "calibration": ".calibration.txt", "depth": ".depth.png"}
-"""Sub-folder of each split -> file suffix after the frame name."""
 MESH_FILE = "mesh.ply"
 
 
@@ -155,7 +153,7 @@ def _prepare(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "exists and is not a folder")
     for split in SPLITS:
-        for sub, suffix in SUBFOLDERS.items():
+        for sub, suffix in WRITTEN_FILES.items():
             folder = out_dir / split / sub
             old = sorted(folder.glob(f"frame-*{suffix}")) if folder.is_dir() else []
             if old and not overwrite:
