@@ -97,6 +97,51 @@ def map_command(
                   f"{summary.peak_rss_mb:.0f} MB)")
 
 
+@app.command("add-keypoints")
+def add_keypoints_command(
+    map_file: Path = typer.Argument(..., help="Single-scene map file from `sceneloc map` (without --keypoints)"),
+    scene_dir: Path = typer.Argument(..., help="The posed images the map was made from"),
+    output: Path = typer.Option(..., "-o", "--output", help="Map file to write (may be MAP_FILE itself)"),
+    split: str = typer.Option("train", help="Split the map was made from when the folder has train/test splits"),
+    images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
+    fine_tune: Optional[int] = typer.Option(None, "--fine-tune", help="Steps of keypoint-guided fine-tuning of the "
+                                                                        "head (default 0: none)"),
+    device: str = DeviceOption,
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override any KeypointConfig field, e.g. "
+                                                                      "--set label_repro_px=3"),
+):
+    """Add a keypoint network to an existing map (and optionally fine-tune its head on keypoints) without training
+    the head again: the same result as `sceneloc map --keypoints` for the map's own settings and seed."""
+    from sceneloc.config_overrides import apply_overrides
+    from sceneloc.data import read_scene
+    from sceneloc.mapping import add_keypoints
+    from sceneloc.mapping.config import KeypointConfig
+    from sceneloc.maps import SceneMap
+
+    keypoints = KeypointConfig()
+    if fine_tune is not None:
+        keypoints.fine_tune_iterations = fine_tune
+    try:
+        apply_overrides(keypoints, overrides or [])
+    except ValueError as e:
+        _fail(str(e))
+    dev = _device(device)
+    check_writable(output)
+    scene_map = SceneMap.load(map_file, dev)
+    if scene_map.keypoint_net is not None:
+        _fail(f"{map_file}: the map already has a keypoint network")
+    scene = read_scene(scene_dir, split=split, images=images)
+    try:
+        new_map, result = add_keypoints(scene_map, scene, keypoints, dev)
+    except ValueError as e:
+        _fail(f"{map_file}: {e}")
+    new_map.save(output)
+    stats = result["keypoints"]
+    console.print(f"keypoint network: {stats['positive_fraction']:.0%} of buffer rows are keypoints, validation AUC "
+                  f"{stats['val_auc']:.2f}; wrote {output} ({output.stat().st_size / 1e6:.2f} MB) in "
+                  f"{result['encode_s'] + result['keypoint_s']:.0f} s")
+
+
 @app.command()
 def localize(
     map_file: Path = typer.Argument(..., help="Map file from `sceneloc map`"),
@@ -237,6 +282,8 @@ def bench(
     device: str = DeviceOption,
     overrides: Optional[list[str]] = typer.Option(
         None, "--set", help="Method setting: key=value for scr's mapping config, colmap-sift.key=value for the peer"),
+    resume: bool = typer.Option(False, "--resume", help="Reuse maps an earlier run left in --out (same method and "
+                                                        "settings) instead of building them again"),
 ):
     """Benchmark sceneloc against its peers (accuracy, mapping time and memory, query time, map size)."""
     from sceneloc.bench.report import format_results_table
@@ -246,7 +293,7 @@ def bench(
                            methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
                            scenes=[n.strip() for n in scenes.split(",") if n.strip()] if scenes else None,
                            cache_dir=cache, data_root=data_root, overrides=overrides or [],
-                           device=_device(device).type)
+                           device=_device(device).type, resume=resume)
     rows = run_bench(options, log=lambda message: console.print(escape(message), soft_wrap=True))
     Console().print(format_results_table(rows))
     console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and {out / 'plots'}")

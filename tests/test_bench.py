@@ -113,6 +113,33 @@ def test_second_run_uses_the_cache_and_the_child_reports_its_own_memory(first_ru
     assert second[0]["map_peak_rss_mb"] < 500
 
 
+def test_keypoint_methods_extend_the_plain_map_and_resume_reuses_maps(first_run, monkeypatch):
+    base, _ = first_run
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    out = base / "kp"
+    fast_keypoints = ["--set", "keypoints.iterations=50", "--set", "keypoints.net.width=32", "--set",
+                      "keypoints.fine_tune_iterations=20"]
+    try:
+        rows = _bench(out, base / "cache", "--methods", "scr,scr-acehead-kp", *fast_keypoints)
+        records = {p.name: json.loads(p.read_text()) for p in (out / "maps").glob("*.build.json")}
+        resumed = _bench(out, base / "cache", "--methods", "scr,scr-acehead-kp", "--resume", *fast_keypoints)
+    finally:
+        torch.set_num_threads(threads)
+    plain, kp = records["tiny_tiny-room_scr.map.build.json"], records["tiny_tiny-room_scr-acehead-kp.map.build.json"]
+    # The keypoint map was made from the plain one, and its map time counts both builds.
+    details = kp["built"]["details"]
+    assert details["base_map"] == "tiny_tiny-room_scr.map" and details["keypoints"]["fine_tune_rows"] > 0
+    assert kp["built"]["map_s"] == pytest.approx(plain["built"]["map_s"] + details["extension_map_s"])
+    assert rows[1]["map_s"] == kp["built"]["map_s"] and rows[1]["settings"]["keypoints"]["enabled"] is True
+    # Resuming rebuilt nothing: the same records, the same maps, hence the same poses.
+    assert {p.name: json.loads(p.read_text()) for p in (out / "maps").glob("*.build.json")} == records
+    assert [(r["map_s"], r["median_t_cm"], r["recall"]) for r in resumed] == [
+        (r["map_s"], r["median_t_cm"], r["recall"]) for r in rows]
+
+
 def test_options_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(InputError, match=r"unknown suite 'nope'; available: tiny, quick, speed"):
         check_options(BenchOptions(tmp_path, suites=["nope"]))
@@ -162,7 +189,7 @@ def test_folds_pool_into_one_row_and_query_variants_reuse_the_map(tmp_path, monk
     assert [(r["scene"], r["n_folds"], r["n_map"], r["n_query"]) for r in rows] == [
         ("tiny-room", 1, 60, 20), ("tiny-room+jpeg", 1, 60, 20), ("slambook", 5, 4, 5)]
     # One map serves the original and the degraded queries; the folds made five maps.
-    maps = sorted(p.name for p in (tmp_path / "out" / "maps").iterdir())
+    maps = sorted(p.name for p in (tmp_path / "out" / "maps").iterdir() if not p.name.endswith(".build.json"))
     assert maps == ["t_slambook_fold%02d_colmap-sift.sift.safetensors" % k for k in range(5)] + [
         "t_tiny-room_colmap-sift.sift.safetensors"]
     assert rows[0]["map_bytes"] == rows[1]["map_bytes"]
@@ -205,7 +232,8 @@ def test_quick_suite_with_the_peer_and_one_multi_scene_map(tmp_path, monkeypatch
     scinr = rows[2:]
     # One map for the three rooms: the same file, time and size in every row.
     assert len({(r["map_s"], r["map_bytes"]) for r in scinr}) == 1 and all(r["n_scenes_in_map"] == 3 for r in scinr)
-    assert sorted(p.name for p in (out / "maps").iterdir() if "scinr" in p.name) == ["quick_scinr.multimap"]
+    assert sorted(p.name for p in (out / "maps").iterdir() if "scinr" in p.name) == [
+        "quick_scinr.multimap", "quick_scinr.multimap.build.json"]
     assert all(0.0 <= r["identification_accuracy"] <= 1.0 for r in scinr)
     assert scinr[0]["settings"]["mapping"]["iterations"] == 60
     assert (out / "plots" / "quick_quick-room_cdf.png").is_file()

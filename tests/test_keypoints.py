@@ -117,3 +117,37 @@ def test_keypoint_training_separates_good_rows_and_fine_tuning_runs(tiny_scene):
     # buffer; an untrained or label-shuffled network gives 0.5 +- 0.05.
     assert stats["val_auc"] > 0.6
     assert stats["fine_tune_rows"] > 0 and np.isfinite(stats["fine_tune_final_repro_px"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_add_keypoints_to_an_existing_map_as_if_mapped_with_keypoints(tiny_scene, tmp_path):
+    from tests.conftest import run_cli
+
+    from sceneloc.mapping import build_scene_map, map_scene
+
+    config = MappingConfig(image_height=120, buffer_size=20000, iterations=300, max_buffer_epochs=100,
+                           head=HeadConfig(width=128))
+    plain, _ = build_scene_map(tiny_scene, config, torch.device("cpu"), show_progress=False)
+    plain.save(tmp_path / "plain.map")
+    code, out = run_cli("add-keypoints", tmp_path / "plain.map", tiny_scene.root, "-o", tmp_path / "kp.map",
+                        "--set", "iterations=200", "--set", "net.width=64")
+    assert code == 0, out
+    with_kp = SceneMap.load(tmp_path / "kp.map")
+    assert with_kp.keypoint_net is not None and with_kp.metadata["mapping_config"]["keypoints"]["iterations"] == 200
+    # Without fine-tuning the head is the stored one, bit for bit.
+    for k, v in SceneMap.load(tmp_path / "plain.map").head.state_dict().items():
+        torch.testing.assert_close(with_kp.head.state_dict()[k], v, rtol=0, atol=0)
+    # The rebuilt buffer is the mapping buffer: the labels agree with mapping with keypoints from the start (up to
+    # the float16 rounding of the stored head).
+    config.keypoints = KeypointConfig(enabled=True, iterations=200, net=KeypointNetConfig(width=64))
+    _, _, summary = map_scene(tiny_scene, config, torch.device("cpu"), show_progress=False)
+    added = with_kp.metadata["training"]["keypoints"]
+    assert abs(added["positive_fraction"] - summary.keypoints["positive_fraction"]) < 0.01
+    # A map that has one already, or a different scene, is refused without writing anything.
+    code, out = run_cli("add-keypoints", tmp_path / "kp.map", tiny_scene.root, "-o", tmp_path / "again.map")
+    assert code != 0 and "kp.map: the map already has a keypoint network" in out
+    # (tiny_scene.root is the folder of the mapping split; its parent holds train/ and test/.)
+    code, out = run_cli("add-keypoints", tmp_path / "plain.map", tiny_scene.root.parent, "--split", "test", "-o",
+                        tmp_path / "other.map")
+    assert code != 0 and "2 frames, but the map was made from 20" in out
+    assert not (tmp_path / "again.map").exists() and not (tmp_path / "other.map").exists()

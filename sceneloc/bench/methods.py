@@ -34,10 +34,14 @@ class Method(Protocol):
     def settings(self, overrides: list[str]) -> dict:
         """Its full configuration with `key=value` overrides applied, as a dict; ValueError on a bad override."""
 
+    def can_extend(self, settings: dict, base_settings: dict) -> bool:
+        """True when this method, configured with `settings`, can build its map by extending a map made with
+        base_settings (build_map's base_map)."""
+
     def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
-                  show_progress: bool) -> dict:
-        """Map the posed scenes (one unless multi_scene) into map_path; returns details worth reporting
-        (JSON-serialisable)."""
+                  show_progress: bool, base_map: Path | None = None) -> dict:
+        """Map the posed scenes (one unless multi_scene) into map_path, from scratch or by extending base_map (see
+        can_extend); returns details worth reporting (JSON-serialisable)."""
 
     def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
                  show_progress: bool, scene_name: str | None = None) -> list[PoseEstimate]:
@@ -64,6 +68,9 @@ class _SceneLocMethod:
     def settings(self, overrides: list[str]) -> dict:
         return self._config(overrides).to_dict()
 
+    def can_extend(self, settings: dict, base_settings: dict) -> bool:
+        return False
+
 
 class ScrMethod(_SceneLocMethod):
     """sceneloc itself: map_scene with MappingConfig -> SceneMap.save -> localize_scene with the default
@@ -80,13 +87,28 @@ class ScrMethod(_SceneLocMethod):
 
         return MappingConfig()
 
+    def can_extend(self, settings: dict, base_settings: dict) -> bool:
+        """With keypoints on: a map made with keypoints off and otherwise the same settings (add_keypoints)."""
+        def without_keypoints(d: dict) -> dict:
+            return {k: v for k, v in d.items() if k != "keypoints"}
+
+        return (settings["keypoints"]["enabled"] and not base_settings.get("keypoints", {}).get("enabled", True)
+                and without_keypoints(settings) == without_keypoints(base_settings))
+
     def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
-                  show_progress: bool) -> dict:
+                  show_progress: bool, base_map: Path | None = None) -> dict:
         import torch
 
-        from sceneloc.mapping import build_scene_map
+        from sceneloc.mapping import add_keypoints, build_scene_map
+        from sceneloc.maps import SceneMap
 
-        scene_map, summary = build_scene_map(scenes[0], self._config(overrides), torch.device(device), show_progress)
+        config, dev = self._config(overrides), torch.device(device)
+        if base_map is not None:
+            scene_map, result = add_keypoints(SceneMap.load(base_map, dev), scenes[0], config.keypoints, dev,
+                                              show_progress)
+            scene_map.save(map_path)
+            return result
+        scene_map, summary = build_scene_map(scenes[0], config, dev, show_progress)
         scene_map.save(map_path)
         return {k: getattr(summary, k) for k in ("buffer_rows", "steps", "encode_s", "train_s", "keypoint_s",
                                                  "final_median_repro_px", "final_valid_fraction", "keypoints")}
@@ -118,8 +140,11 @@ class ColmapSiftMethod:
     def settings(self, overrides: list[str]) -> dict:
         return asdict(self._config(overrides))
 
+    def can_extend(self, settings: dict, base_settings: dict) -> bool:
+        return False
+
     def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
-                  show_progress: bool) -> dict:
+                  show_progress: bool, base_map: Path | None = None) -> dict:
         from sceneloc.peers.colmap_sift import build_sift_map
 
         sift_map = build_sift_map(scenes[0], self._config(overrides), show_progress)
@@ -150,7 +175,7 @@ class ScinrMethod(_SceneLocMethod):
         return MultiSceneConfig()
 
     def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
-                  show_progress: bool) -> dict:
+                  show_progress: bool, base_map: Path | None = None) -> dict:
         import torch
 
         from sceneloc.mapping.multi_scene import build_multi_scene_map
@@ -202,10 +227,12 @@ thesis' ablations, one module switched off); `colmap-sift` is the structure-base
 
 
 def map_in_this_process(method: str, scene_roots: list[str], scene_names: list[str], map_path: str,
-                        overrides: list[str], device: str, show_progress: bool, result_path: str) -> None:
-    """Child-process entry: read the mapping split of each scene (named scene_names), build and save the map, and
-    write {"map_s", "peak_rss_mb", "details"} (or {"error"} for bad input) as JSON to result_path. map_s runs from
-    reading the scenes to the saved map file; interpreter start-up and imports are outside it."""
+                        overrides: list[str], device: str, show_progress: bool, result_path: str,
+                        base_map: str | None = None) -> None:
+    """Child-process entry: read the mapping split of each scene (named scene_names), build and save the map (by
+    extending base_map when given), and write {"map_s", "peak_rss_mb", "details"} (or {"error"} for bad input) as
+    JSON to result_path. map_s runs from reading the scenes to the saved map file; interpreter start-up and imports
+    are outside it."""
     try:
         t0 = time.perf_counter()
         scenes = []
@@ -213,7 +240,8 @@ def map_in_this_process(method: str, scene_roots: list[str], scene_names: list[s
             scene = read_scene(root, split="train")
             scene.name = name
             scenes.append(scene)
-        details = METHODS[method].build_map(scenes, Path(map_path), overrides, device, show_progress)
+        details = METHODS[method].build_map(scenes, Path(map_path), overrides, device, show_progress,
+                                            None if base_map is None else Path(base_map))
         result = {"map_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "details": details}
     except InputError as e:
         result = {"error": str(e)}

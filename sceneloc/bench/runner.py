@@ -4,7 +4,12 @@ results.json, report.md, the plots, the maps and the poses files.
 
 Output folder: results.json (one row per (suite, scene, method), keys in RESULT_KEYS plus extras), report.md,
 plots/<suite>_<scene>_cdf.png (every method's error CDF), plots/<suite>_<scene>_<method>_trajectory.png,
-maps/<suite>_<scene>_<method>.<ext>, poses/<suite>_<scene>_<method>.txt (the poses file format).
+maps/<suite>_<scene>_<method>.<ext> (each with <map>.build.json: the method's settings and how the map was built),
+poses/<suite>_<scene>_<method>.txt (the poses file format).
+
+Maps are reused, not rebuilt: a method whose map extends another's (keypoints on a trained head) starts from the
+map of any method of the same run with the right settings for that scene; its map time is the sum of both builds.
+With `resume`, maps already in the output folder (from an interrupted run) count too.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import sceneloc
+from sceneloc.atomic import write_text_atomic
 from sceneloc.bench.methods import METHODS, ScrMethod, map_in_this_process
 from sceneloc.bench.report import write_markdown_report, write_results_json
 from sceneloc.bench.scenes import PreparedScene, default_cache_dir, default_data_root
@@ -61,6 +67,9 @@ class BenchOptions:
     """Torch device for scr ("cpu" or "cuda"); the peer always runs on the CPU."""
     show_progress: bool = True
     """Progress bars (rendering, mapping, localizing)."""
+    resume: bool = False
+    """Reuse the maps an earlier run left in out_dir/maps when their method and settings are the same (their
+    recorded build time and memory are reported), instead of building them again."""
 
 
 def split_overrides(assignments: list[str]) -> dict[str, list[str]]:
@@ -128,17 +137,18 @@ def source_commit() -> str | None:
 
 
 def map_in_child(method: str, scene_roots: list[Path], scene_names: list[str], map_path: Path, overrides: list[str],
-                 device: str, show_progress: bool) -> dict:
+                 device: str, show_progress: bool, base_map: Path | None = None) -> dict:
     """Builds a map of the scenes at scene_roots (train splits, named scene_names; one scene unless the method is
-    multi-scene) in a fresh 'spawn' child process -> {"map_s", "peak_rss_mb", "details", "process_s"}
-    (process_s: the child's whole life, start-up and imports included). Re-raises the child's InputError."""
+    multi-scene; extending base_map when given) in a fresh 'spawn' child process -> {"map_s", "peak_rss_mb",
+    "details", "process_s"} (process_s: the child's whole life, start-up and imports included). Re-raises the
+    child's InputError."""
     map_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sceneloc-bench-") as tmp:
         result_path = Path(tmp) / "result.json"
         process = multiprocessing.get_context("spawn").Process(
             target=map_in_this_process, name=f"sceneloc-bench-map-{method}",
             args=(method, [str(r) for r in scene_roots], scene_names, str(map_path), overrides, device, show_progress,
-                  str(result_path)))
+                  str(result_path), None if base_map is None else str(base_map)))
         t0 = time.perf_counter()
         process.start()
         process.join()
@@ -229,6 +239,8 @@ class _Run:
     rows: list[dict] = field(default_factory=list)
     evaluations: dict[tuple[str, str], dict[str, dict]] = field(default_factory=dict)
     """(suite, scene row name) -> method -> evaluate_poses result, for the CDF plots."""
+    maps_built: set[Path] = field(default_factory=set)
+    """Maps built (or reused) by this run so far: the ones other methods may extend."""
 
     def add_row(self, suite: str, name: str, prepared: PreparedScene, method: str, n_map: int,
                 estimates: list[PoseEstimate], truth: dict, built: dict, **extras) -> None:
@@ -243,6 +255,73 @@ class _Run:
         self.rows.append({**row, **extras})
         # Rewritten after every row, so an interrupted run keeps what it measured.
         write_results_json(self.out / "results.json", self.rows)
+
+    def build_map(self, method: str, roots: list[Path], names: list[str], map_path: Path, unit_tag: str) -> dict:
+        """map_in_child's result for `method`'s map at map_path, reusing what can be reused (module docstring).
+        unit_tag: "<suite>_<scene><fold>", the prefix of every method's map of the same scenes."""
+        settings = self.settings[method]
+        record = _build_record_path(map_path)
+        if self.options.resume:
+            built = _recorded_build(map_path, method, settings)
+            if built is not None:
+                self.log(f"{unit_tag} / {method}: reusing {map_path.name} from an earlier run")
+                self.maps_built.add(map_path)
+                return built
+        base_map, base_built = self._find_base(method, unit_tag)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        built = map_in_child(method, roots, names, map_path, self.overrides[method], self.options.device,
+                             self.options.show_progress, base_map)
+        if base_map is not None:
+            built = {"map_s": base_built["map_s"] + built["map_s"],
+                     "peak_rss_mb": max(base_built["peak_rss_mb"], built["peak_rss_mb"]),
+                     "process_s": base_built["process_s"] + built["process_s"],
+                     "details": {**built["details"], "base_map": base_map.name, "base_map_s": base_built["map_s"],
+                                 "extension_map_s": built["map_s"]}}
+        write_text_atomic(record, json.dumps({"method": method, "settings": settings, "built": built,
+                                              "commit": self.commit, "started": started}, indent=1))
+        self.maps_built.add(map_path)
+        return built
+
+    def _find_base(self, method: str, unit_tag: str) -> tuple[Path | None, dict | None]:
+        """A map of the same scenes that `method` can extend (Method.can_extend): built by this run (or, resuming,
+        found on disk). (None, None) when there is none."""
+        settings = json.loads(json.dumps(self.settings[method]))  # as recorded: tuples become lists
+        for name, other in METHODS.items():
+            path = self.out / "maps" / f"{unit_tag}_{name}{other.map_suffix}"
+            if name == method or not (path in self.maps_built or self.options.resume):
+                continue
+            recorded = _read_build_record(path)
+            if recorded is not None and recorded.get("method") == name and \
+                    METHODS[method].can_extend(settings, recorded.get("settings", {})):
+                self.log(f"{unit_tag} / {method}: extending {path.name}")
+                return path, recorded["built"]
+        return None, None
+
+
+def _build_record_path(map_path: Path) -> Path:
+    return map_path.with_name(map_path.name + ".build.json")
+
+
+def _read_build_record(map_path: Path) -> dict | None:
+    """The build record of the map at map_path ({"method", "settings", "built", ...}), None when either is missing
+    or the record is unreadable."""
+    record = _build_record_path(map_path)
+    if not (map_path.is_file() and record.is_file()):
+        return None
+    try:
+        return json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _recorded_build(map_path: Path, method: str, settings: dict) -> dict | None:
+    """The recorded build of the map at map_path when it was made by `method` with `settings`."""
+    recorded = _read_build_record(map_path)
+    # Compared after a JSON round trip, as recorded (tuples become lists).
+    if recorded is None or recorded.get("method") != method or \
+            recorded.get("settings") != json.loads(json.dumps(settings)):
+        return None
+    return recorded["built"]
 
 
 def _query_sets(prepared: PreparedScene) -> list[tuple[str, Path | None]]:
@@ -264,8 +343,7 @@ def _run_scene(run: _Run, suite: str, prepared: PreparedScene, methods: list[str
             fold = f"_fold{k:02d}" if prepared.folds else ""
             map_path = run.out / "maps" / f"{suite}_{prepared.name}{fold}_{method}{METHODS[method].map_suffix}"
             run.log(f"[{suite}] {prepared.name}{fold} / {method}: mapping {n_map} frames in a child process")
-            built = map_in_child(method, [unit], [prepared.name], map_path, run.overrides[method], options.device,
-                                 options.show_progress)
+            built = run.build_map(method, [unit], [prepared.name], map_path, f"{suite}_{prepared.name}{fold}")
             builds.append(built)
             map_paths.append(map_path)
             run.log(f"[{suite}] {prepared.name}{fold} / {method}: map in {built['map_s']:.1f} s, peak RSS "
@@ -292,8 +370,7 @@ def _run_multi_scene(run: _Run, suite: str, scenes: list[PreparedScene], methods
         n_maps = [len(read_scene(p.root, split="train").frames) for p in scenes]
         run.log(f"[{suite}] {method}: mapping {len(scenes)} scenes ({sum(n_maps)} frames) into one map in a child "
                 f"process")
-        built = map_in_child(method, [p.root for p in scenes], [p.name for p in scenes], map_path,
-                             run.overrides[method], options.device, options.show_progress)
+        built = run.build_map(method, [p.root for p in scenes], [p.name for p in scenes], map_path, suite)
         pooled = _pool_builds([built], [map_path])
         run.log(f"[{suite}] {method}: map in {built['map_s']:.1f} s, peak RSS {built['peak_rss_mb']:.0f} MB, "
                 f"{map_path.stat().st_size / 1e6:.2f} MB")

@@ -141,3 +141,13 @@ def fine_tune_head(head: RegressionHead, keypoint_net: KeypointNet, buffer: Buff
         seed=config.seed + 2)
     head.eval()
     return {"fine_tune_rows": int(len(rows)), "fine_tune_final_repro_px": float(stats.get("repro_px", float("nan")))}
+
+
+def keypoint_stage(head: RegressionHead, buffer: Buffer, in_channels: int, config: MappingConfig,
+                   device: torch.device, progress: Progress) -> tuple[KeypointNet, dict]:
+    """What follows head training when config.keypoints.enabled: train_keypoint_net, then fine_tune_head when
+    fine_tune_iterations > 0. Returns the network and the statistics of both."""
+    keypoint_net, stats = train_keypoint_net(head, buffer, in_channels, config, device, progress)
+    if config.keypoints.fine_tune_iterations > 0:
+        stats.update(fine_tune_head(head, keypoint_net, buffer, config, device, progress))
+    return keypoint_net, stats

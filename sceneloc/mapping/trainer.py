@@ -1,10 +1,11 @@
 """map_scene: posed Scene -> trained RegressionHead (and keypoint network), end to end (buffer, one-cycle AdamW,
-mixed precision)."""
+mixed precision); add_keypoints: an existing map plus its scene -> the same map with a keypoint network (and
+keypoint-guided fine-tuning), without training the head again."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -12,8 +13,8 @@ import torch
 from sceneloc.data import Scene
 from sceneloc.errors import InputError
 from sceneloc.mapping.buffer import build_buffer
-from sceneloc.mapping.config import MappingConfig
-from sceneloc.mapping.keypoints import fine_tune_head, train_keypoint_net
+from sceneloc.mapping.config import KeypointConfig, MappingConfig
+from sceneloc.mapping.keypoints import keypoint_stage
 from sceneloc.mapping.loss import repro_threshold
 from sceneloc.mapping.optimise import optimise_head
 from sceneloc.maps import SceneMap, build_metadata
@@ -81,10 +82,8 @@ def map_scene(scene: Scene, config: MappingConfig, device: torch.device, show_pr
             (config.lr_start, config.lr_max, config.lr_end), lambda t: repro_threshold(config, t), seed=config.seed)
         t_trained = time.perf_counter()
         if config.keypoints.enabled:
-            keypoint_net, keypoint_stats = train_keypoint_net(head, buffer, encoder.out_channels, config, device,
-                                                              progress)
-            if config.keypoints.fine_tune_iterations > 0:
-                keypoint_stats.update(fine_tune_head(head, keypoint_net, buffer, config, device, progress))
+            keypoint_net, keypoint_stats = keypoint_stage(head, buffer, encoder.out_channels, config, device,
+                                                          progress)
     t_end = time.perf_counter()
     summary = TrainingSummary(
         n_frames=len(scene.frames), buffer_rows=len(buffer), steps=steps, encode_s=t_encoded - t0,
@@ -106,3 +105,40 @@ def build_scene_map(scene: Scene, config: MappingConfig, device: torch.device,
     metadata = build_metadata(load_encoder(config.encoder), config.head, config.image_height, scene_info,
                               dict(summary.__dict__), config.to_dict())
     return SceneMap(head, config.encoder, config.image_height, metadata, keypoint_net), summary
+
+
+def add_keypoints(scene_map: SceneMap, scene: Scene, keypoints: KeypointConfig, device: torch.device,
+                  show_progress: bool = True) -> tuple[SceneMap, dict]:
+    """Give a single-scene map without a keypoint network one, trained on the scene it was made from: the training
+    buffer is rebuilt with the map's own mapping config and seed (the same rows, since sampling and augmentation
+    are seeded), then the keypoint stage of map_scene runs with `keypoints` (enabled is implied) on the map's head.
+    Returns the new map (the head fine-tuned when keypoints.fine_tune_iterations > 0: scene_map's head is trained
+    further in place) and {"encode_s", "keypoint_s", "keypoints": statistics}. Raises InputError when the scene is
+    not the one the map was made from (frame count) or has unposed frames, ValueError when the map already has a
+    keypoint network or a keypoint setting cannot work."""
+    if scene_map.keypoint_net is not None:
+        raise ValueError("the map already has a keypoint network")
+    expected = scene_map.metadata["scene"]["n_frames"]
+    if len(scene.frames) != expected:
+        raise InputError(scene.root, f"{len(scene.frames)} frames, but the map was made from {expected}: pass the "
+                                     f"images (and split) the map was made from")
+    scene.require_poses()
+    config = MappingConfig.from_dict(scene_map.metadata["mapping_config"])
+    config.keypoints = replace(keypoints, enabled=True)
+    config.validate()
+    _seed_everything(config.seed)
+    t0 = time.perf_counter()
+    encoder = load_encoder(config.encoder).to(device)
+    head = scene_map.head.to(device)
+    head.train()
+    with make_progress(show_progress) as progress:
+        buffer = build_buffer(scene, encoder, config, device, progress)
+        t_encoded = time.perf_counter()
+        keypoint_net, stats = keypoint_stage(head, buffer, encoder.out_channels, config, device, progress)
+    head.eval()
+    timings = {"encode_s": t_encoded - t0, "keypoint_s": time.perf_counter() - t_encoded}
+    metadata = dict(scene_map.metadata)
+    metadata["mapping_config"] = config.to_dict()
+    metadata["training"] = {**metadata["training"], "keypoints": stats, "keypoint_s": timings["keypoint_s"]}
+    return (SceneMap(head, scene_map.encoder_name, scene_map.image_height, metadata, keypoint_net),
+            {**timings, "keypoints": stats})
