@@ -31,7 +31,8 @@ from sceneloc.localize import LocalizeConfig, encode_query
 from sceneloc.localize_multi import (identification_accuracy, localize_multi_scene,
                                      predict_multi_scene_coordinates)
 from sceneloc.mapping import MappingConfig
-from sceneloc.mapping.multi_scene import MultiSceneConfig, buffer_shares, scene_batches, build_multi_scene_map
+from sceneloc.mapping.multi_scene import (MultiSceneConfig, build_multi_scene_map, buffer_shares, scene_batches,
+                                          total_budget)
 from sceneloc.multi_maps import MultiSceneMap, build_multimap_metadata
 from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.heads.scinr import (ModulationModule, ScinrConfig, ScinrHead, ScraModule, normalised_positions,
@@ -213,6 +214,9 @@ def test_buffer_shares():
     scenes = [Scene("a", None, [None] * 90), Scene("b", None, [None] * 10)]
     assert buffer_shares(scenes, 1000, "balanced") == [500, 500]
     assert buffer_shares(scenes, 1000, "proportional") == [900, 100]
+    budget = MultiSceneConfig(mapping=MappingConfig(buffer_size=1000, iterations=30))
+    assert total_budget(budget, 3) == (3000, 90)
+    assert total_budget(dataclasses.replace(budget, per_scene_budget=False), 3) == (1000, 30)
 
 
 def test_bad_scene_lists_are_input_errors(tmp_path):
@@ -262,7 +266,7 @@ def two_rooms(tmp_path_factory, one_thread):
         mapping.append(_moved(read_scene(root / f"room{seed}", "train"), offset, f"room{seed}"))
         queries.append(_moved(read_scene(root / f"room{seed}", "test"), offset, f"room{seed}"))
     multi = MultiSceneConfig(
-        mapping=MappingConfig(image_height=120, buffer_size=40_000, max_buffer_passes=1, iterations=600,
+        mapping=MappingConfig(image_height=120, buffer_size=20_000, max_buffer_passes=1, iterations=300,
                               batch_size=1024, aug_scale_min=1.0, aug_scale_max=1.0, aug_rotation_deg=0.0),
         model=ScinrConfig(width=128, modulation_width=128, hypernet_width=32, embedding_dim=16, complement_width=16))
     multi_map, summary = build_multi_scene_map(mapping, multi, torch.device("cpu"), show_progress=False)
@@ -279,6 +283,8 @@ def test_both_rooms_are_learnt(two_rooms):
     multi_map, _, _, summary = two_rooms
     assert multi_map.scene_names == ["room0", "room1"]
     assert [s["buffer_rows"] for s in summary.scenes] == [18_000, 18_000]
+    # Each room gets the 300 steps of a single-scene map (per_scene_budget).
+    assert summary.steps == 600
     for scene in summary.scenes:
         assert scene["final_median_repro_px"] < 20 and scene["final_valid_fraction"] > 0.9, scene
 

@@ -36,8 +36,14 @@ class MultiSceneConfig:
     """How several scenes are mapped into one SCINR head."""
 
     mapping: MappingConfig = field(default_factory=MappingConfig)
-    """Encoder, working height, buffer, augmentation, loss and schedule, as for one scene. buffer_size is the total
-    over all scenes. mapping.head and mapping.keypoints are not used (the network's shape is `model`)."""
+    """Encoder, working height, buffer, augmentation, loss and schedule, as for one scene (buffer_size and
+    iterations per scene or in total: per_scene_budget). mapping.head and mapping.keypoints are not used (the
+    network's shape is `model`)."""
+    per_scene_budget: bool = True
+    """True: mapping.buffer_size and mapping.iterations are each scene's budget, so n scenes train n x iterations
+    steps on n x buffer_size rows and every scene gets what a single-scene map gets (mapping time grows with the
+    number of scenes, as for separate maps). False: they are totals shared by all scenes (the thesis' one fixed
+    schedule; with five scenes each gets a fifth of the steps, docs/BENCHMARKS.md section 10)."""
     model: ScinrConfig = field(default_factory=ScinrConfig)
     """Shape of the SCINR head and its ablation switches."""
     sampling: str = "balanced"
@@ -101,10 +107,17 @@ def buffer_shares(scenes: list[Scene], total: int, sampling: str) -> list[int]:
     return [max(1, int(total * w / weights.sum())) for w in weights]
 
 
+def total_budget(config: MultiSceneConfig, n_scenes: int) -> tuple[int, int]:
+    """(buffer rows, optimiser steps) of the whole run (per_scene_budget)."""
+    factor = n_scenes if config.per_scene_budget else 1
+    return config.mapping.buffer_size * factor, config.mapping.iterations * factor
+
+
 def build_multi_scene_buffer(scenes: list[Scene], encoder: Encoder, config: MultiSceneConfig, device: torch.device,
                              progress: Progress) -> MultiSceneBuffer:
-    """build_buffer on each scene with its share of mapping.buffer_size (and its own seed), then concatenated."""
-    shares = buffer_shares(scenes, config.mapping.buffer_size, config.sampling)
+    """build_buffer on each scene with its share of the total buffer (total_budget; its own seed), then
+    concatenated."""
+    shares = buffer_shares(scenes, total_budget(config, len(scenes))[0], config.sampling)
     parts = [build_buffer(scene, encoder, replace(config.mapping, buffer_size=share, seed=config.mapping.seed + i),
                           device, progress) for i, (scene, share) in enumerate(zip(scenes, shares))]
     frame_offsets = np.cumsum([0] + [len(p.frame_K) for p in parts])
@@ -174,7 +187,7 @@ def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.devi
     with make_progress(show_progress) as progress:
         buffer = build_multi_scene_buffer(scenes, encoder, config, device, progress)
         t_encoded = time.perf_counter()
-        total_steps = cfg.iterations
+        total_steps = total_budget(config, len(scenes))[1]
         no_decay = {id(p) for p in head.no_decay_parameters()}
         groups = [{"params": [p for p in head.parameters() if id(p) not in no_decay]},
                   {"params": head.no_decay_parameters(), "weight_decay": 0.0}]
