@@ -268,6 +268,7 @@ class _Run:
                 self.maps_built.add(map_path)
                 return built
         base_map, base_built = self._find_base(method, unit_tag)
+        record.unlink(missing_ok=True)  # an earlier record must not describe the map this build replaces
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         built = map_in_child(method, roots, names, map_path, self.overrides[method], self.options.device,
                              self.options.show_progress, base_map)
