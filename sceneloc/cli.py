@@ -54,6 +54,10 @@ def map_command(
     buffer_size: Optional[int] = typer.Option(None, help="Feature rows in the training buffer (per scene with --multi)"),
     image_height: Optional[int] = typer.Option(None, help="Working image height in pixels"),
     keypoints: bool = typer.Option(False, "--keypoints", help="Also train the keypoint network (single scene)"),
+    start_from: Optional[Path] = typer.Option(
+        None, "--init", help="With --multi: continue from this multi-scene map (add scenes to it): the scenes it "
+                             "holds (matched by name) keep what they learnt, the steps are the new scenes' only; "
+                             "settings default to the map's own"),
     seed: int = typer.Option(0, help="Random seed"),
     device: str = DeviceOption,
     overrides: Optional[list[str]] = SetOption,
@@ -64,11 +68,19 @@ def map_command(
     from sceneloc.data import read_scene
     from sceneloc.mapping import MappingConfig, build_scene_map
     from sceneloc.mapping.multi_scene import MultiSceneConfig, build_multi_scene_map
+    from sceneloc.multi_maps import MultiSceneMap
     from sceneloc.nn.encoders import load_encoder
 
     if len(scene_dirs) > 1 and not multi:
         _fail(f"{len(scene_dirs)} scene folders given: pass --multi to map them into one model")
-    config = MultiSceneConfig() if multi else MappingConfig()
+    if start_from is not None and not multi:
+        _fail("--init continues a multi-scene map: pass --multi")
+    dev = _device(device)
+    start = None if start_from is None else MultiSceneMap.load(start_from, dev)
+    if start is not None:
+        config = MultiSceneConfig.from_dict(start.metadata["config"])
+    else:
+        config = MultiSceneConfig() if multi else MappingConfig()
     mapping = config.mapping if multi else config
     mapping.seed = seed
     mapping.keypoints.enabled = keypoints
@@ -82,13 +94,17 @@ def map_command(
         load_encoder(mapping.encoder)
     except ValueError as e:
         _fail(str(e))
-    dev = _device(device)
     check_writable(output)
     scenes = [read_scene(d, split=split, images=images) for d in scene_dirs]
     console.print(f"mapping [bold]{', '.join(s.name for s in scenes)}[/]: "
                   f"{sum(len(s.frames) for s in scenes)} frames, encoder {mapping.encoder}, device {dev}")
     if multi:
-        scene_map, summary = build_multi_scene_map(scenes, config, dev)
+        try:
+            scene_map, summary = build_multi_scene_map(scenes, config, dev, start=start)
+        except ValueError as e:
+            if start is None:
+                raise
+            _fail(f"{start_from}: cannot continue from this map: {e}")
     else:
         scene_map, summary = build_scene_map(scenes[0], config, dev)
     scene_map.save(output)

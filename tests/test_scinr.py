@@ -265,12 +265,15 @@ def two_rooms(tmp_path_factory, one_thread):
         render_scene_to_folder(config.with_seed(seed), root / f"room{seed}", progress=False)
         mapping.append(_moved(read_scene(root / f"room{seed}", "train"), offset, f"room{seed}"))
         queries.append(_moved(read_scene(root / f"room{seed}", "test"), offset, f"room{seed}"))
-    multi = MultiSceneConfig(
+    multi_map, summary = build_multi_scene_map(mapping, _tiny_config(), torch.device("cpu"), show_progress=False)
+    return multi_map, mapping, queries, summary
+
+
+def _tiny_config() -> MultiSceneConfig:
+    return MultiSceneConfig(
         mapping=MappingConfig(image_height=120, buffer_size=20_000, max_buffer_passes=1, iterations=300,
                               batch_size=1024, aug_scale_min=1.0, aug_scale_max=1.0, aug_rotation_deg=0.0),
         model=ScinrConfig(width=128, modulation_width=128, hypernet_width=32, embedding_dim=16, complement_width=16))
-    multi_map, summary = build_multi_scene_map(mapping, multi, torch.device("cpu"), show_progress=False)
-    return multi_map, mapping, queries, summary
 
 
 def _medians(estimates, scene: Scene) -> tuple[float, float]:
@@ -328,3 +331,31 @@ def test_saved_map_predicts_the_far_room_alike(two_rooms, tmp_path):
     assert np.median(np.linalg.norm(after - before, axis=1)) < 0.02
     with pytest.raises(InputError, match="holds no scene 'kitchen'"):
         localize_multi_scene(loaded, queries[1], "kitchen", LocalizeConfig(), torch.device("cpu"), False)
+
+
+def test_a_room_added_to_an_existing_map(two_rooms, tmp_path):
+    """Stretch goal of issue #5: room 0 mapped alone, then room 1 added with `map --multi --init` (300 steps for the
+    new room, room 0 rehearsed from its buffer), against both mapped together (600 steps)."""
+    from conftest import run_cli
+
+    joint, mapping, queries, _ = two_rooms
+    alone, _ = build_multi_scene_map(mapping[:1], _tiny_config(), torch.device("cpu"), show_progress=False)
+    added, summary = build_multi_scene_map(mapping, _tiny_config(), torch.device("cpu"), show_progress=False,
+                                           start=alone)
+    assert summary.warm_started == ["room0"] and summary.steps == 300 and added.scene_names == ["room0", "room1"]
+    medians = {}
+    for name, multi_map in (("joint", joint), ("alone", alone), ("added", added)):
+        for query in queries[:1] if name == "alone" else queries:
+            estimates = localize_multi_scene(multi_map, query, query.name, LocalizeConfig(), torch.device("cpu"),
+                                             False)
+            medians[name, query.name] = _medians(estimates, query)[0]
+    # Room 0 is not forgotten; room 1, learnt with the same 300 steps it gets in the joint run, ends less accurate
+    # than there. Measured (one thread): joint 0.63 / 0.49 m, room 0 alone 0.77 m, added 0.56 / 1.19 m.
+    assert medians["added", "room0"] < 2 * medians["alone", "room0"] + 0.05, medians
+    assert medians["added", "room1"] < 4 * medians["joint", "room1"] + 0.1, medians
+    # The CLI: settings come from the map; a map of another shape cannot be continued.
+    alone.save(tmp_path / "room0.multimap")
+    code, out = run_cli("map", "--multi", mapping[0].root, "--init", tmp_path / "room0.multimap", "-o",
+                        tmp_path / "x.multimap", "--set", "model.width=64")
+    assert code != 0 and "room0.multimap: cannot continue from this map: its model config differs" in out
+    assert not (tmp_path / "x.multimap").exists()

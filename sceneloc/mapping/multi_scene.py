@@ -77,6 +77,8 @@ class MultiSceneSummary(TrainingSummary):
     scenes: list[dict] = field(default_factory=list)
     """Per scene in embedding order: name, n_frames, camera_bounds, buffer_rows, final_valid_fraction and
     final_median_repro_px (on up to 4,096 of its buffer rows after training)."""
+    warm_started: list[str] = field(default_factory=list)
+    """Scenes whose embedding (and the shared network) came from an earlier map (map_scenes' `start`)."""
 
 
 @dataclass
@@ -107,10 +109,13 @@ def buffer_shares(scenes: list[Scene], total: int, sampling: str) -> list[int]:
     return [max(1, int(total * w / weights.sum())) for w in weights]
 
 
-def total_budget(config: MultiSceneConfig, n_scenes: int) -> tuple[int, int]:
-    """(buffer rows, optimiser steps) of the whole run (per_scene_budget)."""
+def total_budget(config: MultiSceneConfig, n_scenes: int, n_new_scenes: int | None = None) -> tuple[int, int]:
+    """(buffer rows, optimiser steps) of the whole run (per_scene_budget). n_new_scenes: scenes not learnt yet when
+    the run starts from an earlier map (None: all); the steps are theirs, at least one scene's, while every scene
+    gets buffer rows, so the learnt ones are rehearsed."""
     factor = n_scenes if config.per_scene_budget else 1
-    return config.mapping.buffer_size * factor, config.mapping.iterations * factor
+    step_factor = factor if n_new_scenes is None or not config.per_scene_budget else max(1, n_new_scenes)
+    return config.mapping.buffer_size * factor, config.mapping.iterations * step_factor
 
 
 def build_multi_scene_buffer(scenes: list[Scene], encoder: Encoder, config: MultiSceneConfig, device: torch.device,
@@ -160,6 +165,28 @@ def _check_scenes(scenes: list[Scene]) -> None:
         seen.add(scene.name)
 
 
+def warm_start(head: ScinrHead, start: MultiSceneMap, scenes: list[Scene], config: MultiSceneConfig) -> list[str]:
+    """Copy an earlier map's network into `head` (made for `scenes` with config.model): every shared weight, and the
+    embedding of each scene it already holds (by name); new scenes keep their fresh embeddings. The per-scene
+    anchors are not copied: head's were computed from the scenes' own camera centres, and mean + anchor (the scene's
+    centre) is all that predictions depend on. Returns the names of the scenes taken over. Raises ValueError when
+    the earlier map cannot be continued (other model shape, encoder or working height)."""
+    if start.metadata["model"] != config.model.to_dict():
+        raise ValueError("its model config differs from this run's (--set model.* as it was made)")
+    if start.encoder_name != config.mapping.encoder or start.image_height != config.mapping.image_height:
+        raise ValueError(f"it was made with encoder {start.encoder_name} at {start.image_height} px, this run uses "
+                         f"{config.mapping.encoder} at {config.mapping.image_height} px")
+    state = {k: v for k, v in start.head.state_dict().items() if k not in ("mean", "anchors", "embeddings")}
+    head.load_state_dict(state, strict=False)
+    taken = [s.name for s in scenes if s.name in start.scene_names]
+    if hasattr(head, "embeddings"):
+        with torch.no_grad():
+            for i, scene in enumerate(scenes):
+                if scene.name in start.scene_names:
+                    head.embeddings[i] = start.head.embeddings[start.scene_index(scene.name)]
+    return taken
+
+
 def _batch_loss(head: ScinrHead, buffer: MultiSceneBuffer, rows: torch.Tensor, frame_K: torch.Tensor,
                 frame_pose: torch.Tensor, config: MappingConfig, threshold: float, device: torch.device):
     fidx = buffer.frame_index[rows].to(device)
@@ -171,8 +198,10 @@ def _batch_loss(head: ScinrHead, buffer: MultiSceneBuffer, rows: torch.Tensor, f
 
 
 def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.device,
-               show_progress: bool = True) -> tuple[ScinrHead, MultiSceneSummary]:
+               show_progress: bool = True, start: MultiSceneMap | None = None) -> tuple[ScinrHead, MultiSceneSummary]:
     """Train one SCINR head for `scenes` (every frame posed, names unique; scene i gets embedding i).
+    start: an earlier map to continue from (warm_start), e.g. to add scenes to it without training from scratch:
+    the run then takes the steps of the new scenes only (total_budget) and rehearses the others from their buffers.
     Deterministic for a given seed on a given device and thread count."""
     _check_scenes(scenes)
     config.validate()
@@ -182,12 +211,14 @@ def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.devi
     t0 = time.perf_counter()
     encoder = load_encoder(cfg.encoder).to(device)
     centres = torch.tensor(np.stack([s.camera_centers().mean(0) for s in scenes]), dtype=torch.float32)
-    head = ScinrHead(encoder.out_channels, config.model, len(scenes), centres).to(device)
+    head = ScinrHead(encoder.out_channels, config.model, len(scenes), centres)
+    warm_started = [] if start is None else warm_start(head, start, scenes, config)
+    head = head.to(device)
 
     with make_progress(show_progress) as progress:
         buffer = build_multi_scene_buffer(scenes, encoder, config, device, progress)
         t_encoded = time.perf_counter()
-        total_steps = total_budget(config, len(scenes))[1]
+        total_steps = total_budget(config, len(scenes), len(scenes) - len(warm_started) if start else None)[1]
         no_decay = {id(p) for p in head.no_decay_parameters()}
         groups = [{"params": [p for p in head.parameters() if id(p) not in no_decay]},
                   {"params": head.no_decay_parameters(), "weight_decay": 0.0}]
@@ -219,14 +250,15 @@ def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.devi
         peak_rss_mb=peak_rss_mb(),
         final_loss=loss, final_valid_fraction=float(stats.get("valid", float("nan"))),
         final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device), scenes=per_scene,
-        history=history)
+        history=history, warm_started=warm_started)
     return head, summary
 
 
 def build_multi_scene_map(scenes: list[Scene], config: MultiSceneConfig, device: torch.device,
-                          show_progress: bool = True) -> tuple[MultiSceneMap, MultiSceneSummary]:
+                          show_progress: bool = True, start: MultiSceneMap | None = None
+                          ) -> tuple[MultiSceneMap, MultiSceneSummary]:
     """map_scenes plus everything the map file records about the scenes and the run."""
-    head, summary = map_scenes(scenes, config, device, show_progress)
+    head, summary = map_scenes(scenes, config, device, show_progress, start)
     training = {k: v for k, v in asdict(summary).items() if k not in ("scenes", "keypoint_s", "keypoints")}
     metadata = build_multimap_metadata(load_encoder(config.mapping.encoder), config.model,
                                        config.mapping.image_height, summary.scenes, training, config.to_dict())
