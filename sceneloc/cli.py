@@ -330,8 +330,8 @@ def export_points_command(
     min_depth: Optional[float] = typer.Option(None, help="Smallest camera-frame depth of a point, m (default 0.1)"),
     max_depth: Optional[float] = typer.Option(None, help="Largest camera-frame depth of a point, metres (default 10)"),
     keypoints: bool = typer.Option(True, "--keypoints/--no-keypoints",
-                                   help="Keep only cells with keypoint probability > 0.9 (maps with a keypoint "
-                                        "network)"),
+                                   help="Keep only each frame's 25 % of cells the keypoint network rates highest "
+                                        "(maps with one; --set keypoint_top_fraction=none for the paper's p > 0.9)"),
     consistency: bool = typer.Option(True, "--consistency/--no-consistency",
                                      help="Keep only cells whose prediction on the image rotated by 20 deg agrees "
                                           "within 0.1 m"),

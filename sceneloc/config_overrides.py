@@ -28,6 +28,11 @@ def apply_overrides(config, assignments: list[str]):
 
 
 def _parse(key: str, text: str, kind):
+    options = typing.get_args(kind)
+    if type(None) in options and len(options) == 2:  # X | None: "none" / "null" or an X
+        if text.lower() in ("none", "null"):
+            return None
+        kind = next(option for option in options if option is not type(None))
     try:
         if kind is bool:
             if text.lower() in ("1", "true", "yes", "on"):

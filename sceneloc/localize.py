@@ -89,14 +89,19 @@ def solve_image(pixels: np.ndarray, coords: np.ndarray, work_cam: Camera, config
     return solve_pnp(pixels, coords, work_cam, replace(config.solver, inlier_threshold_px=threshold))
 
 
+def most_probable(prob: np.ndarray, fraction: float, minimum: int = 4) -> np.ndarray:
+    """prob (N,) -> indices of the `fraction` of entries with the highest values (at least `minimum`, at most N), in
+    descending order (ties in index order)."""
+    count = min(len(prob), max(minimum, int(round(len(prob) * fraction))))
+    return np.argsort(-prob, kind="stable")[:count]
+
+
 def select_keypoints(prediction: Prediction, config: LocalizeConfig) -> np.ndarray:
     """Indices of the correspondences RANSAC gets: all of them without keypoint probabilities (or with
     use_keypoints off), else the keypoint_top_fraction of highest probability (at least 4), in probability order."""
-    n = len(prediction.pixels)
     if prediction.keypoint_prob is None or not config.use_keypoints:
-        return np.arange(n)
-    count = min(n, max(4, int(round(n * config.keypoint_top_fraction))))
-    return np.argsort(-prediction.keypoint_prob, kind="stable")[:count]
+        return np.arange(len(prediction.pixels))
+    return most_probable(prediction.keypoint_prob, config.keypoint_top_fraction)
 
 
 def localize_image(scene_map: SceneMap, name: str, rgb: np.ndarray, camera: Camera, config: LocalizeConfig,

@@ -86,6 +86,18 @@ def test_consistency_mask_removes_planted_outliers():
     assert np.array_equal(keep, expected)
 
 
+def test_keypoint_filter_keeps_the_top_fraction_or_the_confident_cells():
+    from sceneloc.export.points import PointExportConfig, _keypoint_mask
+
+    prob = np.array([0.1, 0.95, 0.3, 0.2, 0.6, 0.05, 0.4, 0.91])
+    assert _keypoint_mask(prob, PointExportConfig(keypoint_top_fraction=0.25)).nonzero()[0].tolist() == [1, 7]
+    assert _keypoint_mask(prob, PointExportConfig(keypoint_top_fraction=0.5)).nonzero()[0].tolist() == [1, 4, 6, 7]
+    threshold = PointExportConfig(keypoint_top_fraction=None, keypoint_min_probability=0.5)
+    assert _keypoint_mask(prob, threshold).nonzero()[0].tolist() == [1, 4, 7]
+    with pytest.raises(ValueError, match="keypoint_top_fraction must be in"):
+        PointExportConfig(keypoint_top_fraction=0.0).validate()
+
+
 def test_depth_mask_uses_camera_frame_depth():
     cam_from_world = Rigid3(Rotation.from_euler("xyz", [20, -35, 110], degrees=True).as_matrix(),
                             np.array([0.5, -1.0, 2.0]))
@@ -281,3 +293,13 @@ def test_cli_bad_input_is_one_line(tmp_path, args, expected):
     errors = [line for line in output.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and expected in errors[0], output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_optional_fields_take_none_from_the_command_line():
+    from sceneloc.config_overrides import apply_overrides
+    from sceneloc.export.points import PointExportConfig
+
+    assert apply_overrides(PointExportConfig(), ["keypoint_top_fraction=none"]).keypoint_top_fraction is None
+    assert apply_overrides(PointExportConfig(), ["keypoint_top_fraction=0.4"]).keypoint_top_fraction == 0.4
+    with pytest.raises(ValueError, match="cannot read 'x' as float"):
+        apply_overrides(PointExportConfig(), ["keypoint_top_fraction=x"])
