@@ -67,7 +67,7 @@ def map_command(
     from sceneloc.config_overrides import apply_overrides
     from sceneloc.data import read_scene
     from sceneloc.mapping import MappingConfig, build_scene_map
-    from sceneloc.mapping.multi_scene import MultiSceneConfig, build_multi_scene_map
+    from sceneloc.mapping.multi_scene import MultiSceneConfig, build_multi_scene_map, check_can_continue
     from sceneloc.multi_maps import MultiSceneMap
     from sceneloc.nn.encoders import load_encoder
 
@@ -94,17 +94,17 @@ def map_command(
         load_encoder(mapping.encoder)
     except ValueError as e:
         _fail(str(e))
+    if start is not None:
+        try:
+            check_can_continue(start, config)
+        except ValueError as e:
+            _fail(f"{start_from}: cannot continue from this map: {e}")
     check_writable(output)
     scenes = [read_scene(d, split=split, images=images) for d in scene_dirs]
     console.print(f"mapping [bold]{', '.join(s.name for s in scenes)}[/]: "
                   f"{sum(len(s.frames) for s in scenes)} frames, encoder {mapping.encoder}, device {dev}")
     if multi:
-        try:
-            scene_map, summary = build_multi_scene_map(scenes, config, dev, start=start)
-        except ValueError as e:
-            if start is None:
-                raise
-            _fail(f"{start_from}: cannot continue from this map: {e}")
+        scene_map, summary = build_multi_scene_map(scenes, config, dev, start=start)
     else:
         scene_map, summary = build_scene_map(scenes[0], config, dev)
     scene_map.save(output)
@@ -144,8 +144,6 @@ def add_keypoints_command(
     dev = _device(device)
     check_writable(output)
     scene_map = SceneMap.load(map_file, dev)
-    if scene_map.keypoint_net is not None:
-        _fail(f"{map_file}: the map already has a keypoint network")
     scene = read_scene(scene_dir, split=split, images=images)
     try:
         new_map, result = add_keypoints(scene_map, scene, keypoints, dev)

@@ -165,17 +165,23 @@ def _check_scenes(scenes: list[Scene]) -> None:
         seen.add(scene.name)
 
 
-def warm_start(head: ScinrHead, start: MultiSceneMap, scenes: list[Scene], config: MultiSceneConfig) -> list[str]:
-    """Copy an earlier map's network into `head` (made for `scenes` with config.model): every shared weight, and the
-    embedding of each scene it already holds (by name); new scenes keep their fresh embeddings. The per-scene
-    anchors are not copied: head's were computed from the scenes' own camera centres, and mean + anchor (the scene's
-    centre) is all that predictions depend on. Returns the names of the scenes taken over. Raises ValueError when
-    the earlier map cannot be continued (other model shape, encoder or working height)."""
+def check_can_continue(start: MultiSceneMap, config: MultiSceneConfig) -> None:
+    """Raise ValueError when a run with `config` cannot continue from `start` (other model shape, encoder or working
+    height)."""
     if start.metadata["model"] != config.model.to_dict():
         raise ValueError("its model config differs from this run's (--set model.* as it was made)")
     if start.encoder_name != config.mapping.encoder or start.image_height != config.mapping.image_height:
         raise ValueError(f"it was made with encoder {start.encoder_name} at {start.image_height} px, this run uses "
                          f"{config.mapping.encoder} at {config.mapping.image_height} px")
+
+
+def warm_start(head: ScinrHead, start: MultiSceneMap, scenes: list[Scene], config: MultiSceneConfig) -> list[str]:
+    """Copy an earlier map's network into `head` (made for `scenes` with config.model): every shared weight, and the
+    embedding of each scene it already holds (by name); new scenes keep their fresh embeddings. The per-scene
+    anchors are not copied: head's were computed from the scenes' own camera centres, and mean + anchor (the scene's
+    centre) is all that predictions depend on. Returns the names of the scenes taken over. Raises ValueError as
+    check_can_continue."""
+    check_can_continue(start, config)
     state = {k: v for k, v in start.head.state_dict().items() if k not in ("mean", "anchors", "embeddings")}
     head.load_state_dict(state, strict=False)
     taken = [s.name for s in scenes if s.name in start.scene_names]
