@@ -32,12 +32,22 @@ def working_size(camera: Camera, image_height: int) -> tuple[int, int]:
     return max(8, round(camera.width * scale)), image_height
 
 
+def resize_homography(camera: Camera, out_camera: Camera) -> np.ndarray:
+    """(3, 3) map from pixels of `camera`'s image to pixels of the same image resized to out_camera's size (pixel
+    centres preserved: u' = (u + 0.5) * s - 0.5, as cv2.resize and Camera.scaled)."""
+    sx, sy = out_camera.width / camera.width, out_camera.height / camera.height
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
 def prepare_image(rgb: np.ndarray, camera: Camera, image_height: int) -> tuple[np.ndarray, Camera]:
-    """Resize to the working height. rgb: (H, W, 3) uint8 -> (h, w, 3) uint8 and its camera."""
+    """Resize to the working height. rgb: (H, W, 3) uint8 -> (h, w, 3) uint8 and its camera. Area averaging when
+    shrinking (no aliasing), bilinear when enlarging (area resampling is blocky there). Mapping and localization
+    both resize through here, so an unaugmented mapping view and a query see the same pixels."""
     w, h = working_size(camera, image_height)
     if (w, h) == (camera.width, camera.height):
         return rgb, camera
-    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA), camera.scaled(w, h)
+    interpolation = cv2.INTER_AREA if h < camera.height else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (w, h), interpolation=interpolation), camera.scaled(w, h)
 
 
 def roll_homography(camera: Camera, out_camera: Camera, angle_rad: float) -> tuple[np.ndarray, np.ndarray]:
@@ -54,15 +64,20 @@ def augment_image(rgb: np.ndarray, camera: Camera, image_height: int, rng: np.ra
                   brightness: float, contrast: float) -> PreparedImage:
     """Random scale and in-plane rotation about the principal point, plus brightness/contrast jitter.
 
-    The rotation is a rotation R of the camera about its optical axis; the image warps by K R K^-1, which stays
-    exact for fx != fy and an off-centre principal point."""
+    The image is first resized like a query (prepare_image) to the randomly scaled height, then, when the random
+    angle is not zero, rotated: a rotation R of the camera about its optical axis warps the image by K R K^-1,
+    which stays exact for fx != fy and an off-centre principal point."""
     scale = np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1])))
-    w, h = working_size(camera, max(8, int(round(image_height * scale))))
-    cam_out = camera.scaled(w, h)
-    rotation, homography = roll_homography(camera, cam_out, np.radians(rng.uniform(-rotation_deg, rotation_deg)))
-    out = cv2.warpPerspective(rgb, homography, (w, h), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT)
-    valid = cv2.warpPerspective(np.ones(rgb.shape[:2], np.uint8), homography, (w, h), flags=cv2.INTER_NEAREST) > 0
+    angle = np.radians(rng.uniform(-rotation_deg, rotation_deg)) if rotation_deg > 0 else 0.0
+    out, cam_out = prepare_image(rgb, camera, max(8, int(round(image_height * scale))))
+    homography = resize_homography(camera, cam_out)
+    rotation, valid = np.eye(3), np.ones(out.shape[:2], bool)
+    if angle != 0.0:
+        rotation, roll = roll_homography(cam_out, cam_out, angle)
+        size = (cam_out.width, cam_out.height)
+        out = cv2.warpPerspective(out, roll, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        valid = cv2.warpPerspective(np.ones(valid.shape, np.uint8), roll, size, flags=cv2.INTER_NEAREST) > 0
+        homography = roll @ homography
     gain = 1.0 + rng.uniform(-contrast, contrast)
     bias = 255.0 * rng.uniform(-brightness, brightness)
     mean = out.reshape(-1, 3).mean(0)
