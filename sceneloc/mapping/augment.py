@@ -32,13 +32,6 @@ def working_size(camera: Camera, image_height: int) -> tuple[int, int]:
     return max(8, round(camera.width * scale)), image_height
 
 
-def resize_homography(camera: Camera, out_camera: Camera) -> np.ndarray:
-    """(3, 3) map from pixels of `camera`'s image to pixels of the same image resized to out_camera's size (pixel
-    centres preserved: u' = (u + 0.5) * s - 0.5, as cv2.resize and Camera.scaled)."""
-    sx, sy = out_camera.width / camera.width, out_camera.height / camera.height
-    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
-
-
 def prepare_image(rgb: np.ndarray, camera: Camera, image_height: int) -> tuple[np.ndarray, Camera]:
     """Resize to the working height. rgb: (H, W, 3) uint8 -> (h, w, 3) uint8 and its camera. Area averaging when
     shrinking (no aliasing), bilinear when enlarging (area resampling is blocky there). Mapping and localization
@@ -70,14 +63,14 @@ def augment_image(rgb: np.ndarray, camera: Camera, image_height: int, rng: np.ra
     scale = np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1])))
     angle = np.radians(rng.uniform(-rotation_deg, rotation_deg)) if rotation_deg > 0 else 0.0
     out, cam_out = prepare_image(rgb, camera, max(8, int(round(image_height * scale))))
-    homography = resize_homography(camera, cam_out)
-    rotation, valid = np.eye(3), np.ones(out.shape[:2], bool)
+    # Source pixels -> augmented pixels: the resize (K_out K^-1 for a pixel-centre-preserving resize) and the roll.
+    rotation, homography = roll_homography(camera, cam_out, angle)
+    valid = np.ones(out.shape[:2], bool)
     if angle != 0.0:
-        rotation, roll = roll_homography(cam_out, cam_out, angle)
+        roll = roll_homography(cam_out, cam_out, angle)[1]
         size = (cam_out.width, cam_out.height)
         out = cv2.warpPerspective(out, roll, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         valid = cv2.warpPerspective(np.ones(valid.shape, np.uint8), roll, size, flags=cv2.INTER_NEAREST) > 0
-        homography = roll @ homography
     gain = 1.0 + rng.uniform(-contrast, contrast)
     bias = 255.0 * rng.uniform(-brightness, brightness)
     mean = out.reshape(-1, 3).mean(0)
