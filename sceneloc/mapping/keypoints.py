@@ -93,7 +93,7 @@ def train_keypoint_net(head: RegressionHead, buffer: Buffer, in_channels: int, c
     n_val = max(1, int(len(buffer) * VALIDATION_FRACTION))
     val_rows, train_rows = order[:n_val], order[n_val:]
     net = KeypointNet(in_channels, kp.net).to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=kp.lr_start, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=kp.lr_start, weight_decay=config.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=kp.lr_max, total_steps=kp.iterations, div_factor=kp.lr_max / kp.lr_start,
         final_div_factor=100.0, cycle_momentum=False, pct_start=0.25)
