@@ -225,7 +225,7 @@ def test_quick_suite_with_the_peer_and_one_multi_scene_map(tmp_path, monkeypatch
         ("quick-room-seed1", "scinr"), ("quick-room-seed2@1000_0_0m", "scinr")]
     for row in rows:
         assert tuple(row)[:len(RESULT_KEYS)] == RESULT_KEYS
-        assert row["n_query"] == 50 and row["resolution"] == "320x240"
+        assert row["n_query"] == 200 and row["resolution"] == "320x240"
         assert set(row["recall"]) == set(RECALL_THRESHOLDS)
     sift = rows[1]
     assert sift["n_map"] == 300 and sift["median_t_cm"] < 5.0 and sift["recall"]["5cm5deg"] >= 0.8
@@ -237,4 +237,4 @@ def test_quick_suite_with_the_peer_and_one_multi_scene_map(tmp_path, monkeypatch
     assert all(0.0 <= r["identification_accuracy"] <= 1.0 for r in scinr)
     assert scinr[0]["settings"]["mapping"]["iterations"] == 60
     assert (out / "plots" / "quick_quick-room_cdf.png").is_file()
-    assert "| quick-room (320x240, 300 mapping / 50 query) |" in (out / "report.md").read_text()
+    assert "| quick-room (320x240, 300 mapping / 200 query) |" in (out / "report.md").read_text()

@@ -27,7 +27,7 @@ class Suite:
 SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("tiny", "tiny-room (160x120, 60 mapping / 20 query frames): seconds, for tests",
           (SyntheticSceneSpec("tiny-room"),), ("scr", "colmap-sift")),
-    Suite("quick", "quick-room (320x240, 300 mapping / 50 query frames): CI-sized accuracy comparison; multi-scene "
+    Suite("quick", "quick-room (320x240, 300 mapping / 200 query frames): CI-sized accuracy comparison; multi-scene "
                    "methods map it together with quick-room seed 1 (overlapping it: both rooms start at the "
                    "origin) and quick-room seed 2 moved 1 km away",
           (SyntheticSceneSpec("quick-room"),), ("scr", "colmap-sift"),

@@ -82,7 +82,7 @@ _STANDARD = dict(width=640, height=480, principal_offset_px=(6.0, -4.0), n_map=4
 
 PRESETS: dict[str, SyntheticSceneConfig] = {
     "tiny-room": SyntheticSceneConfig(width=160, height=120, principal_offset_px=(1.5, -1.0), n_map=60, n_query=20),
-    "quick-room": SyntheticSceneConfig(width=320, height=240, principal_offset_px=(3.0, -2.0), n_map=300, n_query=50),
+    "quick-room": SyntheticSceneConfig(width=320, height=240, principal_offset_px=(3.0, -2.0), n_map=300, n_query=200),
     "bench-room": SyntheticSceneConfig(width=640, height=480, principal_offset_px=(6.0, -4.0), n_map=1000,
                                        n_query=200),
     "office": SyntheticSceneConfig(
