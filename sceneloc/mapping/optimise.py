@@ -43,7 +43,7 @@ def train_one_cycle(param_groups: list[dict], weight_decay: float, steps: int, l
     """`steps` AdamW steps with a one-cycle schedule lr = (start, peak, end) on the loss batch_loss(threshold)
     of one freshly drawn batch, the robust threshold at training progress t in 0..1 being threshold(t); a
     progress bar. Returns (final loss, final statistics, history of ten snapshots)."""
-    # The fused kernel updates all parameters in one pass: a quarter less time per 1024-row step on this CPU.
+    # The fused kernel updates all parameters in one pass: 8 % less time per 1024-row step on this CPU.
     optimizer = torch.optim.AdamW(param_groups, lr=lr[0], weight_decay=weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr[1], total_steps=steps, div_factor=lr[1] / lr[0], final_div_factor=lr[0] / lr[2],
