@@ -111,6 +111,11 @@ def map_command(
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB) in {summary.total_s:.0f} s "
                   f"(encode {summary.encode_s:.0f} s, train {summary.train_s:.0f} s, peak RSS "
                   f"{summary.peak_rss_mb:.0f} MB)")
+    if not multi and summary.steps < mapping.iterations:
+        # Accuracy follows the rows trained on, so a user who asked for more steps must learn they were capped.
+        console.print(f"note: training stopped after {summary.steps:,} of {mapping.iterations:,} steps, at "
+                      f"max_buffer_epochs={mapping.max_buffer_epochs:g} passes over the {summary.buffer_rows:,}-row "
+                      f"buffer; --set max_buffer_epochs=N trains longer")
 
 
 @app.command("add-keypoints")

@@ -21,6 +21,7 @@ from scipy.spatial.transform import Rotation
 from conftest import run_cli
 from sceneloc.data.ace_folder import write_ace_frame
 from sceneloc.geometry import Camera, Rigid3
+from sceneloc.maps import SceneMap
 
 CAMERA = Camera(64, 48, 50.0, 50.0, 31.5, 23.5)
 N_FRAMES = 4
@@ -107,6 +108,17 @@ def test_happy_path_localize_writes_one_line_per_image(good, tmp_path):
     lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
     assert sorted(line.split()[0] for line in lines) == [f"f{i}" for i in range(N_FRAMES)]
     assert sorted(p.name for p in out.parent.iterdir()) == ["poses.txt", "poses.txt.json"]
+
+
+def test_map_says_when_the_epoch_cap_shortens_training(good, tmp_path):
+    map_file = tmp_path / "capped.map"
+    code, output = run_cli("map", good.scene, "-o", map_file, *TINY_MAP, "--iterations", "1000")
+    assert code == 0, output
+    steps = SceneMap.load(map_file).metadata["training"]["steps"]
+    assert steps < 1000
+    assert f"training stopped after {steps:,} of 1,000 steps, at max_buffer_epochs=16 passes" in " ".join(output.split())
+    code, output = run_cli("map", good.scene, "-o", map_file, *TINY_MAP)
+    assert code == 0 and "training stopped" not in output, output
 
 
 def test_map_empty_folder(tmp_path):
