@@ -1,6 +1,5 @@
 """Mapping augmentation: the warped image, its camera, the rotated pose and the source-to-augmented homography agree
-with each other (for rolls and for yaw/pitch turns), and an unaugmented mapping view is pixel-for-pixel the query's
-image."""
+with each other, and an unaugmented mapping view is pixel-for-pixel the query's image."""
 
 import numpy as np
 import pytest
@@ -9,14 +8,14 @@ from sceneloc.geometry import Camera, Rigid3
 from sceneloc.mapping.augment import augment_image, prepare_image, rotate_pose
 
 
-@pytest.mark.parametrize("rotation_deg, tilt_deg", [(0.0, 0.0), (15.0, 0.0), (5.0, 10.0)])
-def test_augmented_camera_pose_and_homography_agree(rotation_deg, tilt_deg):
+@pytest.mark.parametrize("rotation_deg", [0.0, 15.0])
+def test_augmented_camera_pose_and_homography_agree(rotation_deg):
     camera = Camera(320, 240, fx=277.1, fy=279.9, cx=162.5, cy=117.5)  # fx != fy, off-centre principal point
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
     cam_from_world = Rigid3(np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]]).T, np.array([0.3, -0.2, 1.0]))
     for _ in range(5):
-        prepared = augment_image(rgb, camera, 480, rng, (2 / 3, 3 / 2), rotation_deg, 0.2, 0.2, tilt_deg)
+        prepared = augment_image(rgb, camera, 480, rng, (2 / 3, 3 / 2), rotation_deg, 0.2, 0.2)
         assert prepared.rgb.shape[:2] == (prepared.camera.height, prepared.camera.width)
         world = cam_from_world.inverse().apply(camera.unproject(rng.uniform([40, 40], [280, 200], (50, 2)), 2.0))
         source_px = camera.project(cam_from_world.apply(world))
@@ -24,28 +23,8 @@ def test_augmented_camera_pose_and_homography_agree(rotation_deg, tilt_deg):
         expected = prepared.camera.project(augmented_cam)
         mapped = np.c_[source_px, np.ones(50)] @ prepared.homography.T
         np.testing.assert_allclose(mapped[:, :2] / mapped[:, 2:], expected, atol=1e-6)
-        if rotation_deg == 0.0 and tilt_deg == 0.0:
+        if rotation_deg == 0.0:
             assert np.allclose(prepared.cam_rotation, np.eye(3)) and prepared.valid.all()
-        else:
-            assert not np.allclose(prepared.cam_rotation, np.eye(3))
-
-
-def test_turned_image_shows_the_source_where_the_homography_says():
-    camera = Camera(320, 240, fx=277.1, fy=279.9, cx=162.5, cy=117.5)
-
-    def pattern(u, v):  # slow enough for bilinear resampling to be nearly exact
-        return 127 + 60 * np.sin(u / 23.0) + 60 * np.cos(v / 17.0)
-
-    v, u = np.mgrid[0:240, 0:320].astype(np.float64)
-    rgb = np.repeat(pattern(u, v)[..., None], 3, 2).round().astype(np.uint8)
-    prepared = augment_image(rgb, camera, 240, np.random.default_rng(0), (1.0, 1.0), 5.0, 0.0, 0.0, 10.0)
-    vi, ui = np.nonzero(prepared.valid)
-    source = np.c_[ui, vi, np.ones(len(ui))] @ np.linalg.inv(prepared.homography).T
-    su, sv = source[:, 0] / source[:, 2], source[:, 1] / source[:, 2]
-    away_from_edges = (su > 2) & (su < 317) & (sv > 2) & (sv < 237)
-    assert away_from_edges.mean() > 0.5
-    error = np.abs(prepared.rgb[vi, ui, 0] - pattern(su, sv))[away_from_edges]
-    assert np.median(error) < 1.5 and np.percentile(error, 99) < 4
 
 
 @pytest.mark.parametrize("source_height", [240, 960])

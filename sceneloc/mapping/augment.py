@@ -1,6 +1,5 @@
-"""Image preparation for the encoder: resize to the working height, and (for mapping) random scale, a random turn
-of the camera about its centre (in-plane roll, optionally yaw and pitch) and photometric jitter, expressed as one
-homography so that poses and depth stay exact."""
+"""Image preparation for the encoder: resize to the working height, and (for mapping) random scale, in-plane
+rotation and photometric jitter, expressed as one homography so that poses and depth stay exact."""
 
 from __future__ import annotations
 
@@ -44,54 +43,34 @@ def prepare_image(rgb: np.ndarray, camera: Camera, image_height: int) -> tuple[n
     return cv2.resize(rgb, (w, h), interpolation=interpolation), camera.scaled(w, h)
 
 
-def camera_rotation(roll_rad: float, yaw_rad: float = 0.0, pitch_rad: float = 0.0) -> np.ndarray:
-    """(3, 3) new_cam_from_cam: a turn of the camera about its own y axis (yaw), then its x axis (pitch), then its
-    optical axis (roll)."""
-    c, s = np.cos(roll_rad), np.sin(roll_rad)
-    roll = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    c, s = np.cos(pitch_rad), np.sin(pitch_rad)
-    pitch = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-    c, s = np.cos(yaw_rad), np.sin(yaw_rad)
-    yaw = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-    return roll @ pitch @ yaw
-
-
-def rotation_homography(camera: Camera, out_camera: Camera, rotation: np.ndarray) -> np.ndarray:
-    """(3, 3) H = out_camera.K R camera.K^-1: warps the image of `camera` to that of the same camera turned by
-    `rotation` (new_cam_from_cam) about its centre, with out_camera's size and intrinsics. Exact for any scene
-    (a pure rotation has no parallax), for fx != fy and an off-centre principal point."""
-    return out_camera.K @ rotation @ np.linalg.inv(camera.K)
-
-
 def roll_homography(camera: Camera, out_camera: Camera, angle_rad: float) -> tuple[np.ndarray, np.ndarray]:
-    """(R, H), both (3, 3): R rotates the camera by angle_rad about its optical axis; H the rotation_homography."""
-    rotation = camera_rotation(angle_rad)
-    return rotation, rotation_homography(camera, out_camera, rotation)
+    """(R, H), both (3, 3): R rotates the camera by angle_rad about its optical axis; H = out_camera.K R
+    camera.K^-1 warps the image of `camera` to the rotated camera's (with out_camera's size and intrinsics), exact
+    for fx != fy and an off-centre principal point."""
+    c, s = np.cos(angle_rad), np.sin(angle_rad)
+    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return rotation, out_camera.K @ rotation @ np.linalg.inv(camera.K)
 
 
 def augment_image(rgb: np.ndarray, camera: Camera, image_height: int, rng: np.random.Generator,
                   scale_range: tuple[float, float], rotation_deg: float,
-                  brightness: float, contrast: float, tilt_deg: float = 0.0) -> PreparedImage:
-    """Random scale and a random turn of the camera (roll within +-rotation_deg; yaw and pitch within +-tilt_deg,
-    none when 0), plus brightness/contrast jitter.
+                  brightness: float, contrast: float) -> PreparedImage:
+    """Random scale and in-plane rotation about the principal point, plus brightness/contrast jitter.
 
-    The image is first resized like a query (prepare_image) to the randomly scaled height, then, when the turn is
-    not the identity, warped: a rotation R of the camera about its centre warps the image by K R K^-1, which stays
-    exact for fx != fy and an off-centre principal point. Yaw and pitch are drawn only when tilt_deg > 0, so maps
-    made without them keep their random stream."""
+    The image is first resized like a query (prepare_image) to the randomly scaled height, then, when the random
+    angle is not zero, rotated: a rotation R of the camera about its optical axis warps the image by K R K^-1,
+    which stays exact for fx != fy and an off-centre principal point."""
     scale = np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1])))
     angle = np.radians(rng.uniform(-rotation_deg, rotation_deg)) if rotation_deg > 0 else 0.0
-    yaw, pitch = np.radians(rng.uniform(-tilt_deg, tilt_deg, 2)) if tilt_deg > 0 else (0.0, 0.0)
     out, cam_out = prepare_image(rgb, camera, max(8, int(round(image_height * scale))))
-    # Source pixels -> augmented pixels: the resize (K_out K^-1 for a pixel-centre-preserving resize) and the turn.
-    rotation = camera_rotation(angle, yaw, pitch)
-    homography = rotation_homography(camera, cam_out, rotation)
+    # Source pixels -> augmented pixels: the resize (K_out K^-1 for a pixel-centre-preserving resize) and the roll.
+    rotation, homography = roll_homography(camera, cam_out, angle)
     valid = np.ones(out.shape[:2], bool)
-    if angle != 0.0 or yaw != 0.0 or pitch != 0.0:
-        turn = rotation_homography(cam_out, cam_out, rotation)
+    if angle != 0.0:
+        roll = roll_homography(cam_out, cam_out, angle)[1]
         size = (cam_out.width, cam_out.height)
-        out = cv2.warpPerspective(out, turn, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        valid = cv2.warpPerspective(np.ones(valid.shape, np.uint8), turn, size, flags=cv2.INTER_NEAREST) > 0
+        out = cv2.warpPerspective(out, roll, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        valid = cv2.warpPerspective(np.ones(valid.shape, np.uint8), roll, size, flags=cv2.INTER_NEAREST) > 0
     gain = 1.0 + rng.uniform(-contrast, contrast)
     bias = 255.0 * rng.uniform(-brightness, brightness)
     mean = out.reshape(-1, 3).mean(0)

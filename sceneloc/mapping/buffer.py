@@ -89,7 +89,7 @@ def build_buffer(scene: Scene, encoder: Encoder, config: MappingConfig, device: 
         rgb = frame.load_rgb()
         prepared = augment_image(rgb, frame.camera, config.image_height, rng,
                                  (config.aug_scale_min, config.aug_scale_max), config.aug_rotation_deg,
-                                 config.aug_brightness, config.aug_contrast, config.aug_tilt_deg)
+                                 config.aug_brightness, config.aug_contrast)
         image = torch.from_numpy(prepared.rgb).permute(2, 0, 1)[None].to(device)
         with autocast(device):
             fmap = encoder(image)[0]  # (C, h/8, w/8)

@@ -84,11 +84,6 @@ class MappingConfig:
     """Largest random image scale factor of the augmentation."""
     aug_rotation_deg: float = 5.0
     """Random in-plane rotation range (+-), with the pose rotated to match (ACE: 15)."""
-    aug_tilt_deg: float = 0.0
-    """Random turn of the camera about its own vertical and horizontal axes (+- degrees, yaw and pitch drawn
-    separately), with the pose turned to match: the image warps by the exact homography K R K^-1 of a pure rotation.
-    It shows the head its mapping views as seen from other directions (queries that fail are those 5-15 degrees away
-    from every nearby mapping view; docs/BENCHMARKS.md, section 4)."""
     aug_brightness: float = 0.2
     """Random brightness change (+- fraction)."""
     aug_contrast: float = 0.2
