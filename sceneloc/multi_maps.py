@@ -17,7 +17,8 @@ from sceneloc.nn.encoders import Encoder, load_encoder
 from sceneloc.nn.heads.scinr import ScinrConfig, ScinrHead
 
 FORMAT = "sceneloc-multimap"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: SCRA layers mix full-rank bases (version 1: a low-rank update) and the pixel position became optional."""
 FLOAT32_TENSORS = ("mean", "anchors")
 """Tensors stored in float32: they place whole scenes, and float16's 5e-4 relative rounding of a 1 km offset would
 move every prediction of a scene by 0.5 m. Three numbers per scene plus three; the rest is float16."""

@@ -38,9 +38,14 @@ from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.heads.scinr import (ModulationModule, ScinrConfig, ScinrHead, ScraModule, normalised_positions,
                                      positional_encoding)
 
-SMALL = dict(width=32, modulation_width=24, hypernet_width=16, embedding_dim=8, complement_width=8, scra_rank=2,
-             pe_frequencies=4)
-"""A head small enough for unit tests; every module on."""
+SMALL = dict(width=32, modulation_width=24, hypernet_width=16, embedding_dim=8, complement_width=8, scra_bases=2,
+             pe_frequencies=4, use_position=True, use_modulation=True)
+"""A head small enough for unit tests; every module on, the thesis' pixel position and modulation included."""
+
+
+def small(**changes) -> ScinrConfig:
+    """SMALL with some fields changed."""
+    return ScinrConfig(**{**SMALL, **changes})
 
 
 def _inputs(n_rows: int = 12, n_scenes: int = 3, channels: int = 16):
@@ -65,7 +70,7 @@ def test_normalised_positions_follow_the_intrinsics():
 
 
 def test_module_shapes():
-    config = ScinrConfig(**SMALL)
+    config = small()
     features, positions, scene = _inputs()
     embeddings = torch.randn(3, config.embedding_dim)
     z = ScraModule(16, config)(features, scene, embeddings)
@@ -76,7 +81,7 @@ def test_module_shapes():
 
 
 def test_every_module_gets_gradients():
-    head = ScinrHead(16, ScinrConfig(**SMALL), 3, torch.randn(3, 3))
+    head = ScinrHead(16, small(), 3, torch.randn(3, 3))
     features, positions, scene = _inputs()
     head(features, positions, scene).square().sum().backward()
     grads = {name: p.grad for name, p in head.named_parameters()}
@@ -91,7 +96,7 @@ def test_every_module_gets_gradients():
 
 def test_scene_embedding_conditions_the_prediction():
     torch.manual_seed(0)
-    head = ScinrHead(16, ScinrConfig(**SMALL, use_complement=False), 3)
+    head = ScinrHead(16, small(use_complement=False), 3)
     features, positions, _ = _inputs()
     with torch.no_grad():
         # Generated parameters start at a tenth of the hypernet's default scale; this is what training grows.
@@ -99,7 +104,7 @@ def test_scene_embedding_conditions_the_prediction():
         by_scene = [head(features, positions, torch.full((12,), s)) for s in range(3)]
         assert (by_scene[0] - by_scene[1]).abs().max() > 1e-3
         mixed = head(features, positions, torch.arange(12) % 3)
-        # A batch mixing scenes gives each row what its own scene alone gives (the masked low-rank update).
+        # A batch mixing scenes (unsorted) gives each row what its own scene alone gives (the grouped bases).
         for s in range(3):
             torch.testing.assert_close(mixed[s::3], by_scene[s][s::3], atol=1e-6, rtol=1e-5)
         head.embeddings[1] += 1.0
@@ -107,7 +112,7 @@ def test_scene_embedding_conditions_the_prediction():
         assert (after[1] - by_scene[1]).abs().max() > 1e-3
         torch.testing.assert_close(after[0], by_scene[0], atol=0, rtol=0)
         # Without SCRA (and complement) nothing depends on the scene.
-        shared = ScinrHead(16, ScinrConfig(**SMALL, use_scra=False, use_complement=False), 3)
+        shared = ScinrHead(16, small(use_scra=False, use_complement=False), 3)
         torch.testing.assert_close(shared(features, positions, torch.zeros(12, dtype=torch.long)),
                                    shared(features, positions, torch.ones(12, dtype=torch.long)), atol=0, rtol=0)
 
@@ -118,8 +123,8 @@ def test_scene_embedding_conditions_the_prediction():
     ("use_complement", "complement."),
 ])
 def test_ablation_flags_remove_parameters(flag, gone):
-    full = ScinrHead(16, ScinrConfig(**SMALL), 3)
-    ablated = ScinrHead(16, ScinrConfig(**SMALL, **{flag: False}), 3)
+    full = ScinrHead(16, small(), 3)
+    ablated = ScinrHead(16, small(**{flag: False}), 3)
     assert any(name.startswith(gone) for name, _ in full.named_parameters())
     assert not any(name.startswith(gone) for name, _ in ablated.named_parameters())
     assert sum(p.numel() for p in ablated.parameters()) < sum(p.numel() for p in full.parameters())
@@ -128,15 +133,15 @@ def test_ablation_flags_remove_parameters(flag, gone):
 
 
 def test_ablations_without_encoding_or_scene_parameters():
-    head = ScinrHead(16, ScinrConfig(**SMALL, use_positional_encoding=False), 3)
+    head = ScinrHead(16, small(use_positional_encoding=False), 3)
     assert head.regressor.synthesis[0].in_features == 2
-    bare = ScinrHead(16, ScinrConfig(**SMALL, use_scra=False, use_complement=False), 3)
+    bare = ScinrHead(16, small(use_scra=False, use_complement=False), 3)
     assert not hasattr(bare, "embeddings") and "anchors" not in dict(bare.named_buffers())
 
 
 def test_scenes_a_kilometre_apart_start_in_place():
     centres = torch.tensor([[0.0, 0.0, 0.0], [1000.0, 5.0, -3.0]])
-    head = ScinrHead(16, ScinrConfig(**SMALL), 2, centres)
+    head = ScinrHead(16, small(), 2, centres)
     features, positions, _ = _inputs(n_rows=8)
     with torch.no_grad():
         pred = head(features, positions, torch.tensor([0, 1] * 4))
@@ -147,7 +152,7 @@ def test_scenes_a_kilometre_apart_start_in_place():
 
 def _small_map(tmp_path, centres=((0.0, 0.0, 0.0), (1000.25, -3.5, 2.0))):
     encoder = load_encoder("xfeat")
-    head = ScinrHead(encoder.out_channels, ScinrConfig(**SMALL), 2, torch.tensor(centres))
+    head = ScinrHead(encoder.out_channels, small(), 2, torch.tensor(centres))
     with torch.no_grad():
         head.complement[2].weight.normal_()  # non-zero, so that a lost complement would show
     head.eval()

@@ -4,17 +4,22 @@ Per feature row i of scene n:
     D_n                      learned scene embedding (n_scenes, d)
     Theta_n = H(D_n)         hypernet: per-scene parameters of the SCRA layers            (eq. 4.5)
     z_i = f_A(f_i; Theta_n)  SCRA: encoder feature -> latent code
-    gamma(x_i)               positional encoding of the pixel position, L frequencies     (eq. 4.3)
-    alpha_0 = m_0(z_i), h_0 = alpha_0 * s_0(gamma(x_i)),
-    alpha_{l+1} = m_l(alpha_l, z_i), h_{l+1} = alpha_{l+1} * s_l(h_l)                      (eq. 4.7)
-    y_i = dehomogenise(out(h_L)) + mean + Delta y_n,  Delta y_n = a_n + f_C(D_n)          (eq. 4.8)
+    h_i = MLP(z_i)           the regressor; with use_position the thesis' f_M instead: a synthesis branch over
+                             gamma(x_i), the positional encoding of the pixel position (eq. 4.3), modulated by z_i:
+                             alpha_0 = m_0(z_i), h_0 = alpha_0 * s_0(gamma(x_i)),
+                             alpha_{l+1} = m_l(alpha_l, z_i), h_{l+1} = alpha_{l+1} * s_l(h_l)     (eq. 4.7)
+    y_i = dehomogenise(out(h_i)) + mean + Delta y_n,  Delta y_n = a_n + f_C(D_n)          (eq. 4.8)
 with `mean` the one global offset and a_n a fixed anchor per scene (see ScinrHead).
 
 Hypernet choice: generating full w x w SCRA weights from D_n would make H's last layer d x w^2 per layer
-(16.8 M parameters for d = 64, w = 512). H instead generates, per SCRA layer, a rank-r update U_n V_n^T of a shared
-weight plus a per-channel gain and shift (FiLM) of its output: 2 w r + 2 w numbers per layer. The shared weight
-carries what all scenes have in common, the generated part what is scene-specific, and a batch mixing scenes still
-costs dense matrix products only (the low-rank part is computed for all scenes at once and masked).
+(16.8 M parameters for d = 64, w = 512). H instead generates, per SCRA layer, K coefficients that mix K learned
+full-rank bases into the scene's weight W_n = W + sum_k c_nk B_k (a hypernet producing the weights of a linear
+combination, as in the work the thesis cites as [69]), plus a per-channel gain and shift (FiLM) of the output. W
+carries what all scenes have in common, the bases give each scene full-rank capacity of its own, and since rows
+are grouped by scene a row costs one dense product, as in a single-scene head.
+
+Defaults differ from the thesis where measurements said so (docs/BENCHMARKS.md section 10): no pixel position
+(use_position) and hence no modulation, and a 512-wide regressor.
 
 Each `use_*` flag of ScinrConfig switches one module off for the paper's ablation (Table 4.4); its parameters are
 then absent, not merely unused."""
@@ -40,25 +45,35 @@ class ScinrConfig:
     """Width of the SCRA layers and length of the latent codes z_i."""
     num_scra_layers: int = 2
     """Scene-conditioned layers of f_A after its shared input layer (a skip connection spans them)."""
-    scra_rank: int = 4
-    """Rank r of the per-scene weight update U_n V_n^T the hypernet generates for each SCRA layer (0: per-channel
-    gain and shift only)."""
+    scra_bases: int = 4
+    """K: full-rank weight bases per SCRA layer. The hypernet generates K mixing coefficients c_n per layer and
+    scene n's layer adds sum_k c_nk B_k to the shared weight (0: per-channel gain and shift only). Two quick-rooms in
+    one head, 5,000 steps each: K = 4 fits them to 16-18 px and localizes 55 % / 48 % of their queries at (5 cm,
+    5 deg), a rank-4 update per scene instead 19-22 px and 41 % / 33 % (single-scene maps: 50 % / see section 10)."""
     hypernet_width: int = 64
     """Hidden width of the hypernet H."""
     num_modulation_layers: int = 3
     """Layers of the synthesis branch s (and of the modulator m), or of the plain MLP replacing them."""
-    modulation_width: int = 256
-    """Width of the synthesis branch and the modulator."""
+    modulation_width: int = 512
+    """Width of the synthesis branch and the modulator, or of the plain MLP (as wide as a single-scene head: 256
+    fits one quick-room to 19.6 px and localizes 36 % of its queries at (5 cm, 5 deg), 512 to 14.7 px and 53 %)."""
     pe_frequencies: int = 6
     """L: frequencies 2^0 .. 2^(L-1) (times pi) of the positional encoding of the normalised pixel position."""
     complement_width: int = 64
     """Hidden width of the complement module f_C."""
     use_scra: bool = True
     """Condition f_A on the scene through the hypernet; off: f_A is the same layers, shared by all scenes."""
-    use_modulation: bool = True
-    """Synthesis branch modulated by the latent codes; off: a plain MLP on [z_i, gamma(x_i)]."""
+    use_position: bool = False
+    """Give the regressor each row's pixel position x_i, as the thesis does (eq. 4.6). Off by default: a scene
+    coordinate does not depend on where in the image a surface appears, and with the position the network fits the
+    mapping views as well but carries worse to new viewpoints (one quick-room, 5,000 steps: 15.6 px training error
+    and 18 % at (5 cm, 5 deg) with it, 14.7 px and 53 % without; docs/BENCHMARKS.md section 10)."""
+    use_modulation: bool = False
+    """Synthesis branch over the encoded position, modulated by the latent codes (eq. 4.7; needs use_position);
+    off: a plain MLP on z_i (and gamma(x_i) with use_position)."""
     use_positional_encoding: bool = True
-    """Encode the pixel position with sines and cosines; off: the raw normalised position (2 numbers)."""
+    """With use_position: encode the pixel position with sines and cosines; off: the raw normalised position
+    (2 numbers)."""
     use_complement: bool = True
     """Add the per-scene coordinate bias Delta y_n = f_C(D_n); off: only the global mean offset."""
     min_inverse_scale: float = 0.01
@@ -75,11 +90,14 @@ class ScinrConfig:
                      "modulation_width", "complement_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("scra_rank", "pe_frequencies"):
+        for name in ("scra_bases", "pe_frequencies"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model.{name} must be at least 0, got {getattr(self, name)}")
-        if self.use_positional_encoding and self.pe_frequencies < 1:
+        if self.use_position and self.use_positional_encoding and self.pe_frequencies < 1:
             raise ValueError("model.pe_frequencies must be at least 1 with use_positional_encoding")
+        if self.use_modulation and not self.use_position:
+            raise ValueError("model.use_modulation needs model.use_position: its synthesis branch runs over the "
+                             "pixel position")
         if not 0 < self.min_inverse_scale < self.max_inverse_scale:
             raise ValueError(f"model.min_inverse_scale..max_inverse_scale must be a positive range, got "
                              f"{self.min_inverse_scale}..{self.max_inverse_scale}")
@@ -108,15 +126,21 @@ def positional_encoding(positions: torch.Tensor, frequencies: int) -> torch.Tens
 class ScraModule(nn.Module):
     """f_A with hypernet H: features (N, C) + per-row scene index -> latent codes z (N, width).
 
-    Layer l computes relu((W x + b + U_n V_n^T x) * (1 + g_n) + beta_n) with (U_n, V_n, g_n, beta_n) = H(D_n)."""
+    Layer l computes relu((W_n x + b) * (1 + g_n) + beta_n) with W_n = W + sum_k c_nk B_k and (c_n, g_n, beta_n)
+    = H(D_n): the shared weight W, K full-rank bases B_k of the layer, the hypernet's mixing coefficients c_n and a
+    per-channel gain and shift (FiLM)."""
 
     def __init__(self, in_channels: int, config: ScinrConfig):
         super().__init__()
-        w, r = config.width, config.scra_rank
-        self.width, self.rank = w, r
+        w, k = config.width, config.scra_bases
+        self.width, self.n_bases = w, k
         self.input_layer = nn.Linear(in_channels, w)
         self.layers = nn.ModuleList(nn.Linear(w, w) for _ in range(config.num_scra_layers))
-        self.per_layer = 2 * w * r + 2 * w
+        if k:
+            # One parameter per layer: slicing a stacked tensor would make its backward fill a full-size zero tensor.
+            self.bases = nn.ParameterList(nn.Parameter(torch.randn(k, w, w) * (0.1 / math.sqrt(w)))
+                                          for _ in range(config.num_scra_layers))
+        self.per_layer = 2 * w + k
         self.hypernet = nn.Sequential(nn.Linear(config.embedding_dim, config.hypernet_width), nn.ReLU(),
                                       nn.Linear(config.hypernet_width, self.per_layer * config.num_scra_layers))
         # Generated parameters start small, so every scene begins close to the shared layers and the scenes separate
@@ -126,23 +150,35 @@ class ScraModule(nn.Module):
             self.hypernet[-1].bias.zero_()
 
     def forward(self, features: torch.Tensor, scene: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        n, w, r = len(embeddings), self.width, self.rank
+        n, w = len(embeddings), self.width
         theta = self.hypernet(embeddings)  # (n_scenes, per_layer * layers): Theta_n for every scene at once
-        mask = F.one_hot(scene, n).to(theta.dtype)[:, :, None] if r else None  # (N, n_scenes, 1)
+        # (N, n_scenes): selecting each row's gain and shift by a product with its one-hot scene row is far cheaper
+        # to differentiate than indexing (whose backward is a scatter-add).
+        one_hot = F.one_hot(scene, n).to(theta.dtype)
         x = F.relu(self.input_layer(features))
         y = x
         for l, layer in enumerate(self.layers):
             p = theta[:, l * self.per_layer:(l + 1) * self.per_layer]
-            out = layer(y)
-            if r:
-                v = p[:, :w * r].reshape(n, w, r) / math.sqrt(w)
-                u = p[:, w * r:2 * w * r].reshape(n, r, w) / math.sqrt(r)
-                # Projections onto every scene's V, masked to the row's own scene, then one product with all U.
-                t = (y @ v.permute(1, 0, 2).reshape(w, n * r)).reshape(-1, n, r) * mask
-                out = out + t.reshape(-1, n * r) @ u.reshape(n * r, w)
-            gain, shift = p[:, 2 * w * r:2 * w * r + w], p[:, 2 * w * r + w:]
-            y = F.relu(out * (1 + gain[scene]) + shift[scene])
+            out = self._grouped_layer(y, scene, layer, p[:, 2 * w:], self.bases[l]) if self.n_bases else layer(y)
+            y = F.relu(out * (1 + one_hot @ p[:, :w]) + one_hot @ p[:, w:2 * w])
         return x + y
+
+    @staticmethod
+    def _grouped_layer(y: torch.Tensor, scene: torch.Tensor, layer: nn.Linear, coefficients: torch.Tensor,
+                       bases: torch.Tensor) -> torch.Tensor:
+        """y (N, w) -> y W_n^T + b with W_n = W + sum_k c_nk B_k for each row's scene n: coefficients (n_scenes, K),
+        bases (K, w, w). One product per scene on its block of rows (training batches come grouped by scene; other
+        rows are sorted first), so a row costs what a shared layer costs."""
+        weights = layer.weight + torch.einsum("nk,kow->now", coefficients, bases.to(coefficients.dtype))
+        order = None
+        if len(scene) > 1 and bool((scene[1:] < scene[:-1]).any()):
+            order = torch.argsort(scene, stable=True)
+            y, scene = y[order], scene[order]
+        counts = torch.bincount(scene, minlength=len(weights)).tolist()
+        # unbind, not weights[n]: each indexing's backward would fill a zero tensor of all scenes' weights.
+        out = torch.cat([F.linear(block, weight, layer.bias)
+                         for weight, block in zip(weights.unbind(0), y.split(counts)) if len(block)])
+        return out if order is None else out[torch.argsort(order)]
 
 
 class SharedAdjust(nn.Module):
@@ -181,7 +217,8 @@ class ModulationModule(nn.Module):
 
 
 class PlainRegressor(nn.Module):
-    """f_M without modulation (ablation): an MLP on [z, encoded position] with the same depth and width."""
+    """f_M without modulation: an MLP on z, or on [z, encoded position] with use_position, with the same depth and
+    width."""
 
     def __init__(self, position_dim: int, config: ScinrConfig):
         super().__init__()
@@ -189,8 +226,8 @@ class PlainRegressor(nn.Module):
         self.layers = nn.ModuleList([nn.Linear(config.width + position_dim, mw)]
                                     + [nn.Linear(mw, mw) for _ in range(config.num_modulation_layers - 1)])
 
-    def forward(self, z: torch.Tensor, encoded_position: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([z, encoded_position], 1)
+    def forward(self, z: torch.Tensor, encoded_position: torch.Tensor | None) -> torch.Tensor:
+        h = z if encoded_position is None else torch.cat([z, encoded_position], 1)
         for layer in self.layers:
             h = F.relu(layer(h))
         return h
@@ -219,7 +256,8 @@ class ScinrHead(nn.Module):
         if config.use_scra or config.use_complement:
             self.embeddings = nn.Parameter(torch.randn(n_scenes, config.embedding_dim))
         self.adjust = ScraModule(in_channels, config) if config.use_scra else SharedAdjust(in_channels, config)
-        position_dim = 4 * config.pe_frequencies if config.use_positional_encoding else 2
+        position_dim = (4 * config.pe_frequencies if config.use_positional_encoding else 2) if config.use_position \
+            else 0
         regressor = ModulationModule if config.use_modulation else PlainRegressor
         self.regressor = regressor(position_dim, config)
         self.output_layer = nn.Linear(config.modulation_width, 4)
@@ -245,8 +283,10 @@ class ScinrHead(nn.Module):
             z = self.adjust(features, scene, self.embeddings)
         else:
             z = self.adjust(features)
-        encoded = (positional_encoding(positions, self.config.pe_frequencies)
-                   if self.config.use_positional_encoding else positions)
+        encoded = None
+        if self.config.use_position:
+            encoded = (positional_encoding(positions, self.config.pe_frequencies)
+                       if self.config.use_positional_encoding else positions)
         h = self.regressor(z, encoded)
         # Output layer and offsets in float32: bfloat16 would quantise coordinates to ~0.4 %, i.e. 4 m at 1 km.
         with torch.autocast(features.device.type, enabled=False):
