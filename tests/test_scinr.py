@@ -4,10 +4,10 @@ scene identification ("auto").
 
 The end-to-end maps 600 steps at a 120 px working height without augmentation (about 12 s on one thread), on rooms
 of 60 mapping frames whose query path keeps close to the mapping path. Measured on one thread with mapping seeds 0
-and 2: query medians 0.49-0.74 m and 14-22 deg, auto identification 0.9-1.0; mapping views (seed 0) 0.21-0.25 m,
-identification 1.0 with 3-4.5x more inliers for the right scene. The same head after one step: 1.4-1.6 m and
-120-160 deg (a random pose in a small room), identification 0.3 in the second room, and choosing the wrong scene
-costs 1 km. The bounds below sit between the two."""
+and 2 (commit 7cabcd3, the default model: full-rank bases, no pixel position): query medians 0.33-0.63 m and 13-19
+deg, auto identification 0.8-1.0; mapping views 0.11-0.26 m, identification 1.0 with 3.8-5.4x more inliers for the
+right scene. The same head after one step: 1.4-1.6 m and 106-127 deg (a random pose in a small room),
+identification 0.4 in the second room, and choosing the wrong scene costs 1 km. The bounds below sit between the two."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_every_module_gets_gradients():
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     # complement.0 has no gradient yet: the complement's last layer starts at zero (Delta y_n = anchor).
     for name in ("embeddings", "adjust.input_layer.weight", "adjust.layers.1.weight", "adjust.hypernet.0.weight",
-                 "adjust.hypernet.2.weight", "regressor.synthesis.0.weight", "regressor.synthesis.2.weight",
+                 "adjust.hypernet.2.weight", "adjust.bases.0", "adjust.bases.1", "regressor.synthesis.0.weight", "regressor.synthesis.2.weight",
                  "regressor.modulator.0.weight", "regressor.modulator.2.weight", "output_layer.weight",
                  "complement.2.weight"):
         assert grads[name].abs().sum() > 0, name
@@ -130,6 +130,40 @@ def test_ablation_flags_remove_parameters(flag, gone):
     assert sum(p.numel() for p in ablated.parameters()) < sum(p.numel() for p in full.parameters())
     features, positions, scene = _inputs()
     assert ablated(features, positions, scene).shape == (12, 3)
+
+
+def test_scene_weights_mix_the_bases():
+    """Layer l of scene n is relu((W_n y + b) * (1 + g_n) + beta_n) with W_n = W + sum_k c_nk B_k."""
+    torch.manual_seed(0)
+    config = small()
+    scra = ScraModule(16, config)
+    features, _, scene = _inputs()
+    embeddings = torch.randn(3, config.embedding_dim)
+    with torch.no_grad():
+        z = scra(features, scene, embeddings)
+        theta, w, per_layer = scra.hypernet(embeddings), config.width, scra.per_layer
+        x = torch.relu(scra.input_layer(features))
+        for n in range(3):
+            y = x[scene == n]
+            for l, layer in enumerate(scra.layers):
+                p = theta[n, l * per_layer:(l + 1) * per_layer]
+                weight = layer.weight + (p[2 * w:, None, None] * scra.bases[l]).sum(0)
+                y = torch.relu((y @ weight.T + layer.bias) * (1 + p[:w]) + p[w:2 * w])
+            torch.testing.assert_close(z[scene == n], x[scene == n] + y, atol=1e-5, rtol=1e-5)
+
+
+def test_default_head_ignores_the_pixel_position():
+    head = ScinrHead(16, ScinrConfig(width=32, modulation_width=24, hypernet_width=16, embedding_dim=8,
+                                     complement_width=8), 3)
+    features, positions, scene = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(head(features, positions, scene), head(features, -positions, scene),
+                                   atol=0, rtol=0)
+        with_position = ScinrHead(16, small(), 3)
+        assert (with_position(features, positions, scene) - with_position(features, -positions, scene)).abs().max() \
+            > 1e-4
+    with pytest.raises(ValueError, match="use_modulation needs model.use_position"):
+        ScinrConfig(use_modulation=True).validate()
 
 
 def test_ablations_without_encoding_or_scene_parameters():

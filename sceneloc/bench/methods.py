@@ -215,15 +215,18 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     ScrMethod("scr-reshead-kp", RESIDUAL_HEAD + KEYPOINTS),
     ScinrMethod(),
     ScinrMethod("scinr-no-scra", ("model.use_scra=false",)),
-    ScinrMethod("scinr-no-modulation", ("model.use_modulation=false",)),
-    ScinrMethod("scinr-no-pe", ("model.use_positional_encoding=false",)),
+    ScinrMethod("scinr-no-bases", ("model.scra_bases=0",)),
     ScinrMethod("scinr-no-complement", ("model.use_complement=false",)),
+    ScinrMethod("scinr-position", ("model.use_position=true",)),
+    ScinrMethod("scinr-raw-position", ("model.use_position=true", "model.use_positional_encoding=false")),
+    ScinrMethod("scinr-modulation", ("model.use_position=true", "model.use_modulation=true")),
     ColmapSiftMethod(),
 )}
 """The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
 variants of it (encoder choices; the ACE-style and the deeper residual head, each with and without keypoint
-selection and keypoint-guided fine-tuning); `scinr` maps all scenes of a suite into one model (`scinr-no-*`: the
-thesis' ablations, one module switched off); `colmap-sift` is the structure-based peer."""
+selection and keypoint-guided fine-tuning); `scinr` maps all scenes of a suite into one model (`scinr-no-*`: one
+of its modules switched off; `scinr-position`, `-raw-position`, `-modulation`: the thesis' pixel-position input,
+encoded or raw, and its modulation module switched on); `colmap-sift` is the structure-based peer."""
 
 
 def map_in_this_process(method: str, scene_roots: list[str], scene_names: list[str], map_path: str,
