@@ -21,8 +21,8 @@ are grouped by scene a row costs one dense product, as in a single-scene head.
 Defaults differ from the thesis where measurements said so (docs/BENCHMARKS.md section 10): no pixel position
 (use_position) and hence no modulation, and a 512-wide regressor.
 
-Each `use_*` flag of ScinrConfig switches one module off for the paper's ablation (Table 4.4); its parameters are
-then absent, not merely unused."""
+Each `use_*` flag of ScinrConfig switches one module on or off for the paper's ablation (Table 4.4); the parameters
+of a module that is off are absent, not merely unused."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class ScinrConfig:
     """K: full-rank weight bases per SCRA layer. The hypernet generates K mixing coefficients c_n per layer and
     scene n's layer adds sum_k c_nk B_k to the shared weight (0: per-channel gain and shift only). Two quick-rooms in
     one head, 5,000 steps each: K = 4 fits them to 16-18 px and localizes 55 % / 48 % of their queries at (5 cm,
-    5 deg), a rank-4 update per scene instead 19-22 px and 41 % / 33 % (single-scene maps: 50 % / see section 10)."""
+    5 deg), a rank-4 update per scene instead 19-22 px and 41 % / 33 % (a single-scene map each: 50 % / 32 %)."""
     hypernet_width: int = 64
     """Hidden width of the hypernet H."""
     num_modulation_layers: int = 3
