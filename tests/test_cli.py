@@ -116,7 +116,8 @@ def test_map_says_when_the_epoch_cap_shortens_training(good, tmp_path):
     assert code == 0, output
     steps = SceneMap.load(map_file).metadata["training"]["steps"]
     assert steps < 1000
-    assert f"training stopped after {steps:,} of 1,000 steps, at max_buffer_epochs=16 passes" in " ".join(output.split())
+    assert f"training stopped after {steps:,} of 1,000 steps, at max_buffer_epochs=16 passes" \
+        in " ".join(output.split())
     code, output = run_cli("map", good.scene, "-o", map_file, *TINY_MAP)
     assert code == 0 and "training stopped" not in output, output
 

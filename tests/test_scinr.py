@@ -88,9 +88,9 @@ def test_every_module_gets_gradients():
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     # complement.0 has no gradient yet: the complement's last layer starts at zero (Delta y_n = anchor).
     for name in ("embeddings", "adjust.input_layer.weight", "adjust.layers.1.weight", "adjust.hypernet.0.weight",
-                 "adjust.hypernet.2.weight", "adjust.bases.0", "adjust.bases.1", "regressor.synthesis.0.weight", "regressor.synthesis.2.weight",
-                 "regressor.modulator.0.weight", "regressor.modulator.2.weight", "output_layer.weight",
-                 "complement.2.weight"):
+                 "adjust.hypernet.2.weight", "adjust.bases.0", "adjust.bases.1", "regressor.synthesis.0.weight",
+                 "regressor.synthesis.2.weight", "regressor.modulator.0.weight", "regressor.modulator.2.weight",
+                 "output_layer.weight", "complement.2.weight"):
         assert grads[name].abs().sum() > 0, name
 
 

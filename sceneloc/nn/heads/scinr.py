@@ -234,8 +234,8 @@ class PlainRegressor(nn.Module):
 
 
 class ScinrHead(nn.Module):
-    """features (N, C), normalised pixel positions (N, 2) (see `normalised_positions`), scene index (N,) int64 ->
-    world scene coordinates (N, 3), all scenes in one global frame.
+    """features (N, C), normalised pixel positions (N, 2) (see `normalised_positions`; read only with
+    use_position), scene index (N,) int64 -> world scene coordinates (N, 3), all scenes in one global frame.
 
     scene_centres (n_scenes, 3): the mean mapping camera centre of each scene. Their mean is the global offset
     `mean`. The complement bias is Delta y_n = a_n + f_C(D_n), with the anchor a_n fixed to scene n's centre minus
