@@ -7,7 +7,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from sceneloc.errors import InputError
 
@@ -46,13 +46,32 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def check_writable(path: str | Path) -> None:
-    """Fail early (InputError) when `path` could not be written, before a long computation produces its content.
-    Leaves nothing behind but the parent folder."""
-    path = Path(path)
+def _same_file(a: Path, b: Path) -> bool:
+    """True when a and b name the same file or folder (through links, relative parts, hard links)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".check")
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> None:
+    """Fail early (InputError) when `path` could not be written as a file, before a long computation produces its
+    content: an existing folder, one of the command's `inputs` (files or folders it reads; an output never
+    replaces an input), or a location that cannot be written. Leaves nothing behind: missing folders are not made."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder: give the name of a file to write")
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise InputError(path, "is also an input of this command: writing it would destroy that input; "
+                                   "give another output name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folders still missing are made by atomic_output, once there is content
+    if not folder.is_dir():
+        raise InputError(path, f"cannot write here ({folder} is not a folder)")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".check")
     except OSError as e:
         raise InputError(path, f"cannot write here ({e.strerror})") from None
     os.close(fd)

@@ -19,6 +19,9 @@ console = Console(stderr=True)
 
 DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda")
 SetOption = typer.Option(None, "--set", help="Override any config field, e.g. --set iterations=4000 --set head.num_blocks=2")
+PrecisionOption = typer.Option("auto", "--precision",
+                               help="auto | bf16 | fp32 (auto: bfloat16 only on CPUs with AMX/AVX512-BF16, float16 "
+                                    "on CUDA, else float32)")
 
 
 def _print_error(message: str) -> None:
@@ -37,6 +40,15 @@ def _device(name: str):
 
     try:
         return resolve_device(name)
+    except ValueError as e:
+        _fail(str(e))
+
+
+def _precision(name: str) -> str:
+    from sceneloc.device import check_precision
+
+    try:
+        return check_precision(name)
     except ValueError as e:
         _fail(str(e))
 
@@ -60,6 +72,8 @@ def map_command(
                              "settings default to the map's own"),
     seed: int = typer.Option(0, help="Random seed"),
     device: str = DeviceOption,
+    precision: Optional[str] = typer.Option(None, "--precision", help=PrecisionOption.help + " (default auto; with "
+                                                                       "--init, the map's own)"),
     overrides: Optional[list[str]] = SetOption,
 ):
     """Map a scene: posed RGB (+ optional depth) -> one map file. With --multi, several scenes -> one model
@@ -85,7 +99,7 @@ def map_command(
     mapping.seed = seed
     mapping.keypoints.enabled = keypoints
     for name, value in [("encoder", encoder), ("iterations", iterations), ("buffer_size", buffer_size),
-                        ("image_height", image_height)]:
+                        ("image_height", image_height), ("precision", precision)]:
         if value is not None:
             setattr(mapping, name, value)
     try:
@@ -99,7 +113,7 @@ def map_command(
             check_can_continue(start, config)
         except ValueError as e:
             _fail(f"{start_from}: cannot continue from this map: {e}")
-    check_writable(output)
+    check_writable(output, [*scene_dirs, *([] if start_from is None else [start_from])])
     scenes = [read_scene(d, split=split, images=images) for d in scene_dirs]
     console.print(f"mapping [bold]{', '.join(s.name for s in scenes)}[/]: "
                   f"{sum(len(s.frames) for s in scenes)} frames, encoder {mapping.encoder}, device {dev}")
@@ -122,7 +136,8 @@ def map_command(
 def add_keypoints_command(
     map_file: Path = typer.Argument(..., help="Single-scene map file from `sceneloc map` (without --keypoints)"),
     scene_dir: Path = typer.Argument(..., help="The posed images the map was made from"),
-    output: Path = typer.Option(..., "-o", "--output", help="Map file to write (may be MAP_FILE itself)"),
+    output: Path = typer.Option(..., "-o", "--output", help="Map file to write (not MAP_FILE: inputs are never "
+                                                            "overwritten)"),
     split: str = typer.Option("train", help="Split the map was made from when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
     fine_tune: Optional[int] = typer.Option(None, "--fine-tune", help="Steps of keypoint-guided fine-tuning of the "
@@ -147,7 +162,7 @@ def add_keypoints_command(
     except ValueError as e:
         _fail(str(e))
     dev = _device(device)
-    check_writable(output)
+    check_writable(output, [map_file, scene_dir])
     scene_map = SceneMap.load(map_file, dev)
     scene = read_scene(scene_dir, split=split, images=images)
     try:
@@ -164,8 +179,15 @@ def add_keypoints_command(
 @app.command()
 def localize(
     map_file: Path = typer.Argument(..., help="Map file from `sceneloc map`"),
-    query_dir: Path = typer.Argument(..., help="Query images (any supported layout; poses not needed)"),
-    output: Path = typer.Option(..., "-o", "--output", help="Poses file to write (name qw qx qy qz tx ty tz inliers)"),
+    query_dir: Path = typer.Argument(..., help="Query images: any supported layout (poses not needed), an image "
+                                               "folder or one image (cameras from --intrinsics or EXIF)"),
+    output: Path = typer.Option(..., "-o", "--output", help="Poses file to write (name qw qx qy qz tx ty tz inliers; "
+                                                             "see --format)"),
+    fmt: str = typer.Option("sceneloc", "--format", help="Poses file format: sceneloc | ace | hloc | colmap "
+                                                          "(COLMAP images.txt); all hold cam_from_world"),
+    intrinsics: Optional[Path] = typer.Option(
+        None, "--intrinsics", help="Cameras of an image folder or image, in hloc's queries_with_intrinsics.txt "
+                                   "format (name MODEL width height params...); default: from each image's EXIF"),
     split: str = typer.Option("test", help="Split to localize when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
     backend: str = typer.Option("poselib", help="RANSAC-PnP backend: poselib | opencv"),
@@ -173,6 +195,7 @@ def localize(
     scene_name: Optional[str] = typer.Option(None, "--scene", help="Multi-scene maps: the scene the queries show, "
                                                                      "or 'auto' to identify it per image"),
     device: str = DeviceOption,
+    precision: str = PrecisionOption,
     overrides: Optional[list[str]] = SetOption,
 ):
     """Localize query images against a map; writes a poses file and <output>.json with per-image details."""
@@ -180,14 +203,16 @@ def localize(
 
     from sceneloc.config_overrides import apply_overrides
     from sceneloc.data import read_scene
-    from sceneloc.export.poses import write_pose_details_json, write_poses
+    from sceneloc.data.query_images import read_query_images
+    from sceneloc.export.pose_formats import FORMATS, write_pose_file
+    from sceneloc.export.poses import write_pose_details_json
     from sceneloc.localize import LocalizeConfig, localize_scene
     from sceneloc.localize_multi import localize_multi_scene
     from sceneloc.map_files import read_map_metadata
     from sceneloc.maps import SceneMap
     from sceneloc.multi_maps import FORMAT as MULTI_FORMAT, MultiSceneMap
 
-    config = LocalizeConfig()
+    config = LocalizeConfig(precision=_precision(precision))
     config.solver.backend = backend
     if threshold is not None:
         config.solver.inlier_threshold_px = threshold
@@ -197,20 +222,29 @@ def localize(
         _fail(str(e))
     if config.solver.backend not in ("poselib", "opencv"):
         _fail(f"unknown backend {config.solver.backend!r} (use poselib or opencv)")
+    if fmt not in FORMATS:
+        _fail(f"unknown --format {fmt!r} (use {', '.join(FORMATS)})")
+    if intrinsics is not None and images is not None:
+        _fail("--images is for COLMAP models; with --intrinsics the images are in QUERY")
     dev = _device(device)
-    check_writable(output)
+    details_json = output.with_suffix(output.suffix + ".json")
+    for path in (output, details_json):
+        check_writable(path, [map_file, query_dir, *([intrinsics] if intrinsics is not None else [])])
     is_multi = read_map_metadata(map_file).get("format") == MULTI_FORMAT
     if is_multi and scene_name is None:
         _fail(f"{map_file}: a multi-scene map: pass --scene NAME or --scene auto")
     if not is_multi and scene_name is not None:
         _fail(f"{map_file}: --scene needs a multi-scene map (from `sceneloc map --multi`)")
-    scene = read_scene(query_dir, split=split, images=images)
+    if intrinsics is not None:
+        scene = read_query_images(query_dir, intrinsics)
+    else:
+        scene = read_scene(query_dir, split=split, images=images)
     if is_multi:
         estimates = localize_multi_scene(MultiSceneMap.load(map_file, dev), scene, scene_name, config, dev)
     else:
         estimates = localize_scene(SceneMap.load(map_file, dev), scene, config, dev)
-    write_poses(output, estimates)
-    write_pose_details_json(output.with_suffix(output.suffix + ".json"), estimates)
+    write_pose_file(output, estimates, fmt, image_names={f.name: f.rgb_path.name for f in scene.frames})
+    write_pose_details_json(details_json, estimates)
     ok = sum(e.cam_from_world is not None for e in estimates)
     ms = np.median([e.details["time_ms"] for e in estimates]) if estimates else float("nan")
     console.print(f"localized {ok}/{len(estimates)} images, median {ms:.0f} ms/image ({1000 / ms:.1f} img/s); "
@@ -219,7 +253,10 @@ def localize(
 
 @app.command()
 def evaluate(
-    poses: Path = typer.Argument(..., help="Poses file from `sceneloc localize`"),
+    poses: Path = typer.Argument(..., help="Poses file: from `sceneloc localize`, ACE's poses_*.txt, hloc's "
+                                           "results or a COLMAP images.txt"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="sceneloc | ace | hloc | colmap (default: detected "
+                                                              "from the content)"),
     gt: Path = typer.Option(..., "--gt", help="Query folder with ground-truth poses"),
     split: str = typer.Option("test", help="Split of --gt when it has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
@@ -230,16 +267,22 @@ def evaluate(
     """Median errors and recalls at (1cm,1deg) ... (50cm,5deg); JSON + markdown + error-CDF PNG."""
     from sceneloc.data import read_scene
     from sceneloc.evaluate.metrics import evaluate_poses
-    from sceneloc.evaluate.report import format_summary_table, write_report
-    from sceneloc.export.poses import read_poses
+    from sceneloc.evaluate.report import format_summary_table, report_paths, write_report
+    from sceneloc.export.pose_formats import FORMATS, match_to_frames, read_pose_file
 
-    estimates = read_poses(poses)
+    if fmt is not None and fmt not in FORMATS:
+        _fail(f"unknown --format {fmt!r} (use {', '.join(FORMATS)})")
+    prefix = output or poses.with_name(poses.stem + "_eval")
+    for path in report_paths(prefix):
+        check_writable(path, [poses, gt])
+    fmt, estimates = read_pose_file(poses, fmt)
     scene = read_scene(gt, split=split, images=images)
     truth = {f.name: f.cam_from_world for f in scene.posed_frames}
     if not truth:
         _fail(f"{gt}: no ground-truth poses found")
+    estimates = match_to_frames(estimates, scene.posed_frames, poses, gt)
+    console.print(f"read {len(estimates)} poses from {poses} ({fmt} format)")
     result = evaluate_poses(estimates, truth)
-    prefix = output or poses.with_name(poses.stem + "_eval")
     written = write_report(result, prefix)
     Console().print(format_summary_table(result))
     console.print("wrote " + ", ".join(str(p) for p in written))
@@ -299,6 +342,7 @@ def bench(
         None, "--data-root", help="Folder holding the real data sets (copyroom/, strecha/, ...) of the standard and "
                                   "real suites (default: $SCENELOC_DATA)"),
     device: str = DeviceOption,
+    precision: str = PrecisionOption,
     overrides: Optional[list[str]] = typer.Option(
         None, "--set", help="Method setting: key=value for scr's mapping config, colmap-sift.key=value for the peer"),
     resume: bool = typer.Option(False, "--resume", help="Reuse maps an earlier run left in --out (same method and "
@@ -312,7 +356,7 @@ def bench(
                            methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
                            scenes=[n.strip() for n in scenes.split(",") if n.strip()] if scenes else None,
                            cache_dir=cache, data_root=data_root, overrides=overrides or [],
-                           device=_device(device).type, resume=resume)
+                           device=_device(device).type, precision=_precision(precision), resume=resume)
     rows = run_bench(options, log=lambda message: console.print(escape(message), soft_wrap=True))
     Console().print(format_results_table(rows))
     console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and {out / 'plots'}")
@@ -361,9 +405,9 @@ def export_points_command(
     except ValueError as e:
         _fail(str(e))
     dev = _device(device)
-    check_writable(output)
+    check_writable(output, [map_file, scene_dir])
     if png is not None:
-        check_writable(png)
+        check_writable(png, [map_file, scene_dir, output])
     scene_map = SceneMap.load(map_file, dev)
     scene = read_scene(scene_dir, split=split, images=images)
     cloud = export_points(scene_map, scene, config, dev)
@@ -391,8 +435,8 @@ def evaluate_cloud_command(
     seed: Optional[int] = typer.Option(None, help="Seed of the mesh sampling (default 0)"),
 ):
     """Accuracy, completeness, precision, recall and F-score of a point cloud against a mesh; JSON + markdown + PNG."""
-    from sceneloc.evaluate.cloud import (CloudEvalConfig, evaluate_cloud, format_cloud_table, read_mesh,
-                                         render_cloud_png, write_cloud_report)
+    from sceneloc.evaluate.cloud import (CloudEvalConfig, cloud_report_paths, evaluate_cloud, format_cloud_table,
+                                         read_mesh, render_cloud_png, write_cloud_report)
     from sceneloc.evaluate.report import with_suffix
     from sceneloc.export.points import read_ply
 
@@ -406,7 +450,8 @@ def evaluate_cloud_command(
         _fail(str(e))
     prefix = output or cloud_file.with_name(cloud_file.stem + "_eval")
     png = with_suffix(prefix, ".png")
-    check_writable(png)
+    for path in cloud_report_paths(prefix) + [png]:
+        check_writable(path, [cloud_file, mesh])
     cloud = read_ply(cloud_file)
     result = evaluate_cloud(cloud, read_mesh(mesh), config)
     written = write_cloud_report(result, prefix)

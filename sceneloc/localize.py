@@ -11,8 +11,7 @@ import torch
 
 from sceneloc.data import Scene
 from sceneloc.device import autocast
-from sceneloc.export.poses import PoseEstimate
-from sceneloc.geometry import Camera
+from sceneloc.geometry import Camera, Rigid3
 from sceneloc.mapping.augment import prepare_image
 from sceneloc.mapping.buffer import cell_centres
 from sceneloc.maps import SceneMap
@@ -22,6 +21,20 @@ from sceneloc.solve import PnPResult, SolverConfig, solve_pnp
 
 REFERENCE_HEIGHT = 480
 """Image height at which SolverConfig.inlier_threshold_px is expressed."""
+
+
+@dataclass
+class PoseEstimate:
+    """The localisation result of one query image; cam_from_world is None when it failed. The poses file writers
+    (sceneloc/export) store it; evaluate compares it with ground truth."""
+
+    name: str
+    cam_from_world: Rigid3 | None
+    num_inliers: int = 0
+    inlier_ratio: float = 0.0
+    details: dict = field(default_factory=dict)
+    """Free per-image extras (time_ms, iterations, ...); must be JSON-serialisable (numpy scalars/arrays are
+    converted)."""
 
 
 @dataclass
@@ -38,6 +51,9 @@ class LocalizeConfig:
     keypoint_top_fraction: float = 0.5
     """Fraction of an image's correspondences kept, those of highest keypoint probability (a rank, not a
     probability threshold, so it works whatever the classifier's calibration)."""
+    precision: str = "auto"
+    """Numeric precision of the encoder and head: "auto" (bfloat16 on CPUs with AMX/AVX512-BF16, float16 on
+    CUDA, else float32), "bf16" or "fp32" (sceneloc.device)."""
 
 
 @dataclass
@@ -56,13 +72,13 @@ class Prediction:
 
 @torch.no_grad()
 def encode_query(encoder_name: str, image_height: int, rgb: np.ndarray, camera: Camera,
-                 device: torch.device) -> tuple[torch.Tensor, np.ndarray, Camera]:
+                 device: torch.device, precision: str = "auto") -> tuple[torch.Tensor, np.ndarray, Camera]:
     """rgb: (H, W, 3) uint8 of `camera` -> (features (N, C) on device, cell-centre pixels (N, 2) float64 in the
     working image (resized to image_height), working camera), keeping the cells whose centre lies inside the
-    image. Runs under autocast: the features may be bfloat16/float16."""
+    image. Runs under autocast(device, precision): the features may be bfloat16/float16."""
     image, work_cam = prepare_image(rgb, camera, image_height)
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
-    with autocast(device):
+    with autocast(device, precision):
         fmap = load_encoder(encoder_name).to(device)(tensor)[0]
     pixels = cell_centres(image.shape[0], image.shape[1])
     inside = (pixels[:, 0] < image.shape[1]) & (pixels[:, 1] < image.shape[0])
@@ -72,10 +88,11 @@ def encode_query(encoder_name: str, image_height: int, rgb: np.ndarray, camera: 
 
 @torch.no_grad()
 def predict_scene_coordinates(scene_map: SceneMap, rgb: np.ndarray, camera: Camera,
-                              device: torch.device) -> Prediction:
+                              device: torch.device, precision: str = "auto") -> Prediction:
     """rgb: (H, W, 3) uint8 of `camera` -> Prediction for every stride-8 cell of the working image."""
-    features, pixels, work_cam = encode_query(scene_map.encoder_name, scene_map.image_height, rgb, camera, device)
-    with autocast(device):
+    features, pixels, work_cam = encode_query(scene_map.encoder_name, scene_map.image_height, rgb, camera, device,
+                                              precision)
+    with autocast(device, precision):
         coords = scene_map.head(features)
         prob = None if scene_map.keypoint_net is None else scene_map.keypoint_net.probabilities(features)
     return Prediction(pixels, coords.float().cpu().numpy().astype(np.float64), work_cam,
@@ -109,7 +126,7 @@ def localize_image(scene_map: SceneMap, name: str, rgb: np.ndarray, camera: Came
     """One image -> PoseEstimate (cam_from_world None when the solver fails). details: time_ms, network_ms,
     solver_ms, iterations, n_correspondences (given to RANSAC), n_cells (predicted)."""
     t0 = time.perf_counter()
-    prediction = predict_scene_coordinates(scene_map, rgb, camera, device)
+    prediction = predict_scene_coordinates(scene_map, rgb, camera, device, config.precision)
     keep = select_keypoints(prediction, config)
     t1 = time.perf_counter()
     result = solve_image(prediction.pixels[keep], prediction.coords[keep], prediction.camera, config)

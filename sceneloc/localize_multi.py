@@ -10,9 +10,8 @@ import torch
 
 from sceneloc.data import Scene
 from sceneloc.device import autocast
-from sceneloc.export.poses import PoseEstimate
 from sceneloc.geometry import Camera
-from sceneloc.localize import LocalizeConfig, encode_query, solve_image
+from sceneloc.localize import LocalizeConfig, PoseEstimate, encode_query, solve_image
 from sceneloc.multi_maps import MultiSceneMap
 from sceneloc.nn.heads.scinr import normalised_positions
 from sceneloc.progress import make_progress
@@ -23,13 +22,13 @@ AUTO = "auto"
 
 @torch.no_grad()
 def predict_multi_scene_coordinates(multi_map: MultiSceneMap, features: torch.Tensor, pixels: np.ndarray,
-                                    camera: Camera, scene_index: int) -> np.ndarray:
+                                    camera: Camera, scene_index: int, precision: str = "auto") -> np.ndarray:
     """Scene coordinates (N, 3) float64 of feature rows (N, C) at `pixels` (N, 2) of the image `camera` describes,
     regressed with the embedding of scene `scene_index`."""
     device = features.device
     positions = normalised_positions(pixels, camera.K).to(device)
     scene = torch.full((len(features),), scene_index, dtype=torch.int64, device=device)
-    with autocast(device):
+    with autocast(device, precision):
         coords = multi_map.head(features, positions, scene)
     return coords.float().cpu().numpy().astype(np.float64)
 
@@ -43,12 +42,13 @@ def localize_multi_image(multi_map: MultiSceneMap, name: str, rgb: np.ndarray, c
     the identified one, None when no scene gave a pose) and, with "auto", scene_scores {scene name: inliers}."""
     candidates = range(len(multi_map.scene_names)) if scene_name == AUTO else [multi_map.scene_index(scene_name)]
     t0 = time.perf_counter()
-    features, pixels, work_cam = encode_query(multi_map.encoder_name, multi_map.image_height, rgb, camera, device)
+    features, pixels, work_cam = encode_query(multi_map.encoder_name, multi_map.image_height, rgb, camera, device,
+                                              config.precision)
     network_s = time.perf_counter() - t0
     solver_s, results = 0.0, []
     for index in candidates:
         t1 = time.perf_counter()
-        coords = predict_multi_scene_coordinates(multi_map, features, pixels, work_cam, index)
+        coords = predict_multi_scene_coordinates(multi_map, features, pixels, work_cam, index, config.precision)
         t2 = time.perf_counter()
         results.append(solve_image(pixels, coords, work_cam, config))
         network_s, solver_s = network_s + t2 - t1, solver_s + time.perf_counter() - t2

@@ -12,7 +12,8 @@ from scipy.spatial.transform import Rotation
 from sceneloc.errors import InputError
 from sceneloc.evaluate import (RECALL_THRESHOLDS, evaluate_poses, format_summary_table, plot_error_cdf,
                                plot_trajectory, write_report)
-from sceneloc.export import PoseEstimate, read_poses, write_pose_details_json, write_poses
+from sceneloc.export import read_poses, write_pose_details_json, write_poses
+from sceneloc.localize import PoseEstimate
 from sceneloc.geometry import Rigid3
 
 

@@ -102,7 +102,7 @@ def test_map_round_trip_with_keypoint_network(tmp_path):
 
 @pytest.mark.usefixtures("one_thread")
 def test_keypoint_training_separates_good_rows_and_fine_tuning_runs(tiny_scene):
-    from sceneloc.mapping import map_scene
+    from sceneloc.mapping import train_scene
 
     config = MappingConfig(image_height=120, buffer_size=20000, iterations=600, max_buffer_epochs=100,
                            head=HeadConfig(width=128))
@@ -110,7 +110,7 @@ def test_keypoint_training_separates_good_rows_and_fine_tuning_runs(tiny_scene):
     config.keypoints.iterations = 300
     config.keypoints.fine_tune_iterations = 100
     config.keypoints.net = KeypointNetConfig(width=64)
-    head, net, summary = map_scene(tiny_scene, config, torch.device("cpu"), show_progress=False)
+    head, net, summary = train_scene(tiny_scene, config, torch.device("cpu"), show_progress=False)
     stats = summary.keypoints
     assert net is not None and 0.05 < stats["positive_fraction"] < 0.95
     # Held-out rows: keypoints rank above non-keypoints far more often than chance (0.5). Measured 0.68 on this
@@ -123,7 +123,7 @@ def test_keypoint_training_separates_good_rows_and_fine_tuning_runs(tiny_scene):
 def test_add_keypoints_to_an_existing_map_as_if_mapped_with_keypoints(tiny_scene, tmp_path):
     from tests.conftest import run_cli
 
-    from sceneloc.mapping import build_scene_map, map_scene
+    from sceneloc.mapping import build_scene_map, train_scene
 
     config = MappingConfig(image_height=120, buffer_size=20000, iterations=300, max_buffer_epochs=100,
                            head=HeadConfig(width=128))
@@ -140,7 +140,7 @@ def test_add_keypoints_to_an_existing_map_as_if_mapped_with_keypoints(tiny_scene
     # The rebuilt buffer is the mapping buffer: the labels agree with mapping with keypoints from the start (up to
     # the float16 rounding of the stored head).
     config.keypoints = KeypointConfig(enabled=True, iterations=200, net=KeypointNetConfig(width=64))
-    _, _, summary = map_scene(tiny_scene, config, torch.device("cpu"), show_progress=False)
+    _, _, summary = train_scene(tiny_scene, config, torch.device("cpu"), show_progress=False)
     added = with_kp.metadata["training"]["keypoints"]
     assert abs(added["positive_fraction"] - summary.keypoints["positive_fraction"]) < 0.01
     # A map that has one already, or a different scene, is refused without writing anything.

@@ -19,7 +19,7 @@ from sceneloc.data import Scene, read_scene
 from sceneloc.errors import InputError
 from sceneloc.memory import peak_rss_mb
 from sceneloc.atomic import write_text_atomic
-from sceneloc.export.poses import PoseEstimate
+from sceneloc.localize import PoseEstimate
 
 
 class Method(Protocol):
@@ -30,6 +30,8 @@ class Method(Protocol):
     """True when it ignores the device and runs on the CPU."""
     multi_scene: bool
     """True when one map holds all scenes of a suite (build_map gets them all; localize names the scene)."""
+    precision_key: str | None
+    """The settings key (dotted) of its numeric precision (`bench --precision`), None when it has none."""
 
     def settings(self, overrides: list[str]) -> dict:
         """Its full configuration with `key=value` overrides applied, as a dict; ValueError on a bad override."""
@@ -53,6 +55,7 @@ class _SceneLocMethod:
     """A sceneloc configuration: the config's defaults, then the variant's settings, then the user's overrides."""
 
     cpu_only = False
+    precision_key = "precision"
 
     def __init__(self, name: str, variant: tuple[str, ...] = ()):
         self.name = name
@@ -73,7 +76,7 @@ class _SceneLocMethod:
 
 
 class ScrMethod(_SceneLocMethod):
-    """sceneloc itself: map_scene with MappingConfig -> SceneMap.save -> localize_scene with the default
+    """sceneloc itself: build_scene_map with MappingConfig -> SceneMap.save -> localize_scene with the default
     LocalizeConfig."""
 
     map_suffix = ".map"
@@ -121,7 +124,8 @@ class ScrMethod(_SceneLocMethod):
         from sceneloc.maps import SceneMap
 
         dev = torch.device(device)
-        return localize_scene(SceneMap.load(map_path, dev), scene, LocalizeConfig(), dev, show_progress)
+        config = LocalizeConfig(precision=self._config(overrides).precision)
+        return localize_scene(SceneMap.load(map_path, dev), scene, config, dev, show_progress)
 
 
 class ColmapSiftMethod:
@@ -131,6 +135,7 @@ class ColmapSiftMethod:
     map_suffix = ".sift.safetensors"
     cpu_only = True
     multi_scene = False
+    precision_key = None
 
     def _config(self, overrides: list[str]):
         from sceneloc.peers.colmap_sift import ColmapSiftConfig
@@ -165,6 +170,7 @@ class ScinrMethod(_SceneLocMethod):
 
     map_suffix = ".multimap"
     multi_scene = True
+    precision_key = "mapping.precision"
 
     def __init__(self, name: str = "scinr", variant: tuple[str, ...] = ()):
         super().__init__(name, variant)
@@ -194,8 +200,8 @@ class ScinrMethod(_SceneLocMethod):
         from sceneloc.multi_maps import MultiSceneMap
 
         dev = torch.device(device)
-        return localize_multi_scene(MultiSceneMap.load(map_path, dev), scene, scene_name, LocalizeConfig(), dev,
-                                    show_progress)
+        config = LocalizeConfig(precision=self._config(overrides).mapping.precision)
+        return localize_multi_scene(MultiSceneMap.load(map_path, dev), scene, scene_name, config, dev, show_progress)
 
 
 ACE_HEAD = ("head.num_blocks=1", "head.layers_per_block=3", "head.num_output_layers=3")

@@ -29,14 +29,15 @@ import numpy as np
 
 import sceneloc
 from sceneloc.atomic import write_text_atomic
-from sceneloc.bench.methods import METHODS, ScrMethod, map_in_this_process
+from sceneloc.bench.methods import METHODS, Method, ScrMethod, map_in_this_process
 from sceneloc.bench.report import write_markdown_report, write_results_json
 from sceneloc.bench.scenes import PreparedScene, default_cache_dir, default_data_root
 from sceneloc.bench.suites import SUITES
 from sceneloc.data import read_scene
 from sceneloc.errors import InputError
 from sceneloc.evaluate import evaluate_poses, plot_error_cdf, plot_trajectory
-from sceneloc.export.poses import PoseEstimate, write_poses
+from sceneloc.export.poses import write_poses
+from sceneloc.localize import PoseEstimate
 
 RESULT_KEYS = ("suite", "scene", "method", "n_map", "n_query", "median_t_cm", "median_r_deg", "recall", "map_s",
                "map_peak_rss_mb", "query_ms_median", "map_bytes", "device", "seed", "commit")
@@ -65,6 +66,9 @@ class BenchOptions:
     peer's ColmapSiftConfig (nested fields with dots, as the CLI's --set)."""
     device: str = "cpu"
     """Torch device for scr ("cpu" or "cuda"); the peer always runs on the CPU."""
+    precision: str = "auto"
+    """Numeric precision of sceneloc's methods, mapping and localization ("auto", "bf16", "fp32"; see
+    sceneloc.device); each row records the precision that ran."""
     show_progress: bool = True
     """Progress bars (rendering, mapping, localizing)."""
     resume: bool = False
@@ -72,10 +76,11 @@ class BenchOptions:
     recorded build time and memory are reported), instead of building them again."""
 
 
-def split_overrides(assignments: list[str]) -> dict[str, list[str]]:
+def split_overrides(assignments: list[str], precision: str = "auto") -> dict[str, list[str]]:
     """Route --set assignments to methods: a "<method>." prefix names the method, no prefix means every scr
-    variant (scr, scr-*)."""
-    routed: dict[str, list[str]] = {name: [] for name in METHODS}
+    variant (scr, scr-*). Every method with a precision setting gets `precision` first (a --set may override it)."""
+    routed: dict[str, list[str]] = {name: [] if method.precision_key is None else
+                                    [f"{method.precision_key}={precision}"] for name, method in METHODS.items()}
     for item in assignments:
         for name in METHODS:
             if item.startswith(name + "."):
@@ -103,7 +108,7 @@ def check_options(options: BenchOptions) -> dict[str, dict]:
             raise InputError(None, f"unknown scene {name!r} in suite(s) {', '.join(options.suites)}; available: "
                                    f"{', '.join(available)}")
     settings = {}
-    for name, assignments in split_overrides(options.overrides).items():
+    for name, assignments in split_overrides(options.overrides, options.precision).items():
         try:
             settings[name] = METHODS[name].settings(assignments)
         except ValueError as e:
@@ -182,16 +187,31 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+def _precision_that_ran(method: Method, settings: dict, device: str) -> str | None:
+    """The precision `method` ran in ("bf16", "fp16", "fp32"), from its settings; None when it has none."""
+    import torch
+
+    from sceneloc.device import resolve_precision
+
+    if method.precision_key is None:
+        return None
+    asked = settings
+    for key in method.precision_key.split("."):
+        asked = asked[key]
+    return resolve_precision(asked, torch.device(device))
+
+
 def _row(suite: str, scene_name: str, prepared: PreparedScene, method: str, n_map: int, result: dict,
          estimates: list[PoseEstimate], built: dict, device: str, commit: str | None, settings: dict) -> dict:
     """One results.json row: RESULT_KEYS, then extras. built: the pooled mapping result (_pool_builds)."""
     query_ms = _median([e.details["time_ms"] for e in estimates])
     device = "cpu" if METHODS[method].cpu_only else device
+    precision = _precision_that_ran(METHODS[method], settings, device)
     return {
         "suite": suite, "scene": scene_name, "method": method, "n_map": n_map, "n_query": result["n_query"],
         "median_t_cm": result["median_t_cm"], "median_r_deg": result["median_r_deg"], "recall": result["recall"],
         "map_s": built["map_s"], "map_peak_rss_mb": built["peak_rss_mb"], "query_ms_median": query_ms,
-        "map_bytes": built["map_bytes"], "device": device,
+        "map_bytes": built["map_bytes"], "device": device, "precision": precision,
         "seed": prepared.seed, "commit": commit,
         "resolution": f"{prepared.resolution[0]}x{prepared.resolution[1]}",
         "n_failed": result["n_failed"],
@@ -406,7 +426,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message
         raise InputError(out, f"cannot create the output folder ({e.strerror})") from None
     cache = Path(options.cache_dir) if options.cache_dir is not None else default_cache_dir()
     data_root = Path(options.data_root) if options.data_root is not None else default_data_root()
-    run = _Run(options, settings, split_overrides(options.overrides), out, source_commit(), log)
+    run = _Run(options, settings, split_overrides(options.overrides, options.precision), out, source_commit(), log)
     for suite_name in options.suites:
         suite = SUITES[suite_name]
         methods = options.methods or list(suite.methods)

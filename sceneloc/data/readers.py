@@ -2,7 +2,8 @@
 
 Layouts, tried in this order: an ACE folder (rgb/, poses/, calibration/), an ACE root holding train/ and test/
 ACE folders, the original 7-Scenes layout (seq-XX/frame-*), a COLMAP model (cameras.bin|txt in the folder, in
-sparse/0 or in sparse) and a NeRF transforms.json (a folder or the JSON file itself).
+sparse/0 or in sparse), a NeRF transforms.json (a folder or the JSON file itself) and, last, an image folder or
+one image file (unposed queries, cameras from EXIF: sceneloc/data/query_images.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from sceneloc.data import ace_folder, colmap_model, nerf_transforms, sevenscenes
+from sceneloc.data import ace_folder, colmap_model, nerf_transforms, query_images, sevenscenes
 from sceneloc.data.scene import Scene
 from sceneloc.errors import InputError
 
@@ -18,7 +19,7 @@ SPLITS = ("train", "test")
 COLMAP = "COLMAP model"
 LAYOUTS = ("ACE folder (rgb/ + poses/ or calibration/)", "ACE root (train/ and test/ ACE folders)",
            "7-Scenes (seq-XX/frame-*.color.png|jpg)", "COLMAP model (cameras.bin|txt, also in sparse/0 or sparse)",
-           "NeRF transforms.json")
+           "NeRF transforms.json", "image folder or image file (unposed queries, intrinsics from EXIF)")
 
 
 def _read_ace_root(root: Path, split: str | None) -> Scene:
@@ -36,6 +37,8 @@ def _read_ace_root(root: Path, split: str | None) -> Scene:
 def _reader(path: Path, split: str | None, images: str | Path | None) -> tuple[str, Callable[[], Scene]]:
     """(layout name, reader) for an existing, non-empty folder or a file."""
     if path.is_file():
+        if query_images.is_image_file(path):
+            return "image file", lambda: query_images.read_query_images(path)
         if path.suffix.lower() != ".json":
             raise InputError(path, "is a file: expected a scene folder or a NeRF transforms.json")
         return "NeRF transforms.json", lambda: nerf_transforms.read_nerf(path, split)
@@ -50,6 +53,8 @@ def _reader(path: Path, split: str | None, images: str | Path | None) -> tuple[s
         return COLMAP, lambda: colmap_model.read_colmap(model_dir, images=images, root=path)
     if nerf_transforms.transforms_files(path, split):
         return "NeRF folder", lambda: nerf_transforms.read_nerf(path, split)
+    if query_images.has_images(path):
+        return "image folder", lambda: query_images.read_query_images(path)
     raise InputError(path, f"matches no known scene layout; looked for: {'; '.join(LAYOUTS)}")
 
 

@@ -112,10 +112,15 @@ def format_cloud_table(result: dict) -> Table:
     return metric_table("Point cloud vs mesh", cloud_summary_rows(result))
 
 
+def cloud_report_paths(out_prefix: str | Path) -> list[Path]:
+    """The files write_cloud_report writes for `out_prefix`: <prefix>.json and <prefix>.md."""
+    return [with_suffix(Path(out_prefix), ".json"), with_suffix(Path(out_prefix), ".md")]
+
+
 def write_cloud_report(result: dict, out_prefix: str | Path) -> list[Path]:
     """Writes <prefix>.json (the evaluate_cloud() dict) and <prefix>.md (summary table). Returns both paths."""
     out_prefix = Path(out_prefix)
-    json_path, md_path = with_suffix(out_prefix, ".json"), with_suffix(out_prefix, ".md")
+    json_path, md_path = cloud_report_paths(out_prefix)
     write_text_atomic(json_path, json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
     lines = [f"# Point cloud vs mesh: {out_prefix.name}", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {metric} | {value} |" for metric, value in cloud_summary_rows(result)]

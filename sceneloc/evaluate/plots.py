@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 
 from sceneloc.errors import InputError
 from sceneloc.atomic import atomic_output
-from sceneloc.export.poses import PoseEstimate
 from sceneloc.geometry import Rigid3
+from sceneloc.localize import PoseEstimate
 
 # Errors of exactly 0 cannot sit on a log axis; they are drawn at this floor instead.
 _LOG_FLOOR = {"t_err_cm": 1e-2, "r_err_deg": 1e-3}

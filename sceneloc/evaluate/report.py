@@ -60,11 +60,16 @@ def format_summary_table(result: dict) -> Table:
     return metric_table("Relocalisation accuracy", summary_rows(result))
 
 
+def report_paths(out_prefix: str | Path) -> list[Path]:
+    """The files write_report writes for `out_prefix`: <prefix>.json, <prefix>.md, <prefix>_cdf.png."""
+    return [with_suffix(Path(out_prefix), s) for s in (".json", ".md", "_cdf.png")]
+
+
 def write_report(result: dict, out_prefix: str | Path) -> list[Path]:
     """Writes <prefix>.json (the evaluate_poses() dict, inf as null), <prefix>.md (summary table) and
     <prefix>_cdf.png (error CDFs, labelled with the prefix's name). Returns the three paths."""
     out_prefix = Path(out_prefix)
-    json_path, md_path, png_path = (with_suffix(out_prefix, s) for s in (".json", ".md", "_cdf.png"))
+    json_path, md_path, png_path = report_paths(out_prefix)
     write_text_atomic(json_path, json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
     lines = [f"# Relocalisation accuracy: {out_prefix.name}", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {metric} | {value} |" for metric, value in summary_rows(result)]

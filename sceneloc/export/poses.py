@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from sceneloc.atomic import write_text_atomic
 from sceneloc.errors import InputError
 from sceneloc.geometry import Rigid3
+from sceneloc.localize import PoseEstimate  # re-exported: the poses file's record
 
 POSES_HEADER = (
     "# sceneloc poses file, one line per query image: name qw qx qy qz tx ty tz num_inliers\n"
@@ -27,19 +27,6 @@ POSES_HEADER = (
     "# camera axes: OpenCV (x right, y down, z forward); units: metres\n"
     "# images that were not localised: nan for the 7 pose numbers and 0 inliers\n"
 )
-
-
-@dataclass
-class PoseEstimate:
-    """The localisation result of one query image; cam_from_world is None when it failed."""
-
-    name: str
-    cam_from_world: Rigid3 | None
-    num_inliers: int = 0
-    inlier_ratio: float = 0.0
-    details: dict = field(default_factory=dict)
-    """Free per-image extras (time_ms, iterations, ...); must be JSON-serialisable (numpy scalars/arrays are
-    converted)."""
 
 
 def _check_name(path: Path, name: str) -> None:

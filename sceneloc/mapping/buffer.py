@@ -10,7 +10,7 @@ import torch
 from rich.progress import Progress
 
 from sceneloc.data import Scene
-from sceneloc.device import autocast
+from sceneloc.device import autocast, storage_dtype
 from sceneloc.mapping.augment import augment_image, rotate_pose, working_size
 from sceneloc.mapping.config import MappingConfig
 from sceneloc.nn.encoders import Encoder
@@ -21,7 +21,7 @@ from sceneloc.nn.encoders.base import STRIDE
 class Buffer:
     """Rows of the buffer (N rows, F augmented frames).
 
-    features: (N, C) float16/bfloat16; pixels: (N, 2) float32 in the augmented image; frame_index: (N,) int64;
+    features: (N, C) bfloat16, float16 or float32 (storage_dtype of the precision); pixels: (N, 2) float32 in the augmented image; frame_index: (N,) int64;
     frame_K: (F, 3, 3) float32; frame_cam_from_world: (F, 3, 4) float32;
     targets: (N, 3) float32 world points from depth, NaN where unknown (None when no frame has depth)."""
 
@@ -77,7 +77,7 @@ def build_buffer(scene: Scene, encoder: Encoder, config: MappingConfig, device: 
     n_aug = len(frames) * passes
     per_image = max(1, config.buffer_size // n_aug)
     use_depth = config.use_depth and any(f.depth_path is not None for f in frames)
-    store_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    store_dtype = storage_dtype(config.precision, device)
 
     feats, pixels, index, targets = [], [], [], []
     frame_K = np.zeros((n_aug, 3, 3), np.float32)
@@ -91,7 +91,7 @@ def build_buffer(scene: Scene, encoder: Encoder, config: MappingConfig, device: 
                                  (config.aug_scale_min, config.aug_scale_max), config.aug_rotation_deg,
                                  config.aug_brightness, config.aug_contrast)
         image = torch.from_numpy(prepared.rgb).permute(2, 0, 1)[None].to(device)
-        with autocast(device):
+        with autocast(device, config.precision):
             fmap = encoder(image)[0]  # (C, h/8, w/8)
         c, rows, cols = fmap.shape
         centres = cell_centres(prepared.rgb.shape[0], prepared.rgb.shape[1])

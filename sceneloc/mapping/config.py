@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from sceneloc.device import check_precision
 from sceneloc.nn.encoders import DEFAULT_ENCODER
 from sceneloc.nn.heads import HeadConfig, KeypointNetConfig
 
@@ -108,6 +109,10 @@ class MappingConfig:
     """Keypoint network and keypoint-guided fine-tuning (off by default)."""
     seed: int = 0
     """Seed for sampling, augmentation, initialisation and shuffling."""
+    precision: str = "auto"
+    """Numeric precision of encoding and training: "auto" (bfloat16 on CPUs with AMX/AVX512-BF16, float16 on CUDA,
+    else float32), "bf16" or "fp32". The buffer stores features in the same precision (float32 doubles its
+    memory). The precision that ran is recorded in the map (training.precision)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,6 +128,7 @@ class MappingConfig:
                             ("keypoints.net.num_layers", self.keypoints.net.num_layers)]:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        check_precision(self.precision)
         if not self.max_buffer_epochs > 0:
             raise ValueError(f"max_buffer_epochs must be positive, got {self.max_buffer_epochs}")
         if not 0 < self.aug_scale_min <= self.aug_scale_max:

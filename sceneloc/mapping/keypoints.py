@@ -45,7 +45,7 @@ def _label_buffer(head: RegressionHead, buffer: Buffer, config: MappingConfig, d
     for start in range(0, len(buffer), CHUNK_ROWS):
         rows = slice(start, start + CHUNK_ROWS)
         fidx = buffer.frame_index[rows]
-        with autocast(device):
+        with autocast(device, config.precision):
             pred = head(buffer.features[rows].to(device))
         labels.append(keypoint_labels(pred.float(), buffer.pixels[rows].to(device), buffer.frame_K[fidx].to(device),
                                       buffer.frame_cam_from_world[fidx].to(device),
@@ -56,11 +56,12 @@ def _label_buffer(head: RegressionHead, buffer: Buffer, config: MappingConfig, d
 
 
 @torch.no_grad()
-def keypoint_probabilities(net: KeypointNet, features: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """features (N, C) -> (N,) float32 probabilities on the CPU, computed in chunks."""
+def keypoint_probabilities(net: KeypointNet, features: torch.Tensor, device: torch.device,
+                           precision: str = "auto") -> torch.Tensor:
+    """features (N, C) -> (N,) float32 probabilities on the CPU, computed in chunks under `precision`."""
     probs = []
     for start in range(0, len(features), CHUNK_ROWS):
-        with autocast(device):
+        with autocast(device, precision):
             probs.append(net.probabilities(features[start:start + CHUNK_ROWS].to(device)).float().cpu())
     return torch.cat(probs)
 
@@ -102,7 +103,7 @@ def train_keypoint_net(head: RegressionHead, buffer: Buffer, in_channels: int, c
     loss = torch.tensor(float("nan"))
     for step in range(kp.iterations):
         rows = train_rows[torch.randint(len(train_rows), (batch,), generator=generator)]
-        with autocast(device):
+        with autocast(device, config.precision):
             logits = net(buffer.features[rows].to(device))
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels[rows].float().to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -112,7 +113,7 @@ def train_keypoint_net(head: RegressionHead, buffer: Buffer, in_channels: int, c
         if (step + 1) % 50 == 0 or step + 1 == kp.iterations:
             progress.update(task, completed=step + 1, info=f"loss {loss.item():.3f}")
     net.eval()
-    val_prob = keypoint_probabilities(net, buffer.features[val_rows], device)
+    val_prob = keypoint_probabilities(net, buffer.features[val_rows], device, config.precision)
     predicted = val_prob >= 0.5
     truth = labels[val_rows]
     true_pos = (predicted & truth).sum().item()
@@ -131,7 +132,7 @@ def fine_tune_head(head: RegressionHead, keypoint_net: KeypointNet, buffer: Buff
     keypoint_net ranks highest, with the paper's low learning rates and a robust threshold shrinking from
     label_repro_px to repro_threshold_end. Returns {"fine_tune_rows", "fine_tune_final_repro_px"}."""
     kp = config.keypoints
-    probs = keypoint_probabilities(keypoint_net, buffer.features, device)
+    probs = keypoint_probabilities(keypoint_net, buffer.features, device, config.precision)
     n_rows = max(1, int(round(len(probs) * kp.fine_tune_top_fraction)))
     rows = torch.argsort(probs, descending=True, stable=True)[:n_rows]
     _, stats, _ = optimise_head(

@@ -15,7 +15,7 @@ import torch
 from rich.progress import Progress
 
 from sceneloc.data import Scene
-from sceneloc.device import autocast
+from sceneloc.device import autocast, resolve_precision
 from sceneloc.errors import InputError
 from sceneloc.mapping.buffer import build_buffer
 from sceneloc.mapping.config import MappingConfig
@@ -196,7 +196,7 @@ def warm_start(head: ScinrHead, start: MultiSceneMap, scenes: list[Scene], confi
 def _batch_loss(head: ScinrHead, buffer: MultiSceneBuffer, rows: torch.Tensor, frame_K: torch.Tensor,
                 frame_pose: torch.Tensor, config: MappingConfig, threshold: float, device: torch.device):
     fidx = buffer.frame_index[rows].to(device)
-    with autocast(device):
+    with autocast(device, config.precision):
         pred = head(buffer.features[rows].to(device), buffer.positions[rows].to(device),
                     buffer.scene_index[rows].to(device))
     return mapping_loss(pred.float(), buffer.pixels[rows].to(device), frame_K[fidx], frame_pose[fidx],
@@ -255,7 +255,8 @@ def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.devi
         encode_s=t_encoded - t0, train_s=t_end - t_encoded, keypoint_s=0.0, total_s=t_end - t0,
         peak_rss_mb=peak_rss_mb(),
         final_loss=loss, final_valid_fraction=float(stats.get("valid", float("nan"))),
-        final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device), scenes=per_scene,
+        final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device),
+        precision=resolve_precision(cfg.precision, device), scenes=per_scene,
         history=history, warm_started=warm_started)
     return head, summary
 

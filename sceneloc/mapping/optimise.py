@@ -79,7 +79,7 @@ def optimise_head(head: RegressionHead, buffer: Buffer, config: MappingConfig, d
     def batch_loss(thr: float) -> tuple[torch.Tensor, dict]:
         chosen = batches.next()
         fidx = buffer.frame_index[chosen].to(device)
-        with autocast(device):
+        with autocast(device, config.precision):
             pred = head(buffer.features[chosen].to(device))
         return mapping_loss(pred.float(), buffer.pixels[chosen].to(device), frame_K[fidx], frame_pose[fidx],
                             None if buffer.targets is None else buffer.targets[chosen].to(device), config, thr)

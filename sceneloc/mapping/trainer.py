@@ -1,4 +1,4 @@
-"""map_scene: posed Scene -> trained RegressionHead (and keypoint network), end to end (buffer, one-cycle AdamW,
+"""train_scene: posed Scene -> trained RegressionHead (and keypoint network), end to end (buffer, one-cycle AdamW,
 mixed precision); add_keypoints: an existing map plus its scene -> the same map with a keypoint network (and
 keypoint-guided fine-tuning), without training the head again."""
 
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from sceneloc.data import Scene
+from sceneloc.device import resolve_precision
 from sceneloc.errors import InputError
 from sceneloc.mapping.buffer import build_buffer
 from sceneloc.mapping.config import KeypointConfig, MappingConfig
@@ -41,6 +42,8 @@ class TrainingSummary:
     final_valid_fraction: float
     final_median_repro_px: float
     device: str
+    precision: str
+    """The precision that ran (bf16, fp16 or fp32): config.precision resolved on this device."""
     history: list[dict] = field(default_factory=list)
     keypoints: dict = field(default_factory=dict)
     """Keypoint training statistics (label fraction, classifier accuracy, fine-tuning result)."""
@@ -57,7 +60,7 @@ def training_steps(config: MappingConfig, buffer_rows: int) -> int:
     return max(min(config.iterations, epochs_cap), min(config.iterations, 100))
 
 
-def map_scene(scene: Scene, config: MappingConfig, device: torch.device, show_progress: bool = True
+def train_scene(scene: Scene, config: MappingConfig, device: torch.device, show_progress: bool = True
               ) -> tuple[RegressionHead, KeypointNet | None, TrainingSummary]:
     """Train a scene-coordinate head for `scene` (all frames must be posed), then, when config.keypoints.enabled,
     a keypoint network and optionally keypoint-guided fine-tuning of the head. Deterministic for a given seed on a
@@ -89,7 +92,8 @@ def map_scene(scene: Scene, config: MappingConfig, device: torch.device, show_pr
         n_frames=len(scene.frames), buffer_rows=len(buffer), steps=steps, encode_s=t_encoded - t0,
         train_s=t_trained - t_encoded, keypoint_s=t_end - t_trained, total_s=t_end - t0,
         peak_rss_mb=peak_rss_mb(), final_loss=loss, final_valid_fraction=float(stats.get("valid", float("nan"))),
-        final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device), history=history,
+        final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device),
+        precision=resolve_precision(config.precision, device), history=history,
         keypoints=keypoint_stats)
     head.eval()
     return head, keypoint_net, summary
@@ -97,8 +101,8 @@ def map_scene(scene: Scene, config: MappingConfig, device: torch.device, show_pr
 
 def build_scene_map(scene: Scene, config: MappingConfig, device: torch.device,
                     show_progress: bool = True) -> tuple[SceneMap, TrainingSummary]:
-    """map_scene plus everything the map file records about the scene and the run."""
-    head, keypoint_net, summary = map_scene(scene, config, device, show_progress)
+    """train_scene plus everything the map file records about the scene and the run."""
+    head, keypoint_net, summary = train_scene(scene, config, device, show_progress)
     centers = scene.camera_centers()
     scene_info = {"name": scene.name, "n_frames": len(scene.frames),
                   "camera_bounds": [centers.min(0).tolist(), centers.max(0).tolist()]}
@@ -111,7 +115,7 @@ def add_keypoints(scene_map: SceneMap, scene: Scene, keypoints: KeypointConfig, 
                   show_progress: bool = True) -> tuple[SceneMap, dict]:
     """Give a single-scene map without a keypoint network one, trained on the scene it was made from: the training
     buffer is rebuilt with the map's own mapping config and seed (the same rows, since sampling and augmentation
-    are seeded), then the keypoint stage of map_scene runs with `keypoints` (enabled is implied) on the map's head.
+    are seeded), then the keypoint stage of train_scene runs with `keypoints` (enabled is implied) on the map's head.
     Returns the new map (the head fine-tuned when keypoints.fine_tune_iterations > 0: scene_map's head is trained
     further in place) and {"encode_s", "keypoint_s", "keypoints": statistics}. Raises InputError when the scene is
     not the one the map was made from (frame count) or has unposed frames, ValueError when the map already has a

@@ -44,8 +44,8 @@ from safetensors.numpy import load_file, save_file
 from sceneloc import __version__
 from sceneloc.data import Scene
 from sceneloc.errors import InputError
-from sceneloc.export.poses import PoseEstimate
 from sceneloc.geometry import Camera, Rigid3
+from sceneloc.localize import PoseEstimate
 from sceneloc.map_files import load_map_file, save_map_file
 from sceneloc.progress import make_progress
 
