@@ -1,5 +1,5 @@
 # `make demo`: set up, render the demo room, map it, localize its query trajectory, print the evaluation.
-# `make test`: set up and run the test suite (what CI runs via .ci/run).
+# `make test`: set up, lint (ruff) and run the test suite (what CI runs via .ci/run).
 VENV := .venv
 STAMP := $(VENV)/.installed
 SCENELOC := $(VENV)/bin/sceneloc
@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(SCENELOC) evaluate $(DEMO)/poses.txt --gt $(DEMO)/scene -o $(DEMO)/eval
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check sceneloc tests
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)

@@ -281,7 +281,7 @@ def evaluate(
     if not truth:
         _fail(f"{gt}: no ground-truth poses found")
     estimates = match_to_frames(estimates, scene.posed_frames, poses, gt)
-    console.print(f"read {len(estimates)} poses from {poses} ({fmt} format)")
+    console.print(f"read {len(estimates)} poses from {escape(str(poses))} ({fmt} format)", soft_wrap=True)
     result = evaluate_poses(estimates, truth)
     written = write_report(result, prefix)
     Console().print(format_summary_table(result))

@@ -1,23 +1,40 @@
-"""Localization: image + Camera -> PoseEstimate with a SceneMap (encode, regress scene coordinates, keep the likely
-keypoints when the map has a keypoint network, RANSAC-PnP)."""
+"""Localization: the one loop every map kind goes through.
+
+    frame ──decode──▶ working image ──encode──▶ cell features ──predictor──▶ scene coordinates (+ keypoint
+    probabilities) per candidate scene ──keypoint selection──▶ RANSAC-PnP ──▶ PoseEstimate (most inliers)
+
+What differs between map kinds is only the predictor (the head and its scene input): SceneMapPredictor here (the
+regression head, the keypoint network if any; one candidate), MultiScenePredictor in localize_multi.py (the SCINR
+head with a scene index; the named scene, or for "auto" the scenes that retrieval ranks first).
+
+localize_frames runs the stages as a pipeline: a thread pool decodes (and resizes) images ahead, the encoder takes
+a few consecutive images of one size in one forward pass, and RANSAC of image i runs in its own thread while image
+i + 1 is encoded (torch, OpenCV and poselib release the GIL). The results are those of the sequential loop
+(LocalizeConfig.pipeline False, or localize_image per image): every stage computes the same thing in the same
+order, and RANSAC is seeded per image (SolverConfig.seed)."""
 
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from sceneloc.data import Scene
 from sceneloc.device import autocast
+from sceneloc.encode import EncodedImage, encode_batch, encode_query, prepare_image
 from sceneloc.geometry import Camera, Rigid3
-from sceneloc.mapping.augment import prepare_image
-from sceneloc.mapping.buffer import cell_centres
 from sceneloc.maps import SceneMap
 from sceneloc.progress import make_progress
-from sceneloc.nn.encoders import load_encoder
 from sceneloc.solve import PnPResult, SolverConfig, solve_pnp
+
+__all__ = ["REFERENCE_HEIGHT", "PoseEstimate", "LocalizeConfig", "Prediction", "Predictor", "SceneMapPredictor",
+           "encode_query", "predict_scene_coordinates", "solve_image", "most_probable", "select_keypoints",
+           "localize_encoded", "localize_frames", "localize_image", "localize_scene"]
 
 REFERENCE_HEIGHT = 480
 """Image height at which SolverConfig.inlier_threshold_px is expressed."""
@@ -54,6 +71,18 @@ class LocalizeConfig:
     precision: str = "auto"
     """Numeric precision of the encoder and head: "auto" (bfloat16 on CPUs with AMX/AVX512-BF16, float16 on
     CUDA, else float32), "bf16" or "fp32" (sceneloc.device)."""
+    pipeline: bool = True
+    """Localizing many images (localize_scene): decode ahead in a thread pool and run RANSAC of one image while
+    the next ones encode. False: one stage after the other, image by image (the same poses, slower)."""
+    batch_size: int = 4
+    """Consecutive images of one size encoded in one forward pass (pipeline only)."""
+    decode_workers: int = 2
+    """Threads decoding images ahead (pipeline only)."""
+    auto_margin: float = 0.05
+    """Multi-scene maps with "auto": when the retrieval similarity of the second-ranked scene is within this of the
+    first's, RANSAC runs on both and the pose with more inliers wins (sceneloc.multi_maps.SceneDescriptors)."""
+    auto_max_scenes: int = 2
+    """Multi-scene maps with "auto": at most this many retrieval-ranked scenes get a RANSAC."""
 
 
 @dataclass
@@ -70,20 +99,47 @@ class Prediction:
     """(N,) float32 keypoint probabilities, None when the map has no keypoint network."""
 
 
-@torch.no_grad()
-def encode_query(encoder_name: str, image_height: int, rgb: np.ndarray, camera: Camera,
-                 device: torch.device, precision: str = "auto") -> tuple[torch.Tensor, np.ndarray, Camera]:
-    """rgb: (H, W, 3) uint8 of `camera` -> (features (N, C) on device, cell-centre pixels (N, 2) float64 in the
-    working image (resized to image_height), working camera), keeping the cells whose centre lies inside the
-    image. Runs under autocast(device, precision): the features may be bfloat16/float16."""
-    image, work_cam = prepare_image(rgb, camera, image_height)
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
-    with autocast(device, precision):
-        fmap = load_encoder(encoder_name).to(device)(tensor)[0]
-    pixels = cell_centres(image.shape[0], image.shape[1])
-    inside = (pixels[:, 0] < image.shape[1]) & (pixels[:, 1] < image.shape[0])
-    features = fmap.reshape(fmap.shape[0], -1).T[torch.from_numpy(inside).to(device)]
-    return features, pixels[inside].astype(np.float64), work_cam
+class Predictor(Protocol):
+    """What a map kind gives the loop: its encoder and working height, the scenes to try for an image, and the
+    head's output for one of them."""
+
+    encoder_name: str
+    image_height: int
+
+    def candidates(self, encoded: EncodedImage) -> tuple[list, dict]:
+        """(scene keys to try, in order, details to record), from the image's features."""
+
+    def predict(self, encoded: EncodedImage, scene) -> tuple[np.ndarray, np.ndarray | None]:
+        """(world scene coordinates (N, 3) float64, keypoint probabilities (N,) float32 or None) of every cell of
+        `encoded`, for scene key `scene`."""
+
+    def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
+        """Record in `details` what the predictor's choice of scenes gave (scene names, scores)."""
+
+
+class SceneMapPredictor:
+    """A SceneMap's regression head (and keypoint network): one scene, no scene input."""
+
+    def __init__(self, scene_map: SceneMap, precision: str = "auto"):
+        self.map = scene_map
+        self.encoder_name = scene_map.encoder_name
+        self.image_height = scene_map.image_height
+        self.precision = precision
+
+    def candidates(self, encoded: EncodedImage) -> tuple[list, dict]:
+        return [None], {}
+
+    @torch.no_grad()
+    def predict(self, encoded: EncodedImage, scene=None) -> tuple[np.ndarray, np.ndarray | None]:
+        features = encoded.features
+        with autocast(features.device, self.precision):
+            coords = self.map.head(features)
+            prob = None if self.map.keypoint_net is None else self.map.keypoint_net.probabilities(features)
+        return (coords.float().cpu().numpy().astype(np.float64),
+                None if prob is None else prob.float().cpu().numpy())
+
+    def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
+        pass
 
 
 @torch.no_grad()
@@ -92,11 +148,8 @@ def predict_scene_coordinates(scene_map: SceneMap, rgb: np.ndarray, camera: Came
     """rgb: (H, W, 3) uint8 of `camera` -> Prediction for every stride-8 cell of the working image."""
     features, pixels, work_cam = encode_query(scene_map.encoder_name, scene_map.image_height, rgb, camera, device,
                                               precision)
-    with autocast(device, precision):
-        coords = scene_map.head(features)
-        prob = None if scene_map.keypoint_net is None else scene_map.keypoint_net.probabilities(features)
-    return Prediction(pixels, coords.float().cpu().numpy().astype(np.float64), work_cam,
-                      None if prob is None else prob.float().cpu().numpy())
+    coords, prob = SceneMapPredictor(scene_map, precision).predict(EncodedImage(features, pixels, work_cam))
+    return Prediction(pixels, coords, work_cam, prob)
 
 
 def solve_image(pixels: np.ndarray, coords: np.ndarray, work_cam: Camera, config: LocalizeConfig) -> PnPResult:
@@ -121,31 +174,181 @@ def select_keypoints(prediction: Prediction, config: LocalizeConfig) -> np.ndarr
     return most_probable(prediction.keypoint_prob, config.keypoint_top_fraction)
 
 
+# --- the loop ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Job:
+    """One image between the network and the solver: what RANSAC gets per candidate scene."""
+
+    name: str
+    camera: Camera
+    scenes: list
+    problems: list[tuple[np.ndarray, np.ndarray]]
+    """(pixels, coords) per candidate scene, after keypoint selection."""
+    details: dict
+
+
+def _network(predictor: Predictor, name: str, encoded: EncodedImage, config: LocalizeConfig,
+             details: dict) -> _Job:
+    """The head stage: candidate scenes, their scene coordinates, keypoint selection."""
+    t0 = time.perf_counter()
+    scenes, extra = predictor.candidates(encoded)
+    problems = []
+    for scene in scenes:
+        coords, prob = predictor.predict(encoded, scene)
+        keep = select_keypoints(Prediction(encoded.pixels, coords, encoded.camera, prob), config)
+        problems.append((encoded.pixels[keep], coords[keep]))
+    details.update(extra)
+    details["head_ms"] = (time.perf_counter() - t0) * 1e3
+    details["n_cells"] = len(encoded.pixels)
+    return _Job(name, encoded.camera, scenes, problems, details)
+
+
+def _solve(predictor: Predictor, job: _Job, config: LocalizeConfig) -> PoseEstimate:
+    """The solver stage: RANSAC per candidate scene, the pose with the most inliers."""
+    t0 = time.perf_counter()
+    results = [solve_image(pixels, coords, job.camera, config) for pixels, coords in job.problems]
+    best = max(range(len(results)), key=lambda i: results[i].num_inliers if results[i].cam_from_world else -1)
+    result = results[best]
+    details = job.details
+    details["solver_ms"] = (time.perf_counter() - t0) * 1e3
+    details["network_ms"] = details.get("encode_ms", 0.0) + details["head_ms"]
+    details["iterations"] = result.iterations
+    details["n_correspondences"] = len(job.problems[best][0])
+    predictor.finish(details, job.scenes, results, best)
+    return PoseEstimate(name=job.name, cam_from_world=result.cam_from_world, num_inliers=result.num_inliers,
+                        inlier_ratio=result.inlier_ratio, details=details)
+
+
+def localize_encoded(predictor: Predictor, name: str, encoded: EncodedImage, config: LocalizeConfig,
+                     details: dict | None = None) -> PoseEstimate:
+    """An encoded image -> PoseEstimate: the head and solver stages, one after the other."""
+    return _solve(predictor, _network(predictor, name, encoded, config, dict(details or {})), config)
+
+
+def localize_frames(predictor: Predictor, frames: Sequence, config: LocalizeConfig, device: torch.device,
+                    on_done: Callable[[PoseEstimate], None] | None = None) -> list[PoseEstimate]:
+    """Localize frames (objects with name, camera and load_rgb(), e.g. sceneloc.data.Frame) in order, pipelined
+    unless config.pipeline is False (module docstring). on_done is called with each estimate as it is finished.
+
+    details of every estimate: decode_ms (read, undistort, resize), encode_ms (its share of its batch's encoder
+    pass), head_ms (scene choice, head, keypoint network and selection), solver_ms (RANSAC), network_ms
+    (encode + head), each the time of its own stage (stages overlap in the pipeline, so they add up to more than
+    the wall time); time_ms: the wall time of the whole run over the number of images (1000 / images per second);
+    iterations, n_correspondences (given to RANSAC), n_cells (predicted), encode_batch (images in its batch)."""
+    frames = list(frames)
+    if not frames:
+        return []
+    batch_size = max(1, config.batch_size) if config.pipeline else 1
+    height = predictor.image_height
+    start = time.perf_counter()
+
+    def decode(frame):
+        t0 = time.perf_counter()
+        image, work_cam = prepare_image(frame.load_rgb(), frame.camera, height)
+        return image, work_cam, (time.perf_counter() - t0) * 1e3
+
+    decoders = ThreadPoolExecutor(max(1, config.decode_workers), "sceneloc-decode") if config.pipeline else None
+    solver = ThreadPoolExecutor(1, "sceneloc-solve") if config.pipeline else None
+    lookahead = 2 * batch_size + max(1, config.decode_workers) if config.pipeline else 1
+    estimates: list[Future] = []
+    decoded: deque[Future] = deque()
+    solving: deque[Future] = deque()
+    next_frame = 0
+
+    def submit_decodes():
+        nonlocal next_frame
+        while next_frame < len(frames) and len(decoded) < lookahead:
+            frame = frames[next_frame]
+            decoded.append(decoders.submit(decode, frame) if decoders is not None else _done(decode(frame)))
+            next_frame += 1
+
+    def solve(job: _Job) -> PoseEstimate:
+        estimate = _solve(predictor, job, config)
+        if on_done is not None:
+            on_done(estimate)
+        return estimate
+
+    try:
+        index = 0
+        submit_decodes()
+        while decoded:
+            # A batch: consecutive images of one size (a deterministic grouping, whatever the threads' timing).
+            batch = [decoded.popleft().result()]
+            while len(batch) < batch_size and decoded and decoded[0].result()[0].shape == batch[0][0].shape:
+                batch.append(decoded.popleft().result())
+            submit_decodes()
+            t0 = time.perf_counter()
+            encoded = encode_batch(predictor.encoder_name, [b[0] for b in batch], [b[1] for b in batch], device,
+                                   config.precision)
+            encode_ms = (time.perf_counter() - t0) * 1e3 / len(batch)
+            for (_, _, decode_ms), enc in zip(batch, encoded):
+                details = {"decode_ms": decode_ms, "encode_ms": encode_ms, "encode_batch": len(batch)}
+                job = _network(predictor, frames[index].name, enc, config, details)
+                index += 1
+                if solver is None:
+                    estimates.append(_done(solve(job)))
+                    continue
+                # The network stage runs at most two batches ahead of RANSAC.
+                while len(solving) >= 2 * batch_size:
+                    solving.popleft().result()
+                solving.append(solver.submit(solve, job))
+                estimates.append(solving[-1])
+        results = [e.result() for e in estimates]
+    finally:
+        for pool in (decoders, solver):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+    per_image_ms = (time.perf_counter() - start) * 1e3 / len(results)
+    for estimate in results:
+        estimate.details["time_ms"] = per_image_ms
+    return results
+
+
+def _done(value) -> Future:
+    """A Future already holding `value` (the sequential loop's stand-in for a pool's)."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
 def localize_image(scene_map: SceneMap, name: str, rgb: np.ndarray, camera: Camera, config: LocalizeConfig,
                    device: torch.device) -> PoseEstimate:
-    """One image -> PoseEstimate (cam_from_world None when the solver fails). details: time_ms, network_ms,
-    solver_ms, iterations, n_correspondences (given to RANSAC), n_cells (predicted)."""
+    """One image -> PoseEstimate (cam_from_world None when the solver fails). details: time_ms (encode, head and
+    solver), encode_ms, head_ms, network_ms, solver_ms, iterations, n_correspondences (given to RANSAC), n_cells
+    (predicted)."""
+    return localize_rgb(SceneMapPredictor(scene_map, config.precision), name, rgb, camera, config, device)
+
+
+def localize_rgb(predictor: Predictor, name: str, rgb: np.ndarray, camera: Camera, config: LocalizeConfig,
+                 device: torch.device) -> PoseEstimate:
+    """One decoded image through the stages of the loop, one after the other (time_ms: their sum)."""
     t0 = time.perf_counter()
-    prediction = predict_scene_coordinates(scene_map, rgb, camera, device, config.precision)
-    keep = select_keypoints(prediction, config)
-    t1 = time.perf_counter()
-    result = solve_image(prediction.pixels[keep], prediction.coords[keep], prediction.camera, config)
-    t2 = time.perf_counter()
-    return PoseEstimate(name=name, cam_from_world=result.cam_from_world, num_inliers=result.num_inliers,
-                        inlier_ratio=result.inlier_ratio,
-                        details={"time_ms": (t2 - t0) * 1e3, "network_ms": (t1 - t0) * 1e3,
-                                 "solver_ms": (t2 - t1) * 1e3, "iterations": result.iterations,
-                                 "n_correspondences": len(keep), "n_cells": len(prediction.pixels)})
+    image, work_cam = prepare_image(rgb, camera, predictor.image_height)
+    encoded = encode_batch(predictor.encoder_name, [image], [work_cam], device, config.precision)[0]
+    details = {"encode_ms": (time.perf_counter() - t0) * 1e3}
+    estimate = localize_encoded(predictor, name, encoded, config, details)
+    estimate.details["time_ms"] = (time.perf_counter() - t0) * 1e3
+    return estimate
+
+
+def localize_with_progress(predictor: Predictor, scene: Scene, config: LocalizeConfig, device: torch.device,
+                           show_progress: bool, description: str) -> list[PoseEstimate]:
+    """localize_frames over the frames of `scene` with a progress bar showing the images per second."""
+    with make_progress(show_progress) as progress:
+        task = progress.add_task(description, total=len(scene.frames), info="")
+        start, count = time.perf_counter(), [0]
+
+        def done(_: PoseEstimate) -> None:
+            count[0] += 1
+            progress.update(task, advance=1, info=f"{count[0] / (time.perf_counter() - start):.1f} img/s")
+
+        return localize_frames(predictor, scene.frames, config, device, done)
 
 
 def localize_scene(scene_map: SceneMap, scene: Scene, config: LocalizeConfig, device: torch.device,
                    show_progress: bool = True) -> list[PoseEstimate]:
-    """Localize every frame of `scene` (poses, if any, are ignored here; `evaluate` compares them)."""
-    estimates = []
-    with make_progress(show_progress) as progress:
-        task = progress.add_task("localizing", total=len(scene.frames), info="")
-        for frame in scene.frames:
-            estimates.append(localize_image(scene_map, frame.name, frame.load_rgb(), frame.camera, config, device))
-            ms = np.median([e.details["time_ms"] for e in estimates])
-            progress.update(task, advance=1, info=f"{1000 / ms:.1f} img/s")
-    return estimates
+    """Localize every frame of `scene` (poses, if any, are ignored here; `evaluate` compares them); details as
+    localize_frames."""
+    return localize_with_progress(SceneMapPredictor(scene_map, config.precision), scene, config, device,
+                                  show_progress, "localizing")

@@ -1,5 +1,10 @@
-"""Localization with a MultiSceneMap: encode the query once, regress scene coordinates with the named scene's
-embedding (or with every embedding, keeping the scene whose pose has the most inliers), RANSAC-PnP."""
+"""Localization with a MultiSceneMap: the loop of sceneloc.localize with the SCINR head's predictor, whose scene
+input is the named scene's index, or with "auto" the scene identified from the image's features.
+
+"auto" (scene identification): a map with scene descriptors (sceneloc.multi_maps.SceneDescriptors) ranks its scenes
+by retrieval of the image's global descriptor (sceneloc.encode.global_descriptor) and RANSAC runs on the first scene
+only, or on the first LocalizeConfig.auto_max_scenes when their similarities lie within auto_margin of each other;
+the pose with the most inliers wins. A map without descriptors (written before they existed) tries every scene."""
 
 from __future__ import annotations
 
@@ -10,11 +15,12 @@ import torch
 
 from sceneloc.data import Scene
 from sceneloc.device import autocast
+from sceneloc.encode import EncodedImage, global_descriptor
 from sceneloc.geometry import Camera
-from sceneloc.localize import LocalizeConfig, PoseEstimate, encode_query, solve_image
+from sceneloc.localize import LocalizeConfig, PoseEstimate, localize_rgb, localize_with_progress
 from sceneloc.multi_maps import MultiSceneMap
 from sceneloc.nn.heads.scinr import normalised_positions
-from sceneloc.progress import make_progress
+from sceneloc.solve import PnPResult
 
 AUTO = "auto"
 """The scene name that asks for scene identification."""
@@ -33,53 +39,72 @@ def predict_multi_scene_coordinates(multi_map: MultiSceneMap, features: torch.Te
     return coords.float().cpu().numpy().astype(np.float64)
 
 
+class MultiScenePredictor:
+    """The SCINR head of a MultiSceneMap with a scene index as its scene input: that of scene `scene_name`, or
+    with "auto" the scenes retrieval ranks first (every scene for a map without descriptors)."""
+
+    def __init__(self, multi_map: MultiSceneMap, scene_name: str, config: LocalizeConfig):
+        self.map = multi_map
+        self.encoder_name = multi_map.encoder_name
+        self.image_height = multi_map.image_height
+        self.auto = scene_name == AUTO
+        self.named = None if self.auto else multi_map.scene_index(scene_name)  # InputError for an unknown scene
+        self.config = config
+
+    def candidates(self, encoded: EncodedImage) -> tuple[list[int], dict]:
+        if not self.auto:
+            return [self.named], {}
+        descriptors = self.map.descriptors
+        if descriptors is None:
+            return list(range(len(self.map.scene_names))), {"identification": "every scene"}
+        t0 = time.perf_counter()
+        scores = descriptors.scene_scores(global_descriptor(encoded.features))
+        order = np.argsort(-scores, kind="stable")
+        chosen = [int(order[0])]
+        for i in order[1:max(1, self.config.auto_max_scenes)]:
+            if scores[order[0]] - scores[i] < self.config.auto_margin:
+                chosen.append(int(i))
+        names = self.map.scene_names
+        return chosen, {"identification": "retrieval", "identify_ms": (time.perf_counter() - t0) * 1e3,
+                        "retrieved_scene": names[chosen[0]],
+                        "retrieval_scores": {names[i]: round(float(s), 4) for i, s in enumerate(scores)}}
+
+    @torch.no_grad()
+    def predict(self, encoded: EncodedImage, scene: int) -> tuple[np.ndarray, None]:
+        return predict_multi_scene_coordinates(self.map, encoded.features, encoded.pixels, encoded.camera, scene,
+                                               self.config.precision), None
+
+    def finish(self, details: dict, scenes: list[int], results: list[PnPResult], best: int) -> None:
+        names = self.map.scene_names
+        details["scene"] = names[scenes[best]]
+        if self.auto:
+            if results[best].cam_from_world is None:
+                details["scene"] = None
+            scores = {name: 0 for name in names}
+            scores.update({names[s]: r.num_inliers for s, r in zip(scenes, results)})
+            details["scene_scores"] = scores
+            details["scenes_tried"] = [names[s] for s in scenes]
+
+
 def localize_multi_image(multi_map: MultiSceneMap, name: str, rgb: np.ndarray, camera: Camera, scene_name: str,
                          config: LocalizeConfig, device: torch.device) -> PoseEstimate:
     """One image -> PoseEstimate (cam_from_world None when the solver fails). scene_name: a scene of the map, or
-    "auto" to try every scene's embedding and keep the pose with the most inliers.
+    "auto" to identify it (module docstring).
 
-    details: time_ms, network_ms, solver_ms, iterations, n_correspondences, scene (the scene used; with "auto",
-    the identified one, None when no scene gave a pose) and, with "auto", scene_scores {scene name: inliers}."""
-    candidates = range(len(multi_map.scene_names)) if scene_name == AUTO else [multi_map.scene_index(scene_name)]
-    t0 = time.perf_counter()
-    features, pixels, work_cam = encode_query(multi_map.encoder_name, multi_map.image_height, rgb, camera, device,
-                                              config.precision)
-    network_s = time.perf_counter() - t0
-    solver_s, results = 0.0, []
-    for index in candidates:
-        t1 = time.perf_counter()
-        coords = predict_multi_scene_coordinates(multi_map, features, pixels, work_cam, index, config.precision)
-        t2 = time.perf_counter()
-        results.append(solve_image(pixels, coords, work_cam, config))
-        network_s, solver_s = network_s + t2 - t1, solver_s + time.perf_counter() - t2
-    best = max(range(len(results)), key=lambda i: results[i].num_inliers if results[i].cam_from_world else -1)
-    result = results[best]
-    details = {"time_ms": (network_s + solver_s) * 1e3, "network_ms": network_s * 1e3, "solver_ms": solver_s * 1e3,
-               "iterations": result.iterations, "n_correspondences": len(pixels),
-               "scene": multi_map.scene_names[candidates[best]]}
-    if scene_name == AUTO:
-        if result.cam_from_world is None:
-            details["scene"] = None
-        details["scene_scores"] = {multi_map.scene_names[i]: r.num_inliers for i, r in zip(candidates, results)}
-    return PoseEstimate(name=name, cam_from_world=result.cam_from_world, num_inliers=result.num_inliers,
-                        inlier_ratio=result.inlier_ratio, details=details)
+    details: as sceneloc.localize.localize_image, and scene (the scene used; with "auto", the identified one, None
+    when no scene tried gave a pose); with "auto" also scene_scores {scene name: inliers; 0 for scenes not tried},
+    scenes_tried, identification ("retrieval" or "every scene") and with retrieval retrieved_scene (ranked first),
+    retrieval_scores {scene name: similarity}, identify_ms."""
+    return localize_rgb(MultiScenePredictor(multi_map, scene_name, config), name, rgb, camera, config, device)
 
 
 def localize_multi_scene(multi_map: MultiSceneMap, scene: Scene, scene_name: str, config: LocalizeConfig,
                          device: torch.device, show_progress: bool = True) -> list[PoseEstimate]:
     """Localize every frame of `scene` in the map's scene `scene_name`, or "auto" to identify the scene per image
-    (poses of `scene`, if any, are ignored here). Raises InputError for a scene the map does not hold."""
-    if scene_name != AUTO:
-        multi_map.scene_index(scene_name)
-    estimates = []
-    with make_progress(show_progress) as progress:
-        task = progress.add_task(f"localizing in {scene_name}", total=len(scene.frames), info="")
-        for frame in scene.frames:
-            estimates.append(localize_multi_image(multi_map, frame.name, frame.load_rgb(), frame.camera, scene_name,
-                                                  config, device))
-            ms = np.median([e.details["time_ms"] for e in estimates])
-            progress.update(task, advance=1, info=f"{1000 / ms:.1f} img/s")
-    return estimates
+    (poses of `scene`, if any, are ignored here), through the pipelined loop (sceneloc.localize.localize_frames).
+    Raises InputError for a scene the map does not hold."""
+    predictor = MultiScenePredictor(multi_map, scene_name, config)
+    return localize_with_progress(predictor, scene, config, device, show_progress, f"localizing in {scene_name}")
 
 
 def identification_accuracy(estimates: list[PoseEstimate], true_scene: str) -> float:

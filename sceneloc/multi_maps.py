@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from sceneloc import __version__
@@ -22,6 +24,66 @@ FORMAT_VERSION = 2
 FLOAT32_TENSORS = ("mean", "anchors")
 """Tensors stored in float32: they place whole scenes, and float16's 5e-4 relative rounding of a 1 km offset would
 move every prediction of a scene by 0.5 m. Three numbers per scene plus three; the rest is float16."""
+DESCRIPTOR_PREFIX = "retrieval."
+"""Tensor-name prefix of the scene descriptors (SceneDescriptors); maps written before them have none."""
+
+
+@dataclass
+class SceneDescriptors:
+    """Global descriptors of a multi-scene map's mapping views, for scene identification by retrieval: a query's
+    descriptor (sceneloc.encode.global_descriptor of its cell features) is compared with every view's, and each
+    scene scores the cosine similarity of its most similar view. Descriptors are centred on the mean of all views
+    (what every room shares says nothing about which room it is) and L2-normalised.
+
+    descriptors: (M, C) float32, centred and normalised; scene_index: (M,) int64; centre: (C,) float32."""
+
+    descriptors: torch.Tensor
+    scene_index: torch.Tensor
+    centre: torch.Tensor
+    n_scenes: int
+
+    @staticmethod
+    def build(raw: torch.Tensor, scene_index: torch.Tensor, n_scenes: int) -> "SceneDescriptors":
+        """From raw global descriptors (M, C) of mapping views and the scene of each (M,)."""
+        raw = raw.float()
+        centre = raw.mean(0)
+        return SceneDescriptors(F.normalize(raw - centre, dim=1), scene_index.long(), centre, n_scenes)
+
+    def scene_scores(self, descriptor: torch.Tensor) -> np.ndarray:
+        """A raw query descriptor (C,) -> (n_scenes,) float64: per scene, the best cosine similarity of its views
+        (-1 for a scene without views)."""
+        query = F.normalize(descriptor.float().to(self.centre.device) - self.centre, dim=0)
+        similarity = self.descriptors @ query
+        best = torch.full((self.n_scenes,), -1.0, device=similarity.device)
+        best = best.scatter_reduce(0, self.scene_index, similarity, reduce="amax")
+        return best.cpu().numpy().astype(np.float64)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What the map file stores (float16 descriptors; DESCRIPTOR_PREFIX names)."""
+        return {DESCRIPTOR_PREFIX + "descriptors": self.descriptors.half().cpu().contiguous(),
+                DESCRIPTOR_PREFIX + "scene_index": self.scene_index.cpu().contiguous(),
+                DESCRIPTOR_PREFIX + "centre": self.centre.float().cpu().contiguous()}
+
+    @staticmethod
+    def from_tensors(tensors: dict, n_scenes: int) -> "SceneDescriptors | None":
+        """The descriptors among a map file's tensors (removing them from `tensors`); None when it has none.
+        ValueError for descriptors of the wrong shapes or scenes."""
+        stored = {k[len(DESCRIPTOR_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(DESCRIPTOR_PREFIX)}
+        if not stored:
+            return None
+        try:
+            descriptors, index, centre = stored["descriptors"].float(), stored["scene_index"].long(), \
+                stored["centre"].float()
+        except KeyError as e:
+            raise ValueError(f"scene descriptors lack {DESCRIPTOR_PREFIX}{e.args[0]}") from None
+        if descriptors.ndim != 2 or index.shape != (len(descriptors),) or centre.shape != (descriptors.shape[1],) \
+                or len(index) == 0 or int(index.min()) < 0 or int(index.max()) >= n_scenes:
+            raise ValueError("scene descriptors of inconsistent shapes or scenes")
+        return SceneDescriptors(descriptors, index, centre, n_scenes)
+
+    def to(self, device: torch.device) -> "SceneDescriptors":
+        return SceneDescriptors(self.descriptors.to(device), self.scene_index.to(device), self.centre.to(device),
+                                self.n_scenes)
 
 
 @dataclass
@@ -36,6 +98,8 @@ class MultiSceneMap:
     image_height: int
     scene_names: list[str]
     metadata: dict
+    descriptors: SceneDescriptors | None = None
+    """Scene descriptors for identification ("auto"); None in maps written before them (every scene is tried)."""
 
     def save(self, path: str | Path) -> None:
         """Weights in float16, scene placement in float32 (FLOAT32_TENSORS); written to a temporary file and renamed
@@ -44,6 +108,8 @@ class MultiSceneMap:
         for k, v in self.head.state_dict().items():
             keep = not v.is_floating_point() or k in FLOAT32_TENSORS
             tensors[k] = v.detach().to(v.dtype if keep else torch.float16).cpu().contiguous()
+        if self.descriptors is not None:
+            tensors.update(self.descriptors.tensors())
         save_map_file(path, tensors, self.metadata, save_file)
 
     @staticmethod
@@ -58,12 +124,17 @@ class MultiSceneMap:
             raise InputError(path, f"multi-scene map metadata is incomplete ({type(e).__name__}: {e})") from None
         encoder = installed_encoder(path, enc_meta)
         try:
+            descriptors = SceneDescriptors.from_tensors(tensors, len(names))
+        except ValueError as e:
+            raise InputError(path, f"map's {e}") from None
+        try:
             head = ScinrHead(encoder.out_channels, config, len(names))
             head.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
         except (RuntimeError, ValueError) as e:
             raise InputError(path, f"map tensors do not match its model config ({str(e).splitlines()[0]})") from None
         head.to(device).eval()
-        return MultiSceneMap(head, enc_meta["name"], image_height, names, meta)
+        return MultiSceneMap(head, enc_meta["name"], image_height, names, meta,
+                             None if descriptors is None else descriptors.to(device))
 
     @property
     def encoder(self) -> Encoder:

@@ -64,7 +64,7 @@ def test_results_json_has_the_exact_schema(first_run):
         assert isinstance(row["map_peak_rss_mb"], float) and 20 < row["map_peak_rss_mb"] < 8000
         suffix = ".map" if row["method"] == "scr" else ".sift.safetensors"
         assert row["map_bytes"] == (base / "out" / "maps" / f"tiny_tiny-room_{row['method']}{suffix}").stat().st_size
-        assert row["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", row["commit"])
+        assert row["commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", row["commit"])
         assert row["resolution"] == "160x120" and 0 <= row["n_failed"] <= 20
     sift = rows[1]
     # The peer really localizes: its numbers are measurements, not placeholders.

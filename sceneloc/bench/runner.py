@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -117,28 +118,17 @@ def check_options(options: BenchOptions) -> dict[str, dict]:
 
 
 def source_commit() -> str | None:
-    """The git commit sceneloc runs from, read from its checkout's .git (git itself is not run); None for an
-    installed copy or an unreadable repository."""
-    git = Path(sceneloc.__file__).resolve().parents[1] / ".git"
+    """The git commit sceneloc runs from, with "-dirty" appended when tracked files differ from it (a measurement
+    of uncommitted code must say so); None for an installed copy or where git is missing."""
+    checkout = Path(sceneloc.__file__).resolve().parents[1]
     try:
-        if git.is_file():  # a worktree: ".git" holds "gitdir: <path>", refs may live in its commondir
-            git = (git.parent / git.read_text().split(":", 1)[1].strip()).resolve()
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return head
-        ref = head[4:].strip()
-        common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
-        for folder in (git, common):
-            if (folder / ref).is_file():
-                return (folder / ref).read_text().strip()
-            packed = folder / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-    except (OSError, IndexError):
-        pass
-    return None
+        head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if changed else "")
 
 
 def map_in_child(method: str, scene_roots: list[Path], scene_names: list[str], map_path: Path, overrides: list[str],

@@ -12,8 +12,8 @@ Files are matched by their stem with the `.color/.pose/.calibration/.depth` suff
 name. A folder without `poses/` gives unposed frames (queries without ground truth). Pose files hold numbers only
 (ACE's reader takes no comments): the matrix is camera-to-world in OpenCV axes (x right, y down, z forward), metres.
 
-Also home of the two cheap per-file helpers the other per-frame readers share: `image_size` (reads only the image
-header) and `read_pose_file` (camera-to-world text matrix -> validated cam_from_world).
+Also home of `read_pose_file` (camera-to-world text matrix -> validated cam_from_world), which the 7-Scenes reader
+shares.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from sceneloc.data.scene import Frame, Scene
+from sceneloc.data.scene import Frame, Scene, check_camera, image_size
 from sceneloc.atomic import write_bytes_atomic
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
@@ -41,15 +40,6 @@ def is_ace_folder(folder: Path) -> bool:
     return (folder / "rgb").is_dir() and ((folder / "poses").is_dir() or (folder / "calibration").is_dir())
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image, from its header only. Raises InputError when it is not a readable image."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, UnidentifiedImageError) as error:
-        raise InputError(path, f"cannot read image header ({error.__class__.__name__})") from None
-
-
 def read_numbers(path: Path) -> np.ndarray:
     """All whitespace-separated numbers of a text file, (N,) float64. Raises InputError on non-numbers."""
     try:
@@ -61,13 +51,16 @@ def read_numbers(path: Path) -> np.ndarray:
 
 
 def read_pose_file(path: Path) -> Rigid3:
-    """A text 4x4 (or 3x4) camera-to-world matrix -> validated cam_from_world. Raises InputError when malformed,
-    NaN/inf or not a rigid transform."""
+    """A text 4x4 camera-to-world matrix -> validated cam_from_world. Raises InputError when malformed (a 3x4 matrix
+    included: ACE and 7-Scenes pose files hold all four rows, so 12 numbers are a file of another layout, e.g. a
+    world-to-camera [R|t]), NaN/inf or not a rigid transform."""
     values = read_numbers(path)
-    if values.size not in (12, 16):
-        raise InputError(path, f"expected a 4x4 camera-to-world matrix (16 numbers), found {values.size} numbers")
+    if values.size != 16:
+        layout = " (a 3x4 matrix: pose files here hold the full 4x4 matrix)" if values.size == 12 else ""
+        raise InputError(path, f"expected a 4x4 camera-to-world matrix (16 numbers), found {values.size} "
+                               f"numbers{layout}")
     try:
-        return Rigid3.from_matrix(values.reshape(-1, 4)).inverse()
+        return Rigid3.from_matrix(values.reshape(4, 4)).inverse()
     except ValueError as error:
         raise InputError(path, f"invalid pose: {error}") from None
 
@@ -85,9 +78,16 @@ def _read_camera(path: Path, width: int, height: int) -> Camera:
     else:
         raise InputError(path, f"expected a focal length (1 number) or a 3x3 K matrix (9 numbers), "
                                f"found {values.size} numbers")
-    if not (np.isfinite([camera.fx, camera.fy, camera.cx, camera.cy]).all() and camera.fx > 0 and camera.fy > 0):
-        raise InputError(path, f"invalid intrinsics fx={camera.fx} fy={camera.fy} cx={camera.cx} cy={camera.cy}")
-    return camera
+    return check_camera(path, camera)
+
+
+def _check_depth_size(depth: Path, image: Path, width: int, height: int) -> None:
+    """InputError unless the depth image has the colour image's size (its header only): depth pixels are paired
+    with colour pixels by index, so another size would give every 3D target of the frame at the wrong place."""
+    depth_width, depth_height = image_size(depth)
+    if (depth_width, depth_height) != (width, height):
+        raise InputError(depth, f"depth image is {depth_width}x{depth_height} but its colour image {image.name} is "
+                                f"{width}x{height}")
 
 
 def _stem(name: str, suffix: str) -> str:
@@ -143,6 +143,8 @@ def read_ace_folder(folder: str | Path, name: str | None = None) -> Scene:
     frames = []
     for stem in sorted(images):
         width, height = image_size(images[stem])
+        if stem in depths:
+            _check_depth_size(depths[stem], images[stem], width, height)
         frames.append(Frame(
             name=stem,
             rgb_path=images[stem],

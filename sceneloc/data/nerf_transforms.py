@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sceneloc.data.ace_folder import IMAGE_EXTENSIONS, image_size
-from sceneloc.data.scene import Frame, Scene, Undistortion
+from sceneloc.data.ace_folder import IMAGE_EXTENSIONS
+from sceneloc.data.scene import Frame, Scene, Undistortion, check_camera, image_size
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
@@ -82,6 +82,16 @@ def _number(values: dict, key: str, json_path: Path, where: str) -> float:
     return value
 
 
+def _focal_from_angle(values: dict, key: str, size: int, json_path: Path, where: str) -> float:
+    """The focal length (pixels) of a field of view `key` (radians) across `size` pixels; the angle must lie strictly
+    between 0 and pi (0 would be an infinite focal length, pi or more none at all)."""
+    angle = _number(values, key, json_path, where)
+    if not 0 < angle < math.pi:
+        raise InputError(json_path, f"{where}: '{key}' is {angle:g}: a field of view in radians must lie strictly "
+                                    f"between 0 and pi")
+    return 0.5 * size / math.tan(0.5 * angle)
+
+
 def _camera(values: dict, rgb_path: Path, json_path: Path, where: str) -> tuple[Camera, Undistortion | None]:
     model = values.get("camera_model")
     if values.get("is_fisheye") or (model is not None and model not in _PINHOLE_MODELS):
@@ -94,20 +104,20 @@ def _camera(values: dict, rgb_path: Path, json_path: Path, where: str) -> tuple[
     if "fl_x" in values:
         fx = _number(values, "fl_x", json_path, where)
     elif "camera_angle_x" in values:
-        fx = 0.5 * width / math.tan(0.5 * _number(values, "camera_angle_x", json_path, where))
+        fx = _focal_from_angle(values, "camera_angle_x", width, json_path, where)
     else:
         raise InputError(json_path, f"{where}: missing focal length, needs 'fl_x' or 'camera_angle_x'")
     if "fl_y" in values:
         fy = _number(values, "fl_y", json_path, where)
     elif "camera_angle_y" in values:
-        fy = 0.5 * height / math.tan(0.5 * _number(values, "camera_angle_y", json_path, where))
+        fy = _focal_from_angle(values, "camera_angle_y", height, json_path, where)
     else:
         fy = fx
     cx = _number(values, "cx", json_path, where) if "cx" in values else width / 2.0
     cy = _number(values, "cy", json_path, where) if "cy" in values else height / 2.0
     if fx <= 0 or fy <= 0:
         raise InputError(json_path, f"{where}: focal length must be positive, got fl_x={fx}, fl_y={fy}")
-    camera = Camera(width, height, fx, fy, cx - 0.5, cy - 0.5)
+    camera = check_camera(json_path, Camera(width, height, fx, fy, cx - 0.5, cy - 0.5), f"{where}: ")
     coeffs = np.array([_number(values, k, json_path, where) if k in values else 0.0 for k in _DISTORTION_KEYS])
     if "k4" in values and _number(values, "k4", json_path, where) != 0:
         raise InputError(json_path, f"{where}: distortion term k4 is not supported (OpenCV k1 k2 p1 p2 k3 only)")

@@ -15,9 +15,9 @@ from the EXIF focal length (35 mm equivalent, on the image diagonal; or millimet
 from COLMAP's database), the principal point at the image centre. An image whose EXIF gives no focal length is
 refused, naming the image (COLMAP's fallback, 1.2 x the larger side, is a guess).
 
-EXIF orientation: Frame.load_rgb (OpenCV) applies it, so a listed camera must describe the rotated image (the sizes
-are checked here, before any work); an EXIF-inferred camera is swapped for the orientations that transpose the image
-(5 to 8): its focal length and centred principal point describe the rotated image as well.
+EXIF orientation: Frame.load_rgb applies it (as OpenCV's imread does), so a listed camera must describe the rotated
+image (the sizes are checked here, before any work); an EXIF-inferred camera is swapped for the orientations that
+transpose the image (5 to 8): its focal length and centred principal point describe the rotated image as well.
 
 Frame names: the image's path inside the folder with '/' (hloc's query names); for one image file, its file name.
 """
@@ -30,9 +30,9 @@ import numpy as np
 import pycolmap
 from PIL import Image
 
-from sceneloc.data.ace_folder import IMAGE_EXTENSIONS, image_size
+from sceneloc.data.ace_folder import IMAGE_EXTENSIONS
 from sceneloc.data.colmap_model import _PARAM_LAYOUT, _camera
-from sceneloc.data.scene import Frame, Scene, Undistortion
+from sceneloc.data.scene import Frame, Scene, Undistortion, check_camera, image_size
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera
 
@@ -75,11 +75,10 @@ def loaded_size(path: Path) -> tuple[int, int]:
 def _pinhole(source: Path, colmap_camera: pycolmap.Camera, where: str) -> tuple[Camera, Undistortion | None]:
     model = colmap_camera.model.name
     if model not in _PARAM_LAYOUT:
-        raise InputError(source, f"{where}camera model {model} is not supported (supported: {', '.join(_PARAM_LAYOUT)})")
+        raise InputError(source, f"{where}camera model {model} is not supported "
+                                 f"(supported: {', '.join(_PARAM_LAYOUT)})")
     camera, undistortion = _camera(source, colmap_camera)
-    if not (camera.fx > 0 and camera.fy > 0 and np.isfinite([camera.cx, camera.cy]).all()):
-        raise InputError(source, f"{where}focal length must be positive (fx {camera.fx:g}, fy {camera.fy:g})")
-    return camera, undistortion
+    return check_camera(source, camera, where), undistortion
 
 
 def read_intrinsics_list(path: str | Path) -> dict[str, tuple[int, pycolmap.Camera]]:
@@ -140,8 +139,8 @@ def _exif_frame(name: str, image: Path) -> Frame:
     except (ValueError, RuntimeError) as error:
         raise InputError(image, f"cannot read image ({str(error).splitlines()[0]})") from None
     if not colmap_camera.has_prior_focal_length:
-        raise InputError(image, "its EXIF gives no focal length: pass --intrinsics FILE (hloc's "
-                                f"queries_with_intrinsics.txt: '{INTRINSICS_LAYOUT}')")
+        raise InputError(image, "no camera: its EXIF gives no focal length (to localize plain images, pass "
+                                f"--intrinsics FILE, hloc's queries_with_intrinsics.txt: '{INTRINSICS_LAYOUT}')")
     camera, undistortion = _pinhole(image, colmap_camera, "EXIF ")
     if _orientation(image) in _TRANSPOSING:
         if undistortion is not None:

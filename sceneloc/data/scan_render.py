@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import open3d as o3d
 
+from sceneloc.data.raycast import cast_pixel_rays
 from sceneloc.data.synthetic.render import RenderedView
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
@@ -71,17 +72,6 @@ def load_textured_mesh(path: str | Path) -> TexturedMesh:
                         atlas.astype(np.float32), scene)
 
 
-def _cast(mesh: TexturedMesh, camera: Camera, cam_from_world: Rigid3) -> tuple[np.ndarray, dict]:
-    """Rays (H, W, 6) float32 (origin, direction with camera-frame z = 1, so a hit's ray parameter is its z-depth)
-    through the pixel centres of `camera`, and Open3D's hits for them."""
-    k = camera.K
-    # Open3D puts the ray of pixel (col, row) through (col + 0.5, row + 0.5); OpenCV's centre is (col, row).
-    k[:2, 2] += 0.5
-    rays = o3d.t.geometry.RaycastingScene.create_rays_pinhole(
-        o3d.core.Tensor(k), o3d.core.Tensor(cam_from_world.matrix()), camera.width, camera.height)
-    return rays.numpy(), mesh.scene.cast_rays(rays)
-
-
 def render_scan(mesh: TexturedMesh, camera: Camera, cam_from_world: Rigid3, supersampling: int = 2) -> RenderedView:
     """Render `mesh` from the pose cam_from_world. Pixels whose centre ray hits nothing have depth 0, scene
     coordinates 0 and black colour.
@@ -95,17 +85,17 @@ def render_scan(mesh: TexturedMesh, camera: Camera, cam_from_world: Rigid3, supe
     if camera.width < 1 or camera.height < 1:
         raise InputError(None, f"camera size {camera.width}x{camera.height} is empty")
     h, w, s = camera.height, camera.width, supersampling
-    rays, hits = _cast(mesh, camera, cam_from_world)
-    t_hit = hits["t_hit"].numpy()
+    rays, hits = cast_pixel_rays(mesh.scene, camera, cam_from_world)
+    t_hit = hits["t_hit"]
     valid = np.isfinite(t_hit)
     depth = np.where(valid, t_hit, np.float32(0.0))
     coords = rays[..., :3].astype(np.float64) + depth[..., None].astype(np.float64) * rays[..., 3:]
     coords[~valid] = 0.0
 
     if s > 1:
-        _, hits = _cast(mesh, camera.scaled(w * s, h * s), cam_from_world)
-    prim = hits["primitive_ids"].numpy()
-    bary = hits["primitive_uvs"].numpy()
+        _, hits = cast_pixel_rays(mesh.scene, camera.scaled(w * s, h * s), cam_from_world)
+    prim = hits["primitive_ids"]
+    bary = hits["primitive_uvs"]
     hit = prim != o3d.t.geometry.RaycastingScene.INVALID_ID
     corners = mesh.corner_texels[np.where(hit, prim, 0)]
     # Open3D's barycentrics (b1, b2) weigh corners 1 and 2: p = (1 - b1 - b2) p0 + b1 p1 + b2 p2. Texture

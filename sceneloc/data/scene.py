@@ -7,9 +7,72 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
+
+
+def _unreadable(path: Path, error: Exception, what: str) -> InputError:
+    """The one-line InputError for an image Pillow cannot open or decode."""
+    if isinstance(error, Image.DecompressionBombError):
+        # Pillow refuses images over twice Image.MAX_IMAGE_PIXELS before decoding a byte: decoding one would take
+        # gigabytes of memory, and no camera the mapper is meant for makes such images.
+        limit = 2 * Image.MAX_IMAGE_PIXELS / 1e6
+        return InputError(path, f"{what} is too large to read (over {limit:.0f} megapixels, Pillow's "
+                                f"decompression-bomb limit)")
+    if isinstance(error, UnidentifiedImageError):
+        reason = "not an image, or a format Pillow cannot read"
+    elif isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    else:
+        reason = str(error).splitlines()[0] if str(error) else error.__class__.__name__
+    return InputError(path, f"cannot read {what} ({reason})")
+
+
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What Pillow raises for unreadable files: OSError (missing, truncated, UnidentifiedImageError), SyntaxError and
+ValueError (damaged headers, e.g. a broken PNG chunk), DecompressionBombError (too many pixels)."""
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image, from its header only. Raises InputError when it is not a readable image or is too
+    large to decode."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except _PIL_ERRORS as error:
+        raise _unreadable(path, error, "image header") from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file, EXIF orientation applied (as OpenCV's imread does). Raises InputError
+    for a missing, unreadable, too large or truncated file: Pillow refuses truncated files
+    (ImageFile.LOAD_TRUNCATED_IMAGES is False), where OpenCV returns the decoded part padded with grey."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+    except _PIL_ERRORS as error:
+        raise _unreadable(path, error, "image") from None
+    return np.array(rgb)
+
+
+def check_camera(path: Path, camera: Camera, where: str = "") -> Camera:
+    """`camera` when it can describe its image, else InputError naming `path` (`where`: the camera's place inside
+    the file, e.g. "frames[3]: "): a size of at least 1x1 pixel, finite positive focal lengths and the principal
+    point inside the image; one far outside is the sign of intrinsics made for another image size."""
+    values = np.array([camera.fx, camera.fy, camera.cx, camera.cy])
+    if camera.width < 1 or camera.height < 1:
+        raise InputError(path, f"{where}image size {camera.width}x{camera.height} is empty")
+    if not (np.isfinite(values).all() and camera.fx > 0 and camera.fy > 0):
+        raise InputError(path, f"{where}invalid intrinsics fx={camera.fx:g} fy={camera.fy:g}: focal lengths must be "
+                               f"positive and finite")
+    # The image spans -0.5 .. width - 0.5 in OpenCV pixel coordinates (centre of the top-left pixel at 0).
+    if not (-0.5 <= camera.cx <= camera.width - 0.5 and -0.5 <= camera.cy <= camera.height - 0.5):
+        raise InputError(path, f"{where}principal point ({camera.cx:g}, {camera.cy:g}) lies outside the "
+                               f"{camera.width}x{camera.height} image: intrinsics made for another image size?")
+    return camera
 
 
 @dataclass(frozen=True)
@@ -38,16 +101,14 @@ class Frame:
 
     def load_rgb(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB, undistorted to `camera`. Raises InputError on unreadable or wrong-size images."""
-        bgr = cv2.imread(str(self.rgb_path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise InputError(self.rgb_path, "cannot read image (missing, empty or not an image)")
-        h, w = bgr.shape[:2]
+        rgb = read_image(self.rgb_path)
+        h, w = rgb.shape[:2]
         if (w, h) != (self.camera.width, self.camera.height):
             raise InputError(self.rgb_path, f"image is {w}x{h} but its intrinsics are for "
                                             f"{self.camera.width}x{self.camera.height}")
         if self.undistortion is not None:
-            bgr = cv2.undistort(bgr, self.undistortion.K, self.undistortion.coeffs, None, self.camera.K)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            rgb = cv2.undistort(rgb, self.undistortion.K, self.undistortion.coeffs, None, self.camera.K)
+        return rgb
 
     def load_depth(self) -> np.ndarray | None:
         """(H, W) float32 metres (0 = invalid), or None when the frame has no depth."""
@@ -56,6 +117,10 @@ class Frame:
         raw = cv2.imread(str(self.depth_path), cv2.IMREAD_ANYDEPTH)
         if raw is None:
             raise InputError(self.depth_path, "cannot read depth image")
+        if raw.shape != (self.camera.height, self.camera.width):
+            # Depth pixels are paired with colour pixels by index: another size would give wrong 3D targets.
+            raise InputError(self.depth_path, f"depth image is {raw.shape[1]}x{raw.shape[0]} but its colour image "
+                                              f"is {self.camera.width}x{self.camera.height}")
         depth = raw.astype(np.float32) * self.depth_scale
         depth[~np.isfinite(depth)] = 0.0
         return depth

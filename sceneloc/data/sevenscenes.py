@@ -24,8 +24,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sceneloc.data.ace_folder import IMAGE_EXTENSIONS, image_size, read_pose_file
-from sceneloc.data.scene import Frame, Scene
+from sceneloc.data.ace_folder import IMAGE_EXTENSIONS, read_pose_file
+from sceneloc.data.scene import Frame, Scene, image_size
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera
 

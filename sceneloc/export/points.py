@@ -15,10 +15,11 @@ import torch
 
 from sceneloc.atomic import atomic_output
 from sceneloc.data import Scene
+from sceneloc.encode import prepare_image
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.localize import Prediction, most_probable, predict_scene_coordinates
-from sceneloc.mapping.augment import prepare_image, roll_homography
+from sceneloc.mapping.augment import roll_homography
 from sceneloc.maps import SceneMap
 from sceneloc.progress import make_progress
 

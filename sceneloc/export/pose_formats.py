@@ -16,7 +16,8 @@ units (metres):
 - `hloc`: `name qw qx qy qz tx ty tz` (hloc's localize_sfm results: pycolmap cam_from_world, quaternion w first).
   No header; no inlier count (read back as 0).
 - `colmap`: COLMAP's images.txt, two lines per image: `IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME` and a POINTS2D
-  line (`X Y POINT3D_ID ...`, may be empty). NAME is the rest of the line (it may contain spaces). Written with
+  line (`X Y POINT3D_ID ...`, may be empty). NAME is the rest of the line (COLMAP writes names with spaces but
+  its reader stops them at the first space; this one keeps them). Written with
   IMAGE_ID 1, 2, ... in the given order, CAMERA_ID 1 (no cameras.txt is written) and empty POINTS2D lines. COLMAP
   lists registered images only: images that were not localised are written as comment lines `# not localised:
   NAME` in the header, which this reader reads back as failed images (COLMAP ignores them).

@@ -1,5 +1,6 @@
-"""Image preparation for the encoder: resize to the working height, and (for mapping) random scale, in-plane
-rotation and photometric jitter, expressed as one homography so that poses and depth stay exact."""
+"""Random augmentation of mapping images: scale, in-plane rotation and photometric jitter, expressed as one
+homography so that poses and depth stay exact. The plain resize to the working height (prepare_image) is the
+encode stage's (sceneloc.encode), shared with localization."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from sceneloc.encode import prepare_image
 from sceneloc.geometry import Camera, Rigid3
 
 
@@ -24,23 +26,6 @@ class PreparedImage:
     cam_rotation: np.ndarray
     valid: np.ndarray
     homography: np.ndarray
-
-
-def working_size(camera: Camera, image_height: int) -> tuple[int, int]:
-    """(width, height) of a frame resized to `image_height` with its aspect ratio kept."""
-    scale = image_height / camera.height
-    return max(8, round(camera.width * scale)), image_height
-
-
-def prepare_image(rgb: np.ndarray, camera: Camera, image_height: int) -> tuple[np.ndarray, Camera]:
-    """Resize to the working height. rgb: (H, W, 3) uint8 -> (h, w, 3) uint8 and its camera. Area averaging when
-    shrinking (no aliasing), bilinear when enlarging (area resampling is blocky there). Mapping and localization
-    both resize through here, so an unaugmented mapping view and a query see the same pixels."""
-    w, h = working_size(camera, image_height)
-    if (w, h) == (camera.width, camera.height):
-        return rgb, camera
-    interpolation = cv2.INTER_AREA if h < camera.height else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (w, h), interpolation=interpolation), camera.scaled(w, h)
 
 
 def roll_homography(camera: Camera, out_camera: Camera, angle_rad: float) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,8 @@ from rich.progress import Progress
 
 from sceneloc.data import Scene
 from sceneloc.device import autocast, storage_dtype
-from sceneloc.mapping.augment import augment_image, rotate_pose, working_size
+from sceneloc.encode import cell_centres, working_size
+from sceneloc.mapping.augment import augment_image, rotate_pose
 from sceneloc.mapping.config import MappingConfig
 from sceneloc.nn.encoders import Encoder
 from sceneloc.nn.encoders.base import STRIDE
@@ -34,13 +35,6 @@ class Buffer:
 
     def __len__(self) -> int:
         return len(self.features)
-
-
-def cell_centres(height: int, width: int) -> np.ndarray:
-    """Pixel centres of the stride-8 feature cells of an image: (ceil(h/8) * ceil(w/8), 2) float32, row-major."""
-    rows, cols = -(-height // STRIDE), -(-width // STRIDE)
-    v, u = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    return np.stack([u * STRIDE + (STRIDE - 1) / 2, v * STRIDE + (STRIDE - 1) / 2], -1).reshape(-1, 2).astype(np.float32)
 
 
 def _depth_targets(depth: np.ndarray, homography: np.ndarray, pixels: np.ndarray, frame) -> np.ndarray:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from rich.progress import Progress
 
 from sceneloc.device import autocast
+from sceneloc.geometry.batched import project, to_camera
 from sceneloc.mapping.buffer import Buffer
 from sceneloc.mapping.config import KeypointConfig, MappingConfig
 from sceneloc.mapping.loss import shrinking_threshold
@@ -25,11 +26,8 @@ def keypoint_labels(pred_world: torch.Tensor, pixels: torch.Tensor, K: torch.Ten
     """pred_world (B, 3), pixels (B, 2), K (B, 3, 3), cam_from_world (B, 3, 4), targets (B, 3) or None (NaN =
     unknown) -> (B,) bool: in front of the camera, reprojecting within label_repro_px, and, where the target is
     known, within label_max_3d_m of it."""
-    cam = torch.einsum("bij,bj->bi", cam_from_world[:, :, :3], pred_world) + cam_from_world[:, :, 3]
-    z = cam[:, 2]
-    proj = torch.stack([K[:, 0, 0] * cam[:, 0] / z.clamp(min=min_depth) + K[:, 0, 2],
-                        K[:, 1, 1] * cam[:, 1] / z.clamp(min=min_depth) + K[:, 1, 2]], 1)
-    good = (z > min_depth) & ((proj - pixels).norm(dim=1) < config.label_repro_px)
+    cam = to_camera(pred_world, cam_from_world)
+    good = (cam[:, 2] > min_depth) & ((project(cam, K, min_depth) - pixels).norm(dim=1) < config.label_repro_px)
     if targets is not None:
         known = torch.isfinite(targets[:, 0])
         err = (pred_world - torch.nan_to_num(targets)).norm(dim=1)

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from sceneloc.geometry.batched import pixel_rays, project, to_camera
 from sceneloc.mapping.config import MappingConfig
 
 
@@ -26,28 +27,24 @@ def mapping_loss(pred_world: torch.Tensor, pixels: torch.Tensor, K: torch.Tensor
                  targets: torch.Tensor | None, config: MappingConfig, threshold: float) -> tuple[torch.Tensor, dict]:
     """pred_world: (B, 3); pixels: (B, 2); K: (B, 3, 3); cam_from_world: (B, 3, 4); targets: (B, 3) or None (NaN =
     unknown). Returns the mean loss and statistics (fraction valid, mean reprojection error of valid rows)."""
-    pred_cam = torch.einsum("bij,bj->bi", cam_from_world[:, :, :3], pred_world) + cam_from_world[:, :, 3]
+    pred_cam = to_camera(pred_world, cam_from_world)
     z = pred_cam[:, 2]
-    safe_z = z.clamp(min=config.min_depth)
-    fx, fy, cx, cy = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]
-    proj = torch.stack([fx * pred_cam[:, 0] / safe_z + cx, fy * pred_cam[:, 1] / safe_z + cy], 1)
-    repro = (proj - pixels).norm(dim=1)
+    repro = (project(pred_cam, K, config.min_depth) - pixels).norm(dim=1)
     valid = (z > config.min_depth) & (z < config.max_depth) & (repro < config.max_reprojection_error)
 
     loss_valid = threshold * torch.tanh(repro / threshold)
     # Invalid predictions are pulled to a point on their pixel ray at a plausible depth.
-    ray = torch.stack([(pixels[:, 0] - cx) / fx, (pixels[:, 1] - cy) / fy, torch.ones_like(cx)], 1)
-    loss_invalid = (pred_cam - ray * config.invalid_target_depth).norm(dim=1)
+    loss_invalid = (pred_cam - pixel_rays(pixels, K) * config.invalid_target_depth).norm(dim=1)
     loss = torch.where(valid, loss_valid, loss_invalid)
 
     if targets is not None:
         known = torch.isfinite(targets[:, 0])
         if known.any():
-            target_cam = torch.einsum("bij,bj->bi", cam_from_world[known, :, :3], targets[known]) \
-                + cam_from_world[known, :, 3]
+            target_cam = to_camera(targets[known], cam_from_world[known])
             # The 3D error is expressed in pixels (focal x error / depth) so that both terms share a scale, and is
             # not saturated: far-off predictions must keep a gradient towards their known target.
-            err_px = (pred_cam[known] - target_cam).norm(dim=1) * fx[known] / target_cam[:, 2].clamp(min=config.min_depth)
+            err_px = ((pred_cam[known] - target_cam).norm(dim=1) * K[known, 0, 0]
+                      / target_cam[:, 2].clamp(min=config.min_depth))
             loss = loss.clone()
             loss[known] = loss[known] + config.depth_loss_weight * err_px
 

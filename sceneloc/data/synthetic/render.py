@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import open3d as o3d
 
+from sceneloc.data.raycast import cast_pixel_rays
 from sceneloc.data.synthetic.room import Room
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
@@ -29,20 +29,6 @@ class RenderedView:
     """(H, W) float32 z-depth in metres along the camera's optical axis, 0 where nothing was hit."""
     scene_coords: np.ndarray
     """(H, W, 3) float32 world point hit by the ray through each pixel centre."""
-
-
-def _pixel_rays(camera: Camera, cam_from_world: Rigid3, step: int, out: np.ndarray) -> None:
-    """Write world-frame rays (H*step*W*step, 6) float32 (origin, direction) into `out`, through the centres of a
-    step x step grid of sub-pixels in each pixel, row-major. Each direction has camera-frame z = 1, so the ray
-    parameter of a hit is its z-depth."""
-    u = ((np.arange(camera.width * step) + 0.5) / step - 0.5 - camera.cx) / camera.fx
-    v = ((np.arange(camera.height * step) + 0.5) / step - 0.5 - camera.cy) / camera.fy
-    r = cam_from_world.rotation
-    # Direction = R^T (x, y, 1) = x * R[0] + y * R[1] + R[2], separable in rows and columns.
-    grid = out.reshape(len(v), len(u), 6)
-    grid[..., :3] = cam_from_world.center
-    np.add((u[:, None] * r[0]).astype(np.float32)[None], (v[:, None] * r[1] + r[2]).astype(np.float32)[:, None],
-           out=grid[..., 3:])
 
 
 def _shade(room: Room, points: np.ndarray, normals: np.ndarray, directions: np.ndarray) -> np.ndarray:
@@ -72,30 +58,23 @@ def render_view(room: Room, camera: Camera, cam_from_world: Rigid3, supersamplin
     if camera.width < 1 or camera.height < 1:
         raise InputError(None, f"camera size {camera.width}x{camera.height} is empty")
     h, w, s = camera.height, camera.width, supersampling
-    n_centre, n_sub = h * w, h * w * s * s
-    rays = np.empty((n_centre + (n_sub if s > 1 else 0), 6), np.float32)
-    _pixel_rays(camera, cam_from_world, 1, rays[:n_centre])
-    if s > 1:
-        _pixel_rays(camera, cam_from_world, s, rays[n_centre:])
-    hits = room.scene.cast_rays(o3d.core.Tensor(rays))
-    t_hit = hits["t_hit"].numpy()
-    prim = hits["primitive_ids"].numpy()
-    uv = hits["primitive_uvs"].numpy()
-
-    t_centre = t_hit[:n_centre]
+    rays, hits = cast_pixel_rays(room.scene, camera, cam_from_world)
+    t_centre = hits["t_hit"].reshape(-1)
     valid = np.isfinite(t_centre)
     depth = np.where(valid, t_centre, np.float32(0.0))
-    centre_dirs = rays[:n_centre, 3:]
+    centre_dirs = rays.reshape(-1, 6)[:, 3:]
     coords = cam_from_world.center + depth[:, None].astype(np.float64) * centre_dirs
     coords[~valid] = 0.0
+    normals = hits["primitive_normals"].reshape(-1, 3)
+    if s > 1:
+        _, hits = cast_pixel_rays(room.scene, camera.scaled(w * s, h * s), cam_from_world)
+    prim, uv = hits["primitive_ids"].reshape(-1), hits["primitive_uvs"].reshape(-1, 2)
 
     # Atlas coordinates from barycentrics: exact for the planar (affine) texture mapping of each triangle.
-    sub = slice(n_centre, None) if s > 1 else slice(None)
-    sub_prim, sub_uv = prim[sub], uv[sub]
-    miss = sub_prim >= len(room.triangles)
-    table = room.triangle_atlas_uv[np.where(miss, 0, sub_prim)]
-    map_x = table[:, 0] + sub_uv[:, 0] * table[:, 2] + sub_uv[:, 1] * table[:, 4]
-    map_y = table[:, 1] + sub_uv[:, 0] * table[:, 3] + sub_uv[:, 1] * table[:, 5]
+    miss = prim >= len(room.triangles)
+    table = room.triangle_atlas_uv[np.where(miss, 0, prim)]
+    map_x = table[:, 0] + uv[:, 0] * table[:, 2] + uv[:, 1] * table[:, 4]
+    map_y = table[:, 1] + uv[:, 0] * table[:, 3] + uv[:, 1] * table[:, 5]
     if miss.any():
         map_x[miss] = -10.0
     texture = cv2.remap(room.atlas, map_x.reshape(h * s, w * s), map_y.reshape(h * s, w * s), cv2.INTER_LINEAR,
@@ -103,8 +82,7 @@ def render_view(room: Room, camera: Camera, cam_from_world: Rigid3, supersamplin
     if s > 1:
         texture = cv2.resize(texture, (w, h), interpolation=cv2.INTER_AREA)
 
-    shade = np.zeros(n_centre, np.float32)
-    shade[valid] = _shade(room, coords[valid].astype(np.float32), hits["primitive_normals"].numpy()[:n_centre][valid],
-                          centre_dirs[valid])
+    shade = np.zeros(h * w, np.float32)
+    shade[valid] = _shade(room, coords[valid].astype(np.float32), normals[valid], centre_dirs[valid])
     rgb = np.clip(texture * shade.reshape(h, w, 1) + 0.5, 0, 255).astype(np.uint8)
     return RenderedView(rgb=rgb, depth=depth.reshape(h, w), scene_coords=coords.reshape(h, w, 3).astype(np.float32))
