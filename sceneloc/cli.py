@@ -18,7 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(stderr=True)
 
 DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda")
-SetOption = typer.Option(None, "--set", help="Override any config field, e.g. --set iterations=4000 --set head.num_blocks=2")
+SetOption = typer.Option(None, "--set",
+                         help="Override any config field, e.g. --set iterations=4000 --set head.num_blocks=2")
 PrecisionOption = typer.Option("auto", "--precision",
                                help="auto | bf16 | fp32 (auto: bfloat16 only on CPUs with AMX/AVX512-BF16, float16 "
                                     "on CUDA, else float32)")
@@ -62,8 +63,10 @@ def map_command(
     split: str = typer.Option("train", help="Split to map when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
     encoder: Optional[str] = typer.Option(None, help="Frozen encoder (default: the measured best)"),
-    iterations: Optional[int] = typer.Option(None, help="Optimisation steps, per scene with --multi (more: slower, more accurate)"),
-    buffer_size: Optional[int] = typer.Option(None, help="Feature rows in the training buffer (per scene with --multi)"),
+    iterations: Optional[int] = typer.Option(None, help="Optimisation steps, per scene with --multi (more: slower, "
+                                                         "more accurate)"),
+    buffer_size: Optional[int] = typer.Option(None, help="Feature rows in the training buffer (per scene with "
+                                                          "--multi)"),
     image_height: Optional[int] = typer.Option(None, help="Working image height in pixels"),
     keypoints: bool = typer.Option(False, "--keypoints", help="Also train the keypoint network (single scene)"),
     start_from: Optional[Path] = typer.Option(
@@ -81,7 +84,8 @@ def map_command(
     from sceneloc.config_overrides import apply_overrides
     from sceneloc.data import read_scene
     from sceneloc.mapping import MappingConfig, build_scene_map
-    from sceneloc.mapping.multi_scene import MultiSceneConfig, build_multi_scene_map, check_can_continue
+    from sceneloc.mapping.multi_scene import (MultiSceneConfig, build_multi_scene_map, check_can_continue,
+                                              config_of_map)
     from sceneloc.multi_maps import MultiSceneMap
     from sceneloc.nn.encoders import load_encoder
 
@@ -92,7 +96,7 @@ def map_command(
     dev = _device(device)
     start = None if start_from is None else MultiSceneMap.load(start_from, dev)
     if start is not None:
-        config = MultiSceneConfig.from_dict(start.metadata["config"])
+        config = config_of_map(start_from, start)
     else:
         config = MultiSceneConfig() if multi else MappingConfig()
     mapping = config.mapping if multi else config
@@ -191,7 +195,8 @@ def localize(
     split: str = typer.Option("test", help="Split to localize when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
     backend: str = typer.Option("poselib", help="RANSAC-PnP backend: poselib | opencv"),
-    threshold: Optional[float] = typer.Option(None, help="RANSAC inlier threshold in pixels at 480 px image height (default 20)"),
+    threshold: Optional[float] = typer.Option(None, help="RANSAC inlier threshold in pixels at 480 px image height "
+                                                         "(default 20)"),
     scene_name: Optional[str] = typer.Option(None, "--scene", help="Multi-scene maps: the scene the queries show, "
                                                                      "or 'auto' to identify it per image"),
     device: str = DeviceOption,
@@ -205,7 +210,7 @@ def localize(
     from sceneloc.data import read_scene
     from sceneloc.data.query_images import read_query_images
     from sceneloc.export.pose_formats import FORMATS, write_pose_file
-    from sceneloc.export.poses import write_pose_details_json
+    from sceneloc.export.poses import check_image_name, write_pose_details_json
     from sceneloc.localize import LocalizeConfig, localize_scene
     from sceneloc.localize_multi import localize_multi_scene
     from sceneloc.map_files import read_map_metadata
@@ -239,6 +244,8 @@ def localize(
         scene = read_query_images(query_dir, intrinsics)
     else:
         scene = read_scene(query_dir, split=split, images=images)
+    for frame in scene.frames:  # before localizing: a name the poses file cannot hold must not fail at the end
+        check_image_name(output, frame.name)
     if is_multi:
         estimates = localize_multi_scene(MultiSceneMap.load(map_file, dev), scene, scene_name, config, dev)
     else:
@@ -266,7 +273,7 @@ def evaluate(
 ):
     """Median errors and recalls at (1cm,1deg) ... (50cm,5deg); JSON + markdown + error-CDF PNG."""
     from sceneloc.data import read_scene
-    from sceneloc.evaluate.metrics import evaluate_poses
+    from sceneloc.evaluate.metrics import check_coverage, evaluate_poses
     from sceneloc.evaluate.report import format_summary_table, report_paths, write_report
     from sceneloc.export.pose_formats import FORMATS, match_to_frames, read_pose_file
 
@@ -281,6 +288,7 @@ def evaluate(
     if not truth:
         _fail(f"{gt}: no ground-truth poses found")
     estimates = match_to_frames(estimates, scene.posed_frames, poses, gt)
+    check_coverage(estimates, truth, poses, gt)
     console.print(f"read {len(estimates)} poses from {escape(str(poses))} ({fmt} format)", soft_wrap=True)
     result = evaluate_poses(estimates, truth)
     written = write_report(result, prefix)
@@ -334,7 +342,8 @@ def bench(
     suite: str = typer.Option("quick", "--suite",
                               help="Suites, comma-separated: tiny | quick | speed | standard | real"),
     methods: Optional[str] = typer.Option(None, "--methods",
-                                          help="Methods, comma-separated: scr, colmap-sift, ... (default: the suite's)"),
+                                          help="Methods, comma-separated: scr, colmap-sift, ... (default: the "
+                                               "suite's)"),
     scenes: Optional[str] = typer.Option(None, "--scenes", help="Only these scenes of the suite, comma-separated"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Rendered-scene cache (default: $SCENELOC_CACHE, "
                                                                 "else ~/.cache/sceneloc)"),

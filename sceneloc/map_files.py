@@ -3,7 +3,11 @@ atomically and read back with one-line InputErrors for missing, unreadable, fore
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import types
+import typing
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -14,6 +18,11 @@ from sceneloc.errors import InputError
 
 METADATA_KEY = "sceneloc"
 """The safetensors metadata entry holding the JSON metadata."""
+KNOWN_FORMATS = {"sceneloc-map": "a single-scene sceneloc map (from `sceneloc map`)",
+                 "sceneloc-multimap": "a multi-scene sceneloc map (from `sceneloc map --multi`)",
+                 "sceneloc-colmap-sift": "a colmap-sift peer map (from `sceneloc bench`)"}
+"""The "format" of every map kind, in words: a map of one kind given where another is needed is named for what it
+is, not "not a sceneloc map"."""
 
 
 def save_map_file(path: str | Path, tensors: dict, metadata: dict, save_file) -> None:
@@ -37,9 +46,12 @@ def read_map_metadata(path: str | Path, kind: str = "sceneloc"):
     if raw is None:
         raise InputError(path, f"not a {kind} map (safetensors file without sceneloc metadata)")
     try:
-        return json.loads(raw)
+        meta = json.loads(raw)
     except json.JSONDecodeError:
         raise InputError(path, "map metadata is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise InputError(path, f"map metadata is a JSON {type(meta).__name__}, not an object")
+    return meta
 
 
 def load_map_file(path: str | Path, kind: str, format_name: str, format_version: int, load_file) -> tuple[dict, dict]:
@@ -52,9 +64,74 @@ def load_map_file(path: str | Path, kind: str, format_name: str, format_version:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise InputError(path, f"not a {kind} map (unreadable safetensors: {str(e).splitlines()[0]})") from None
-    if not isinstance(meta, dict) or meta.get("format") != format_name:
-        raise InputError(path, f"not a {kind} map (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("format") != format_name:
+        if meta.get("format") in KNOWN_FORMATS:
+            raise InputError(path, f"is {KNOWN_FORMATS[meta['format']]}, not {KNOWN_FORMATS[format_name]}")
+        raise InputError(path, f"not a {kind} map (format {meta.get('format')!r})")
     if meta.get("format_version") != format_version:
         raise InputError(path, f"{kind} map format version {meta.get('format_version')} is not supported "
                                f"(this sceneloc {__version__} reads version {format_version})")
     return tensors, meta
+
+
+def metadata_field(path: str | Path, meta: dict, key: str, kind: type | tuple[type, ...]):
+    """meta[key] (a dotted key reaches into nested objects: "encoder.name") when it is of `kind`; InputError naming
+    the map file and the key when it is missing or of another type (bool is not an int here)."""
+    value = meta
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise InputError(path, f"map metadata has no {key!r}")
+        value = value[part]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _types(kind)):
+        raise InputError(path, f"map metadata {key!r} is {_short(value)}, not {_type_names(kind)}")
+    return value
+
+
+def config_from_metadata(path: str | Path, cls, value, key: str):
+    """The config dataclass `cls` from its to_dict() form `value` stored as map metadata `key`: every key a field,
+    every value of its field's type (nested dataclasses too); a missing key takes the field's default (maps made
+    before the field existed). InputError naming the map file and the key otherwise: a foreign, damaged or
+    hand-edited map must not fail later with a KeyError or TypeError deep in the network code."""
+    if not isinstance(value, dict):
+        raise InputError(path, f"map metadata {key!r} is {_short(value)}, not an object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise InputError(path, f"map metadata {key + '.' + unknown[0]!r} is not a setting of this sceneloc (a "
+                               f"map of another version, or damaged)")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _typed_value(path, hints[name], item, f"{key}.{name}") for name, item in value.items()}
+    return cls(**kwargs)
+
+
+def _typed_value(path: str | Path, hint, value, key: str):
+    """`value` as the type `hint` (int, float, bool, str, a dataclass, X | None) or InputError."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if dataclasses.is_dataclass(option):
+            return config_from_metadata(path, option, value, key)
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                break
+            return float(value)
+        if option in (int, bool, str) and type(value) is option:
+            return value
+    raise InputError(path, f"map metadata {key!r} is {_short(value)}, not {_type_names(options)}")
+
+
+def _types(kind) -> tuple:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _type_names(kind) -> str:
+    names = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string", dict: "an object",
+             list: "a list", type(None): "null"}
+    return " or ".join(names.get(k, getattr(k, "__name__", str(k))) for k in _types(kind))
+
+
+def _short(value) -> str:
+    """`value` as JSON, cut to 40 characters: error messages stay one short line."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sceneloc import __version__
-from sceneloc.map_files import load_map_file, save_map_file
+from sceneloc.map_files import config_from_metadata, load_map_file, metadata_field, save_map_file
 from sceneloc.errors import InputError
 from sceneloc.nn.encoders import Encoder, load_encoder
+from sceneloc.nn.encoders.base import STRIDE
 from sceneloc.nn.heads import HeadConfig, KeypointNet, KeypointNetConfig, RegressionHead
 
 FORMAT = "sceneloc-map"
@@ -51,36 +52,67 @@ class SceneMap:
         """Raises InputError for a missing, truncated or foreign file, an unknown format version, or a map made
         with different encoder weights than the ones installed."""
         tensors, meta = load_map_file(path, "sceneloc", FORMAT, FORMAT_VERSION, load_file)
-        enc_meta = meta["encoder"]
-        encoder = installed_encoder(path, enc_meta)
-        head = RegressionHead(encoder.out_channels, HeadConfig(**meta["head"]))
-        keypoint_net = (KeypointNet(encoder.out_channels, KeypointNetConfig(**meta["keypoint_net"]))
-                        if "keypoint_net" in meta else None)
+        head_config, keypoint_config, image_height = _checked_metadata(path, meta)
+        encoder = installed_encoder(path, meta)
         parts = {KEYPOINT_PREFIX: {}, "": {}}
         for k, v in tensors.items():
             prefix = KEYPOINT_PREFIX if k.startswith(KEYPOINT_PREFIX) else ""
             parts[prefix][k[len(prefix):]] = v.float()
         try:
+            # Inside the try: a damaged config (a negative width) fails in the constructors.
+            head = RegressionHead(encoder.out_channels, head_config)
+            keypoint_net = None if keypoint_config is None else KeypointNet(encoder.out_channels, keypoint_config)
             head.load_state_dict(parts[""], strict=True)
             if keypoint_net is not None or parts[KEYPOINT_PREFIX]:
                 if keypoint_net is None:
                     raise RuntimeError("keypoint weights without a keypoint_net config")
                 keypoint_net.load_state_dict(parts[KEYPOINT_PREFIX], strict=True)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:
             raise InputError(path, f"map tensors do not match its config ({str(e).splitlines()[0]})") from None
         head.to(device).eval()
         if keypoint_net is not None:
             keypoint_net.to(device).eval()
-        return SceneMap(head, enc_meta["name"], int(meta["image_height"]), meta, keypoint_net)
+        return SceneMap(head, meta["encoder"]["name"], image_height, meta, keypoint_net)
 
     @property
     def encoder(self) -> Encoder:
         return load_encoder(self.encoder_name)
 
 
-def installed_encoder(path: str | Path, enc_meta: dict) -> Encoder:
-    """The installed encoder a map file's metadata {name, version} names; InputError (naming the map file) when it
-    is not installed or its weights differ from the ones the map was made with."""
+def _checked_metadata(path: str | Path, meta: dict) -> tuple[HeadConfig, KeypointNetConfig | None, int]:
+    """(head config, keypoint network config or None, working image height) of a single-scene map's metadata, after
+    checking the entries that loading and its users (add_keypoints: scene.n_frames, mapping_config) read; InputError
+    naming the map file and the key when one is missing or of the wrong type."""
+    from sceneloc.mapping.config import MappingConfig  # not at the top: sceneloc.mapping imports this module
+
+    image_height = checked_image_height(path, meta)
+    # What only add_keypoints reads is checked where present (maps made by hand in tests may lack it).
+    if isinstance(meta.get("scene"), dict) and "n_frames" in meta["scene"]:
+        metadata_field(path, meta, "scene.n_frames", int)
+    if "mapping_config" in meta:
+        config_from_metadata(path, MappingConfig, meta["mapping_config"], "mapping_config")
+    head = config_from_metadata(path, HeadConfig, metadata_field(path, meta, "head", dict), "head")
+    keypoint_net = None if "keypoint_net" not in meta else \
+        config_from_metadata(path, KeypointNetConfig, meta["keypoint_net"], "keypoint_net")
+    return head, keypoint_net, image_height
+
+
+def checked_image_height(path: str | Path, meta: dict) -> int:
+    """The map's working image height (metadata "image_height"): an integer of at least one encoder cell, else
+    InputError naming the map file."""
+    height = metadata_field(path, meta, "image_height", int)
+    if height < STRIDE:
+        raise InputError(path, f"map metadata 'image_height' is {height}, below one encoder cell ({STRIDE} px)")
+    return height
+
+
+def installed_encoder(path: str | Path, meta: dict) -> Encoder:
+    """The installed encoder a map file's metadata names (meta["encoder"]: {name, version}); InputError (naming the
+    map file) when the entry is malformed, the encoder is not installed or its weights differ from the ones the map
+    was made with."""
+    metadata_field(path, meta, "encoder.name", str)
+    metadata_field(path, meta, "encoder.version", str)
+    enc_meta = meta["encoder"]
     try:
         encoder = load_encoder(enc_meta["name"])
     except ValueError as e:

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from sceneloc import __version__
 from sceneloc.errors import InputError
-from sceneloc.map_files import load_map_file, save_map_file
-from sceneloc.maps import installed_encoder
+from sceneloc.map_files import config_from_metadata, load_map_file, metadata_field, save_map_file
+from sceneloc.maps import checked_image_height, installed_encoder
 from sceneloc.nn.encoders import Encoder, load_encoder
 from sceneloc.nn.heads.scinr import ScinrConfig, ScinrHead
 
@@ -117,23 +117,26 @@ class MultiSceneMap:
         """Raises InputError for a missing, truncated or foreign file, an unknown format version, or a map made
         with different encoder weights than the ones installed."""
         tensors, meta = load_map_file(path, "sceneloc multi-scene", FORMAT, FORMAT_VERSION, load_file)
+        names = _scene_names(path, meta)
+        config = config_from_metadata(path, ScinrConfig, metadata_field(path, meta, "model", dict), "model")
         try:
-            enc_meta, names = meta["encoder"], [s["name"] for s in meta["scenes"]]
-            config, image_height = ScinrConfig(**meta["model"]), int(meta["image_height"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(path, f"multi-scene map metadata is incomplete ({type(e).__name__}: {e})") from None
-        encoder = installed_encoder(path, enc_meta)
+            config.validate()
+        except ValueError as e:
+            raise InputError(path, f"map metadata: {e}") from None
+        image_height = checked_image_height(path, meta)
+        metadata_field(path, meta, "config", dict)  # what `map --multi --init` continues with
+        encoder = installed_encoder(path, meta)
         try:
             descriptors = SceneDescriptors.from_tensors(tensors, len(names))
         except ValueError as e:
             raise InputError(path, f"map's {e}") from None
-        try:
+        try:  # the constructor too: a damaged config (a negative width) fails there
             head = ScinrHead(encoder.out_channels, config, len(names))
             head.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
         except (RuntimeError, ValueError) as e:
             raise InputError(path, f"map tensors do not match its model config ({str(e).splitlines()[0]})") from None
         head.to(device).eval()
-        return MultiSceneMap(head, enc_meta["name"], image_height, names, meta,
+        return MultiSceneMap(head, meta["encoder"]["name"], image_height, names, meta,
                              None if descriptors is None else descriptors.to(device))
 
     @property
@@ -145,6 +148,17 @@ class MultiSceneMap:
         if name not in self.scene_names:
             raise InputError(None, f"the map holds no scene {name!r}; its scenes are: {', '.join(self.scene_names)}")
         return self.scene_names.index(name)
+
+
+def _scene_names(path: str | Path, meta: dict) -> list[str]:
+    """The scene names of a multi-scene map's metadata ("scenes": [{name, ...}], in embedding order): non-empty,
+    distinct strings, else InputError naming the map file."""
+    scenes = metadata_field(path, meta, "scenes", list)
+    names = [scene.get("name") if isinstance(scene, dict) else None for scene in scenes]
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise InputError(path, f"map metadata 'scenes' must list distinct {{name, ...}} objects, got "
+                               f"{len(scenes)} entries")
+    return names
 
 
 def build_multimap_metadata(encoder: Encoder, model_config: ScinrConfig, image_height: int, scenes: list[dict],

@@ -4,7 +4,6 @@ head outputs on fixed features in float32, and poses of mapping frames in bfloat
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +42,16 @@ def test_multi_scene_map_computes_what_it_did(features):
     np.testing.assert_allclose(coords, np.load(DATA / "multi_coords.npy"), rtol=0, atol=1e-4)
 
 
-def test_single_scene_map_localizes_as_it_did(tmp_path):
-    """bfloat16 differs slightly between CPUs (AMX, AVX512-BF16, emulated): the bound is a centimetre, far below
-    what a changed head or camera convention would give (the map's own error on these views is a few cm)."""
+def test_single_scene_map_localizes_as_it_did():
+    """The first five mapping frames (frames/, as rendered then) localize where that commit put them. bfloat16
+    differs slightly between CPUs (AMX, AVX512-BF16, emulated): the bound is a centimetre and half a degree, far
+    below what a changed head, decoder or camera convention gives; the map itself is about 1 cm off on these views
+    (230-260 inliers each), so RANSAC does not flip between solutions."""
     from sceneloc.data import read_scene
-    from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
 
-    render_scene_to_folder(replace(PRESETS["tiny-room"], n_map=20, n_query=2), tmp_path / "room", progress=False)
-    scene = read_scene(tmp_path / "room", split="train")
+    scene = read_scene(DATA / "frames")
     expected = json.loads((DATA / "single_poses_bf16.json").read_text())
-    scene.frames = [f for f in scene.frames if f.name in expected]
-    assert len(scene.frames) == 5
+    assert sorted(f.name for f in scene.frames) == sorted(expected)
     scene_map = sceneloc.load_map(DATA / "single_v1.map", device="cpu")
     estimates = localize_scene(scene_map, scene, LocalizeConfig(precision="bf16"), torch.device("cpu"), False)
     for estimate in estimates:

@@ -1,4 +1,5 @@
-"""read_scene and the per-format readers, on real data (../shared/data beside the checkout) and tiny fixtures in tmp_path."""
+"""read_scene and the per-format readers, on real data (../shared/data beside the checkout) and tiny fixtures in
+tmp_path."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def test_ace_round_trip_is_exact(slambook_ace):
     scene = read_scene(root / "train")
     assert [f.name for f in scene.frames] == ["frame-1", "frame-2", "frame-3"]
     for frame, (name, rgb, pose, depth) in zip(scene.frames, frames):
-        assert frame.camera == SLAMBOOK_CAMERA
+        assert frame.name == name and frame.camera == SLAMBOOK_CAMERA
         np.testing.assert_allclose(frame.cam_from_world.matrix(), pose.matrix(), atol=1e-12)
         np.testing.assert_array_equal(frame.load_rgb(), rgb)
         np.testing.assert_allclose(frame.load_depth(), depth, atol=1e-6)

@@ -100,7 +100,7 @@ class DegradedQueriesSpec:
         for kind in self.degradations:
             root, from_cache = cached_folder(
                 cache_dir, f"{base.root.name}+{kind}-{variant_key(base.root.name, kind, self.config)}",
-                lambda tmp: _write_variant(queries, kind, self.config, tmp / "test", show_progress))
+                lambda tmp, kind=kind: _write_variant(queries, kind, self.config, tmp / "test", show_progress))
             variants.append((kind, root))
             all_cached = all_cached and from_cache
         return dataclasses.replace(base, from_cache=all_cached, prepare_s=time.perf_counter() - t0,

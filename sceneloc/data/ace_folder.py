@@ -19,7 +19,10 @@ shares.
 from __future__ import annotations
 
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -127,7 +130,8 @@ def read_ace_folder(folder: str | Path, name: str | None = None) -> Scene:
     """Read one ACE split folder. Frames are sorted by name. `name` defaults to the folder name.
 
     Raises InputError for an image without pose/calibration (or without depth when depth/ holds files), a
-    pose/calibration/depth file without image, and malformed, NaN or non-rigid poses."""
+    pose/calibration/depth file without image, a depth image of another size than its colour image, intrinsics
+    that cannot describe the image (principal point outside it) and malformed, NaN or non-rigid poses."""
     folder = Path(folder)
     images = _index(folder / "rgb", "rgb")
     if not images:
@@ -160,6 +164,31 @@ def _encode_png(image: np.ndarray) -> bytes:
     if not ok:
         raise ValueError(f"OpenCV could not encode a {image.shape} {image.dtype} image as PNG")
     return data.tobytes()
+
+
+@contextmanager
+def folders_removed_on_failure(folders: list[Path]) -> Iterator[None]:
+    """Create `folders` (InputError naming the first that cannot be made: a read-only place, a file in the way), run
+    the block, and when it fails remove the folders this call created, with what was written into them, so that a
+    failed run leaves no half-made scene. Folders that existed stay (each file in them was written atomically)."""
+    created = []
+    for folder in map(Path, folders):
+        top = folder
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        if not top.exists() and top not in created:
+            created.append(top)
+    try:
+        for folder in folders:
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise InputError(folder, f"cannot create this folder ({error.strerror or error})") from None
+        yield
+    except BaseException:
+        for top in created:
+            shutil.rmtree(top, ignore_errors=True)
+        raise
 
 
 WRITTEN_FILES = {"rgb": ".color.png", "poses": ".pose.txt", "calibration": ".calibration.txt", "depth": ".depth.png"}

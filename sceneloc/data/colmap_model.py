@@ -8,6 +8,11 @@ OpenCV's (k1, k2, p1, p2) with the missing ones zero, so distorted cameras get `
 COLMAP puts the centre of the top-left pixel at (0.5, 0.5); 0.5 is subtracted from cx, cy to get the OpenCV
 convention that `Camera` uses. Frame names are the image names with '/' replaced by '-' and the extension removed
 (the extension is kept where removing it would make two names equal).
+
+Bad models fail with an InputError naming the model file: pycolmap reads a truncated cameras.bin without complaint
+(garbage or zero parameters) and aborts the whole process on some truncated images.bin or points3D.bin, so the two
+binary files are measured against their own counts first and points3D (not needed for poses) is not read at all;
+COLMAP's C++ check failures are traced to the file by reading the parts again one at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ _EMPTY = {".bin": np.uint64(0).tobytes(), ".txt": b""}
 """An empty points3D file (a count of 0 points; no lines)."""
 _CPP_LOCATION = re.compile(r"^\[[^\]]*\]\s*(Check failed:\s*)?")
 """The "[file.cc:123] Check failed: " prefix of COLMAP's errors, which says nothing to a user."""
+_KNOWN_CHECKS = {"camera.VerifyParams()": "a camera has the wrong number of parameters for its model"}
+"""COLMAP check conditions a user meets, in words."""
 # COLMAP model name -> index of each of (fx, fy, cx, cy) and of OpenCV's (k1, k2, p1, p2) in `params`
 # (None: the term is zero).
 _PARAM_LAYOUT = {
@@ -166,7 +173,7 @@ def _read_reconstruction(files: dict[str, Path]) -> pycolmap.Reconstruction:
         return _read_parts(files, tuple(files))
     except Exception as error:  # pycolmap raises ValueError, RuntimeError or IndexError, with a C++ location
         problem = _CPP_LOCATION.sub("", str(error).splitlines()[0] if str(error) else "").strip()
-    problem = f"COLMAP: {problem}" if problem else "damaged or inconsistent"
+    problem = _KNOWN_CHECKS.get(problem, f"COLMAP: {problem}" if problem else "damaged or inconsistent")
     for parts in (("cameras",), ("cameras", "images")):
         try:
             _read_parts(files, parts)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 
-from sceneloc.atomic import atomic_output
-from sceneloc.data.ace_folder import write_ace_frame
+from sceneloc.atomic import atomic_output, check_writable
+from sceneloc.data.ace_folder import folders_removed_on_failure, write_ace_frame
 from sceneloc.data.scan_render import load_textured_mesh, render_scan
 from sceneloc.data.synthetic.folder import MESH_FILE, frame_name
 from sceneloc.errors import InputError
@@ -190,18 +190,19 @@ def write_copyroom_scene(data_dir: str | Path, out_dir: str | Path, config: Copy
             raise InputError(data_dir / name, "missing (the copyroom scan's files)")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise InputError(out_dir, "exists and is not an empty folder")
+    check_writable(out_dir / MESH_FILE)  # before the scan is loaded and rendered
     trajectory = read_trajectory(data_dir / POSES_ZIP)
     mapping, query = split_trajectory(trajectory, config, data_dir / POSES_ZIP)
     mesh = load_textured_mesh(data_dir / SCAN_FILE)
     camera = trajectory.camera.scaled(config.width, config.height)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_mesh(mesh.geometry(), out_dir / MESH_FILE)
     jobs = [("train", i) for i in mapping] + [("test", i) for i in query]
-    with make_progress(show_progress) as progress:
+    # A failure removes the folders made here; the mesh, written last, is only there for a whole scene.
+    with folders_removed_on_failure([out_dir / "train", out_dir / "test"]), make_progress(show_progress) as progress:
         task = progress.add_task("rendering copyroom", total=len(jobs), info="")
         for split, index in jobs:
             pose = trajectory.poses[index]
             view = render_scan(mesh, camera, pose, config.supersampling)
             write_ace_frame(out_dir / split, frame_name(index), view.rgb, camera, pose, view.depth)
             progress.advance(task)
+        _write_mesh(mesh.geometry(), out_dir / MESH_FILE)
     return CopyroomScene(out_dir, camera, mapping, query, trajectory.invalid)

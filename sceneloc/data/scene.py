@@ -52,10 +52,14 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:  # a damaged EXIF block is no orientation (OpenCV ignores it too)
+                pass
+            rgb = np.array(image.convert("RGB"))
     except _PIL_ERRORS as error:
         raise _unreadable(path, error, "image") from None
-    return np.array(rgb)
+    return rgb
 
 
 def check_camera(path: Path, camera: Camera, where: str = "") -> Camera:
@@ -100,7 +104,8 @@ class Frame:
     undistortion: Undistortion | None = None
 
     def load_rgb(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB, undistorted to `camera`. Raises InputError on unreadable or wrong-size images."""
+        """(H, W, 3) uint8 RGB, undistorted to `camera`. Raises InputError on unreadable, truncated, too large or
+        wrong-size images."""
         rgb = read_image(self.rgb_path)
         h, w = rgb.shape[:2]
         if (w, h) != (self.camera.width, self.camera.height):
@@ -111,7 +116,8 @@ class Frame:
         return rgb
 
     def load_depth(self) -> np.ndarray | None:
-        """(H, W) float32 metres (0 = invalid), or None when the frame has no depth."""
+        """(H, W) float32 metres (0 = invalid), or None when the frame has no depth. Raises InputError on an
+        unreadable depth image or one of another size than the colour image."""
         if self.depth_path is None:
             return None
         raw = cv2.imread(str(self.depth_path), cv2.IMREAD_ANYDEPTH)

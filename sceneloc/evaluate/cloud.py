@@ -18,7 +18,7 @@ from sceneloc.atomic import write_text_atomic
 from sceneloc.errors import InputError
 from sceneloc.evaluate.plots import save_figure
 from sceneloc.evaluate.report import metric_table, strict_json, with_suffix
-from sceneloc.export.points import PointCloud
+from sceneloc.export.points import PointCloud, check_ply_length
 from sceneloc.geometry import Rigid3
 
 
@@ -47,6 +47,8 @@ def read_mesh(path: str | Path) -> o3d.t.geometry.TriangleMesh:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "mesh file not found")
+    if path.suffix.lower() == ".ply":
+        check_ply_length(path)
     try:
         with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
             mesh = o3d.t.io.read_triangle_mesh(str(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +17,23 @@ RECALL_THRESHOLDS: dict[str, tuple[float, float]] = {
 }
 """Recall keys -> (translation threshold in metres, rotation threshold in degrees); an image counts when both
 errors are strictly below (as ACE's evaluation does)."""
+
+
+MIN_COVERAGE = 0.5
+"""The smallest fraction of the ground-truth images a poses file must estimate to be scored (check_coverage)."""
+
+
+def check_coverage(estimates: list[PoseEstimate], truth: dict[str, Rigid3], poses_path: str | Path,
+                   gt_path: str | Path) -> None:
+    """InputError naming both files when the estimates (named as the ground truth's frames) cover fewer than
+    MIN_COVERAGE of the ground-truth images: those are the poses of another split or scene, and scoring them would
+    count every other image as a failure, or compare them with the wrong poses where frame names repeat across
+    splits (an ACE root's train/ and test/ both start at frame-000000). `localize` estimates every query image."""
+    covered = sum(est.name in truth for est in estimates)
+    if covered < MIN_COVERAGE * len(truth):
+        raise InputError(poses_path, f"estimates {covered} of the {len(truth)} ground-truth images of {gt_path}, "
+                                     f"fewer than {MIN_COVERAGE:.0%}: the poses of another split or scene? (check "
+                                     f"--split and --gt)")
 
 
 def evaluate_poses(estimates: list[PoseEstimate], truth: dict[str, Rigid3]) -> dict:

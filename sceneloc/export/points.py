@@ -5,6 +5,7 @@ Also the PLY file the cloud is stored in (xyz float32 + rgb uint8, binary, writt
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,6 +208,49 @@ def write_ply(path: str | Path, cloud: PointCloud) -> None:
             raise InputError(path, "Open3D could not write the point cloud here")
 
 
+_PLY_TYPE_BYTES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+                   "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+"""Bytes of each PLY scalar type (the PLY header's type names)."""
+
+
+def check_ply_length(path: Path) -> None:
+    """InputError when the PLY file holds less data than its header declares. Open3D reads a truncated file
+    without raising (its parser's complaint goes to the terminal) and returns the declared number of points, the
+    missing ones as zeros, which would be scored as real points. Binary files are measured against the header's
+    element counts and property sizes up to the first element with a list property (a mesh's faces, whose size the
+    header does not give); ASCII files by their lines."""
+    with path.open("rb") as f:
+        head = f.read(65536)
+    end = head.find(b"end_header")
+    if end < 0:
+        raise InputError(path, "PLY file has no readable points (its header has no end_header line: truncated or "
+                               "damaged)")
+    data_start = head.index(b"\n", end) + 1 if b"\n" in head[end:] else len(head)
+    lines = [line.split() for line in head[:end].decode("ascii", "replace").splitlines()]
+    fmt = next((line[1] for line in lines if line[:1] == ["format"] and len(line) > 1), "")
+    elements: list[list] = []  # [count, bytes per element or None when it has a list property]
+    for line in lines:
+        if line[:1] == ["element"] and len(line) == 3 and line[2].isdigit():
+            elements.append([int(line[2]), 0])
+        elif line[:1] == ["property"] and elements and elements[-1][1] is not None:
+            kind = line[1] if len(line) > 2 else "list"  # "list" (or an unknown type): no fixed size
+            elements[-1][1] = elements[-1][1] + _PLY_TYPE_BYTES[kind] if kind in _PLY_TYPE_BYTES else None
+    declared = sum(count for count, _ in elements)
+    if fmt == "ascii":
+        with path.open("rb") as f:
+            f.seek(data_start)
+            rows = sum(1 for line in f if line.strip())
+        if rows < declared:
+            raise InputError(path, f"truncated: its header declares {declared:,} rows of data, the file holds {rows:,}")
+    elif fmt.startswith("binary"):
+        fixed = list(itertools.takewhile(lambda element: element[1] is not None, elements))
+        expected = sum(count * size for count, size in fixed)
+        available = path.stat().st_size - data_start
+        if available < expected:
+            raise InputError(path, f"truncated: its header declares {fixed[0][0]:,} points or vertices and "
+                                   f"{expected:,} bytes of data before any list, the file holds {available:,} bytes")
+
+
 def read_ply(path: str | Path) -> PointCloud:
     """A PLY point cloud -> PointCloud. Colours: uint8 as stored, float ones (0..1) scaled to 0..255, none: grey.
     Raises InputError for a missing, unreadable, non-PLY or point-less file."""
@@ -221,6 +265,7 @@ def read_ply(path: str | Path) -> PointCloud:
     # Open3D only warns on a foreign file (and its PLY parser prints to stderr): check the magic first.
     if magic != b"ply":
         raise InputError(path, "not a PLY file")
+    check_ply_length(path)
     with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
         pcd = o3d.t.io.read_point_cloud(str(path))
     if "positions" not in pcd.point or len(pcd.point.positions) == 0:

@@ -29,10 +29,15 @@ POSES_HEADER = (
 )
 
 
-def _check_name(path: Path, name: str) -> None:
+def check_image_name(path: str | Path, name: str) -> None:
+    """InputError naming the poses file `path` when the image name `name` cannot be stored in it: `localize` calls
+    it on every query name before localizing, so that a bad name fails in a second, not after the whole run."""
     if not name or name != name.strip() or any(c.isspace() and c != " " for c in name) or name.startswith("#"):
         raise InputError(path, f"image name {name!r} cannot be stored in a poses file (empty, leading/trailing "
                                "whitespace, tab/line break, or starting with '#')")
+
+
+_check_name = check_image_name
 
 
 def write_poses(path: str | Path, estimates: list[PoseEstimate]) -> None:

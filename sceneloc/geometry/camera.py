@@ -36,7 +36,8 @@ class Camera:
         """points_cam: (N, 3) in camera frame -> (N, 2) pixels. Points behind the camera give inf/negative depth
         results; callers check z > 0."""
         z = points_cam[:, 2:3]
-        return np.concatenate([self.fx * points_cam[:, :1] / z + self.cx, self.fy * points_cam[:, 1:2] / z + self.cy], 1)
+        return np.concatenate([self.fx * points_cam[:, :1] / z + self.cx,
+                               self.fy * points_cam[:, 1:2] / z + self.cy], 1)
 
     def unproject(self, pixels: np.ndarray, depth: np.ndarray | float = 1.0) -> np.ndarray:
         """pixels: (N, 2), depth: (N,) or scalar z-depth -> (N, 3) points in camera frame."""

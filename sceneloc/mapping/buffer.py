@@ -3,7 +3,7 @@ camera and pose it came from (and a 3D target when depth is known)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,11 +20,13 @@ from sceneloc.nn.encoders.base import STRIDE
 
 @dataclass
 class Buffer:
-    """Rows of the buffer (N rows, F augmented frames).
+    """Rows of the buffer (N rows, F augmented frames), of one scene or of several (concatenate_buffers).
 
-    features: (N, C) bfloat16, float16 or float32 (storage_dtype of the precision); pixels: (N, 2) float32 in the augmented image; frame_index: (N,) int64;
+    features: (N, C) bfloat16, float16 or float32 (storage_dtype of the precision); pixels: (N, 2) float32 in the
+    augmented image; frame_index: (N,) int64;
     frame_K: (F, 3, 3) float32; frame_cam_from_world: (F, 3, 4) float32;
-    targets: (N, 3) float32 world points from depth, NaN where unknown (None when no frame has depth)."""
+    targets: (N, 3) float32 world points from depth, NaN where unknown (None when no frame has depth);
+    scene_rows: rows per scene, the scenes occupying consecutive row ranges in this order (one entry: one scene)."""
 
     features: torch.Tensor
     pixels: torch.Tensor
@@ -32,9 +34,34 @@ class Buffer:
     frame_K: torch.Tensor
     frame_cam_from_world: torch.Tensor
     targets: torch.Tensor | None
+    scene_rows: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.scene_rows:
+            self.scene_rows = [len(self.features)]
 
     def __len__(self) -> int:
         return len(self.features)
+
+    def scene_index(self, rows: torch.Tensor) -> torch.Tensor:
+        """(M,) int64 scene of each of the (M,) `rows`."""
+        ends = torch.tensor(np.cumsum(self.scene_rows), dtype=torch.int64)
+        return torch.searchsorted(ends, rows, right=True)
+
+
+def concatenate_buffers(parts: list[Buffer]) -> Buffer:
+    """One buffer over several scenes' buffers, scene i's rows after scene i-1's (frame indices renumbered)."""
+    frame_offsets = np.cumsum([0] + [len(p.frame_K) for p in parts])
+    targets = None
+    if any(p.targets is not None for p in parts):
+        targets = torch.cat([p.targets if p.targets is not None else torch.full((len(p), 3), float("nan"))
+                             for p in parts])
+    return Buffer(
+        features=torch.cat([p.features for p in parts]), pixels=torch.cat([p.pixels for p in parts]),
+        frame_index=torch.cat([p.frame_index + int(off) for p, off in zip(parts, frame_offsets)]),
+        frame_K=torch.cat([p.frame_K for p in parts]),
+        frame_cam_from_world=torch.cat([p.frame_cam_from_world for p in parts]),
+        targets=targets, scene_rows=[len(p) for p in parts])
 
 
 def _depth_targets(depth: np.ndarray, homography: np.ndarray, pixels: np.ndarray, frame) -> np.ndarray:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from sceneloc.device import check_precision
 from sceneloc.nn.encoders import DEFAULT_ENCODER
+from sceneloc.nn.encoders.base import STRIDE
 from sceneloc.nn.heads import HeadConfig, KeypointNetConfig
 
 
@@ -104,7 +106,8 @@ class MappingConfig:
     use_depth: bool = True
     """When frames have depth, add a 3D scene-coordinate loss on the rows with valid depth."""
     depth_loss_weight: float = 1.0
-    """Weight of the 3D loss, measured in pixels-equivalent (focal x error / depth) so it matches the reprojection term."""
+    """Weight of the 3D loss, measured in pixels-equivalent (focal x error / depth) so it matches the reprojection
+    term."""
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
     """Keypoint network and keypoint-guided fine-tuning (off by default)."""
     seed: int = 0
@@ -118,19 +121,54 @@ class MappingConfig:
         return asdict(self)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field that cannot work (counts and sizes below 1, bad ranges)."""
+        """Raise ValueError naming the first field that cannot work (counts and sizes below 1, negative rates,
+        weights or block counts, bad ranges); it runs before any work, so that a typo fails in a second rather
+        than as a traceback (or a silently useless map) after the encoding."""
+        head, kp = self.head, self.keypoints
         for name, value in [("iterations", self.iterations), ("buffer_size", self.buffer_size),
                             ("max_buffer_passes", self.max_buffer_passes), ("batch_size", self.batch_size),
-                            ("image_height", self.image_height), ("head.width", self.head.width),
-                            ("head.num_output_layers", self.head.num_output_layers),
-                            ("keypoints.iterations", self.keypoints.iterations),
-                            ("keypoints.batch_size", self.keypoints.batch_size),
-                            ("keypoints.net.num_layers", self.keypoints.net.num_layers)]:
+                            ("head.width", head.width), ("head.layers_per_block", head.layers_per_block),
+                            ("head.num_output_layers", head.num_output_layers),
+                            ("keypoints.iterations", kp.iterations), ("keypoints.batch_size", kp.batch_size),
+                            ("keypoints.net.width", kp.net.width), ("keypoints.net.num_layers", kp.net.num_layers)]:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        for name, value in [("head.num_blocks", head.num_blocks),
+                            ("keypoints.fine_tune_iterations", kp.fine_tune_iterations), ("seed", self.seed)]:
+            if value < 0:
+                raise ValueError(f"{name} must be at least 0, got {value}")
+        if self.image_height < STRIDE:
+            raise ValueError(f"image_height must be at least {STRIDE} (one encoder cell), got "
+                             f"{self.image_height}")
         check_precision(self.precision)
-        if not self.max_buffer_epochs > 0:
-            raise ValueError(f"max_buffer_epochs must be positive, got {self.max_buffer_epochs}")
+        # `not value > 0` (rather than value <= 0) also refuses NaN.
+        for name, value in [("max_buffer_epochs", self.max_buffer_epochs), ("lr_start", self.lr_start),
+                            ("lr_max", self.lr_max), ("lr_end", self.lr_end),
+                            ("repro_threshold_end", self.repro_threshold_end),
+                            ("max_reprojection_error", self.max_reprojection_error),
+                            ("invalid_target_depth", self.invalid_target_depth),
+                            ("keypoints.lr_start", kp.lr_start), ("keypoints.lr_max", kp.lr_max),
+                            ("keypoints.fine_tune_lr_start", kp.fine_tune_lr_start),
+                            ("keypoints.fine_tune_lr_max", kp.fine_tune_lr_max),
+                            ("keypoints.label_repro_px", kp.label_repro_px),
+                            ("keypoints.label_max_3d_m", kp.label_max_3d_m)]:
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        for name, value in [("weight_decay", self.weight_decay), ("depth_loss_weight", self.depth_loss_weight),
+                            ("aug_rotation_deg", self.aug_rotation_deg)]:
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be zero or positive, got {value}")
+        for name, value in [("aug_brightness", self.aug_brightness), ("aug_contrast", self.aug_contrast)]:
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must lie in [0, 1) (a fraction of the range), got {value}")
+        if not 0 < kp.fine_tune_top_fraction <= 1:
+            raise ValueError(f"keypoints.fine_tune_top_fraction must lie in (0, 1], got {kp.fine_tune_top_fraction}")
+        if not self.repro_threshold_start >= self.repro_threshold_end:
+            raise ValueError(f"repro_threshold_start must be at least repro_threshold_end, got "
+                             f"{self.repro_threshold_start} < {self.repro_threshold_end}")
+        if not 0 < head.min_inverse_scale < head.max_inverse_scale:
+            raise ValueError(f"head.min_inverse_scale..max_inverse_scale must be a positive range, got "
+                             f"{head.min_inverse_scale}..{head.max_inverse_scale}")
         if not 0 < self.aug_scale_min <= self.aug_scale_max:
             raise ValueError(f"aug_scale_min..aug_scale_max must be a positive range, got "
                              f"{self.aug_scale_min}..{self.aug_scale_max}")

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from rich.progress import Progress
 
 from sceneloc.data import Scene
-from sceneloc.device import autocast, resolve_precision
+from sceneloc.device import resolve_precision
 from sceneloc.errors import InputError
-from sceneloc.mapping.buffer import build_buffer
+from sceneloc.map_files import config_from_metadata
+from sceneloc.mapping.buffer import Buffer, build_buffer, concatenate_buffers
 from sceneloc.mapping.config import MappingConfig
-from sceneloc.mapping.loss import mapping_loss, repro_threshold
-from sceneloc.mapping.optimise import RowBatches, train_one_cycle
+from sceneloc.mapping.loss import repro_threshold
+from sceneloc.mapping.optimise import RowBatches, optimise_head, rows_loss
 from sceneloc.mapping.trainer import TrainingSummary
 from sceneloc.memory import peak_rss_mb
 from sceneloc.multi_maps import MultiSceneMap, build_multimap_metadata
 from sceneloc.nn.encoders import Encoder, load_encoder
-from sceneloc.nn.heads.scinr import ScinrConfig, ScinrHead, normalised_positions
+from sceneloc.nn.heads.scinr import ScinrConfig, ScinrHead
 from sceneloc.progress import make_progress
 
 SAMPLING = ("balanced", "proportional")
@@ -56,11 +58,15 @@ class MultiSceneConfig:
         return asdict(self)
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field that cannot work."""
+        """Raise ValueError naming the first field that cannot work (those of mapping and model included)."""
         self.mapping.validate()
         self.model.validate()
         if self.sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
+        if self.mapping.keypoints.enabled:
+            # Refused rather than ignored: the map would record keypoints as enabled without having a network.
+            raise ValueError("keypoints are for single-scene maps: a multi-scene map has no keypoint network "
+                             "(drop --keypoints or mapping.keypoints.enabled)")
 
     @staticmethod
     def from_dict(d: dict) -> "MultiSceneConfig":
@@ -81,28 +87,6 @@ class MultiSceneSummary(TrainingSummary):
     """Scenes whose embedding (and the shared network) came from an earlier map (map_scenes' `start`)."""
 
 
-@dataclass
-class MultiSceneBuffer:
-    """The buffers of all scenes, concatenated (N rows, F augmented frames over all scenes).
-
-    features: (N, C); pixels: (N, 2) in the augmented image; positions: (N, 2) normalised (normalised_positions);
-    frame_index: (N,) int64 into frame_K / frame_cam_from_world ((F, 3, 3), (F, 3, 4)); scene_index: (N,) int64;
-    targets: (N, 3) world points, NaN where unknown (None when no scene has depth); scene_rows: rows of each scene."""
-
-    features: torch.Tensor
-    pixels: torch.Tensor
-    positions: torch.Tensor
-    frame_index: torch.Tensor
-    scene_index: torch.Tensor
-    frame_K: torch.Tensor
-    frame_cam_from_world: torch.Tensor
-    targets: torch.Tensor | None
-    scene_rows: list[int]
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-
 def buffer_shares(scenes: list[Scene], total: int, sampling: str) -> list[int]:
     """Rows of the buffer given to each scene: equal ("balanced") or proportional to its frames (at least 1)."""
     weights = np.ones(len(scenes)) if sampling == "balanced" else np.array([len(s.frames) for s in scenes], float)
@@ -119,26 +103,13 @@ def total_budget(config: MultiSceneConfig, n_scenes: int, n_new_scenes: int | No
 
 
 def build_multi_scene_buffer(scenes: list[Scene], encoder: Encoder, config: MultiSceneConfig, device: torch.device,
-                             progress: Progress) -> MultiSceneBuffer:
-    """build_buffer on each scene with its share of the total buffer (total_budget; its own seed), then
-    concatenated."""
+                             progress: Progress) -> Buffer:
+    """build_buffer on each scene with its share of the total buffer (total_budget; its own seed), concatenated into
+    one Buffer (scene i's rows after scene i-1's)."""
     shares = buffer_shares(scenes, total_budget(config, len(scenes))[0], config.sampling)
-    parts = [build_buffer(scene, encoder, replace(config.mapping, buffer_size=share, seed=config.mapping.seed + i),
-                          device, progress) for i, (scene, share) in enumerate(zip(scenes, shares))]
-    frame_offsets = np.cumsum([0] + [len(p.frame_K) for p in parts])
-    frame_index = torch.cat([p.frame_index + int(off) for p, off in zip(parts, frame_offsets)])
-    frame_K = torch.cat([p.frame_K for p in parts])
-    pixels = torch.cat([p.pixels for p in parts])
-    targets = None
-    if any(p.targets is not None for p in parts):
-        targets = torch.cat([p.targets if p.targets is not None else torch.full((len(p), 3), float("nan"))
-                             for p in parts])
-    return MultiSceneBuffer(
-        features=torch.cat([p.features for p in parts]), pixels=pixels,
-        positions=normalised_positions(pixels, frame_K[frame_index]), frame_index=frame_index,
-        scene_index=torch.cat([torch.full((len(p),), i, dtype=torch.int64) for i, p in enumerate(parts)]),
-        frame_K=frame_K, frame_cam_from_world=torch.cat([p.frame_cam_from_world for p in parts]),
-        targets=targets, scene_rows=[len(p) for p in parts])
+    return concatenate_buffers([build_buffer(scene, encoder, replace(config.mapping, buffer_size=share,
+                                                                     seed=config.mapping.seed + i), device, progress)
+                                for i, (scene, share) in enumerate(zip(scenes, shares))])
 
 
 def scene_batches(scene_rows: list[int], batch_size: int, sampling: str, generator: torch.Generator) -> RowBatches:
@@ -163,6 +134,16 @@ def _check_scenes(scenes: list[Scene]) -> None:
         if scene.name in seen:
             raise InputError(scene.root, f"scene name {scene.name!r} is used twice; scene names must be unique")
         seen.add(scene.name)
+
+
+def config_of_map(path: str | Path, start: MultiSceneMap) -> MultiSceneConfig:
+    """The settings a multi-scene map was made with (its metadata "config"), the defaults of a run that continues it
+    (`sceneloc map --multi --init`). Raises InputError naming the map file `path` for a key that is not a setting or
+    a value of the wrong type. A map of an earlier sceneloc may record keypoints as enabled (they were ignored):
+    they are off, as they were."""
+    config = config_from_metadata(path, MultiSceneConfig, start.metadata.get("config"), "config")
+    config.mapping.keypoints.enabled = False
+    return config
 
 
 def check_can_continue(start: MultiSceneMap, config: MultiSceneConfig) -> None:
@@ -193,16 +174,6 @@ def warm_start(head: ScinrHead, start: MultiSceneMap, scenes: list[Scene], confi
     return taken
 
 
-def _batch_loss(head: ScinrHead, buffer: MultiSceneBuffer, rows: torch.Tensor, frame_K: torch.Tensor,
-                frame_pose: torch.Tensor, config: MappingConfig, threshold: float, device: torch.device):
-    fidx = buffer.frame_index[rows].to(device)
-    with autocast(device, config.precision):
-        pred = head(buffer.features[rows].to(device), buffer.positions[rows].to(device),
-                    buffer.scene_index[rows].to(device))
-    return mapping_loss(pred.float(), buffer.pixels[rows].to(device), frame_K[fidx], frame_pose[fidx],
-                        None if buffer.targets is None else buffer.targets[rows].to(device), config, threshold)
-
-
 def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.device,
                show_progress: bool = True, start: MultiSceneMap | None = None) -> tuple[ScinrHead, MultiSceneSummary]:
     """Train one SCINR head for `scenes` (every frame posed, names unique; scene i gets embedding i).
@@ -230,21 +201,21 @@ def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.devi
                   {"params": head.no_decay_parameters(), "weight_decay": 0.0}]
         generator = torch.Generator().manual_seed(cfg.seed)
         batches = scene_batches(buffer.scene_rows, min(cfg.batch_size, len(buffer)), config.sampling, generator)
-        frame_K, frame_pose = buffer.frame_K.to(device), buffer.frame_cam_from_world.to(device)
-        loss, stats, history = train_one_cycle(
-            groups, cfg.weight_decay, total_steps, (cfg.lr_start, cfg.lr_max, cfg.lr_end),
-            lambda thr: _batch_loss(head, buffer, batches.next(), frame_K, frame_pose, cfg, thr, device),
-            lambda t: repro_threshold(cfg, t), progress, f"training SCINR on {len(scenes)} scenes")
+        loss, stats, history = optimise_head(
+            head, buffer, cfg, device, progress, f"training SCINR on {len(scenes)} scenes", total_steps,
+            (cfg.lr_start, cfg.lr_max, cfg.lr_end), lambda t: repro_threshold(cfg, t), batches=batches,
+            param_groups=groups)
     head.eval()
     t_end = time.perf_counter()
 
     per_scene, start = [], 0
+    frame_K, frame_pose = buffer.frame_K.to(device), buffer.frame_cam_from_world.to(device)
     with torch.no_grad():
         for scene, n_rows in zip(scenes, buffer.scene_rows):
             rows = torch.arange(start, start + n_rows)[torch.randperm(n_rows, generator=generator)[:4096]]
             start += n_rows
-            _, scene_stats = _batch_loss(head, buffer, rows, frame_K, frame_pose, cfg, cfg.repro_threshold_end,
-                                         device)
+            _, scene_stats = rows_loss(head, buffer, rows, frame_K, frame_pose, cfg, cfg.repro_threshold_end,
+                                       device)
             centers = scene.camera_centers()
             per_scene.append({"name": scene.name, "n_frames": len(scene.frames),
                               "camera_bounds": [centers.min(0).tolist(), centers.max(0).tolist()],

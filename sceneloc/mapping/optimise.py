@@ -1,6 +1,6 @@
 """The training loop every head shares (train_one_cycle: AdamW, one-cycle schedule, progress, history), batches of
-shuffled buffer rows (RowBatches), and optimise_head: a scene-coordinate head on its buffer, for the first
-training of a map and keypoint-guided fine-tuning."""
+shuffled buffer rows (RowBatches), and optimise_head: a scene-coordinate head (single- or multi-scene) on its
+buffer, for the first training of a map, of a multi-scene map, and keypoint-guided fine-tuning."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sceneloc.device import autocast
 from sceneloc.mapping.buffer import Buffer
 from sceneloc.mapping.config import MappingConfig
 from sceneloc.mapping.loss import mapping_loss
-from sceneloc.nn.heads import RegressionHead
+from sceneloc.nn.heads.scinr import normalised_positions
 
 
 class RowBatches:
@@ -65,24 +65,45 @@ def train_one_cycle(param_groups: list[dict], weight_decay: float, steps: int, l
     return float(loss.item()), stats, history
 
 
-def optimise_head(head: RegressionHead, buffer: Buffer, config: MappingConfig, device: torch.device,
+def predict_rows(head: torch.nn.Module, buffer: Buffer, rows: torch.Tensor, device: torch.device,
+                 precision: str) -> torch.Tensor:
+    """(M, 3) float32 world coordinates the head predicts for buffer `rows` (M,). Every head takes
+    (features, positions, scene): a single-scene RegressionHead ignores the last two; SCINR reads the scene and,
+    when it uses them (reads_positions), the pixel positions normalised by each row's camera."""
+    fidx = buffer.frame_index[rows]
+    positions = (normalised_positions(buffer.pixels[rows], buffer.frame_K[fidx]).to(device)
+                 if getattr(head, "reads_positions", False) else None)
+    with autocast(device, precision):
+        pred = head(buffer.features[rows].to(device), positions, buffer.scene_index(rows).to(device))
+    return pred.float()
+
+
+def rows_loss(head: torch.nn.Module, buffer: Buffer, rows: torch.Tensor, frame_K: torch.Tensor,
+              frame_pose: torch.Tensor, config: MappingConfig, threshold: float,
+              device: torch.device) -> tuple[torch.Tensor, dict]:
+    """mapping_loss of the head's predictions for buffer `rows` (M,); frame_K (F, 3, 3) and frame_pose (F, 3, 4) are
+    the buffer's frame tensors already on `device`."""
+    fidx = buffer.frame_index[rows].to(device)
+    pred = predict_rows(head, buffer, rows, device, config.precision)
+    return mapping_loss(pred, buffer.pixels[rows].to(device), frame_K[fidx], frame_pose[fidx],
+                        None if buffer.targets is None else buffer.targets[rows].to(device), config, threshold)
+
+
+def optimise_head(head: torch.nn.Module, buffer: Buffer, config: MappingConfig, device: torch.device,
                   progress: Progress, description: str, steps: int, lr: tuple[float, float, float],
-                  threshold: Callable[[float], float], rows: torch.Tensor | None = None,
-                  seed: int = 0) -> tuple[float, dict, list[dict]]:
-    """Train `head` on buffer rows (all, or the (M,) indices `rows`) for `steps` steps of config.batch_size rows
-    (train_one_cycle). Returns (final loss, final statistics, history of ten snapshots)."""
-    pool = torch.arange(len(buffer)) if rows is None else rows
-    batches = RowBatches([pool], [min(config.batch_size, len(pool))], torch.Generator().manual_seed(seed))
+                  threshold: Callable[[float], float], rows: torch.Tensor | None = None, seed: int = 0,
+                  batches: RowBatches | None = None,
+                  param_groups: list[dict] | None = None) -> tuple[float, dict, list[dict]]:
+    """Train `head` (single- or multi-scene) on its buffer for `steps` steps (train_one_cycle) of `batches`
+    (default: config.batch_size rows drawn from all rows, or from the (M,) indices `rows`), with AdamW on
+    `param_groups` (default: all parameters, config.weight_decay). Returns (final loss, final statistics, history
+    of ten snapshots)."""
+    if batches is None:
+        pool = torch.arange(len(buffer)) if rows is None else rows
+        batches = RowBatches([pool], [min(config.batch_size, len(pool))], torch.Generator().manual_seed(seed))
     frame_K = buffer.frame_K.to(device)
     frame_pose = buffer.frame_cam_from_world.to(device)
-
-    def batch_loss(thr: float) -> tuple[torch.Tensor, dict]:
-        chosen = batches.next()
-        fidx = buffer.frame_index[chosen].to(device)
-        with autocast(device, config.precision):
-            pred = head(buffer.features[chosen].to(device))
-        return mapping_loss(pred.float(), buffer.pixels[chosen].to(device), frame_K[fidx], frame_pose[fidx],
-                            None if buffer.targets is None else buffer.targets[chosen].to(device), config, thr)
-
-    return train_one_cycle([{"params": list(head.parameters())}], config.weight_decay, steps, lr, batch_loss,
+    return train_one_cycle(param_groups or [{"params": list(head.parameters())}], config.weight_decay, steps, lr,
+                           lambda thr: rows_loss(head, buffer, batches.next(), frame_K, frame_pose, config, thr,
+                                                 device),
                            threshold, progress, description)

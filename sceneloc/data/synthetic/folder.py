@@ -22,8 +22,8 @@ from rich.progress import track
 from sceneloc.data.synthetic.render import RenderedView, render_view
 from sceneloc.data.synthetic.room import Room, RoomConfig, StaircaseConfig, generate_room
 from sceneloc.data.synthetic.trajectory import TrajectoryConfig, mapping_trajectory, query_trajectory
-from sceneloc.atomic import atomic_output
-from sceneloc.data.ace_folder import WRITTEN_FILES, write_ace_frame
+from sceneloc.atomic import atomic_output, check_writable
+from sceneloc.data.ace_folder import WRITTEN_FILES, folders_removed_on_failure, write_ace_frame
 from sceneloc.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
@@ -147,11 +147,18 @@ def write_mesh(path: Path, room: Room) -> None:
             raise InputError(path, "Open3D could not write the mesh")
 
 
+def _folders(out_dir: Path) -> list[Path]:
+    """The sub-folders render_scene_to_folder writes frames into."""
+    return [out_dir / split / sub for split in SPLITS for sub in WRITTEN_FILES]
+
+
 def _prepare(out_dir: Path, overwrite: bool) -> None:
-    """Create the split folders. Existing frame files are an error unless `overwrite`, which deletes them (only
-    files named like ours, in our sub-folders) so that a smaller scene leaves no stale frames behind."""
+    """Check, before any rendering, that out_dir can be written. Existing frame files are an error unless
+    `overwrite`, which deletes them (only files named like ours, in our sub-folders) so that a smaller scene leaves
+    no stale frames behind."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "exists and is not a folder")
+    check_writable(out_dir / MESH_FILE)
     for split in SPLITS:
         for sub, suffix in WRITTEN_FILES.items():
             folder = out_dir / split / sub
@@ -160,23 +167,25 @@ def _prepare(out_dir: Path, overwrite: bool) -> None:
                 raise InputError(folder, f"already holds {len(old)} frames (pass overwrite to replace them)")
             for path in old:
                 path.unlink()
-            folder.mkdir(parents=True, exist_ok=True)
 
 
 def render_scene_to_folder(config: SyntheticSceneConfig, out_dir: str | Path, overwrite: bool = False,
                            progress: bool = True) -> SyntheticScene:
-    """Generate the room of `config`, write its mesh to out_dir/mesh.ply, render config.n_map mapping frames into
-    out_dir/train and config.n_query query frames into out_dir/test (layout in the module docstring), with a
-    progress bar unless progress=False."""
+    """Generate the room of `config`, render config.n_map mapping frames into out_dir/train and config.n_query query
+    frames into out_dir/test, then write its mesh to out_dir/mesh.ply (layout in the module docstring), with a
+    progress bar unless progress=False. Every file is written atomically; on a failure the folders this call
+    created are removed again, and the mesh, written last, is only there for a whole scene. Raises InputError
+    when out_dir cannot be written or holds frames (unless overwrite)."""
     out_dir = Path(out_dir)
     _prepare(out_dir, overwrite)
     camera = config.camera()
-    room = generate_room(config.room)
-    mapping = mapping_trajectory(room, config.n_map, config.room.seed, config.trajectory)
-    query = query_trajectory(room, config.n_query, config.room.seed, config.trajectory)
-    write_mesh(out_dir / MESH_FILE, room)
-    jobs = [(split, i, pose) for split, poses in zip(SPLITS, (mapping, query)) for i, pose in enumerate(poses)]
-    for split, i, pose in track(jobs, description=f"Rendering {out_dir.name}", disable=not progress):
-        view = render_view(room, camera, pose, config.supersampling)
-        write_frame(out_dir / split, frame_name(i), camera, pose, view)
+    with folders_removed_on_failure(_folders(out_dir)):
+        room = generate_room(config.room)
+        mapping = mapping_trajectory(room, config.n_map, config.room.seed, config.trajectory)
+        query = query_trajectory(room, config.n_query, config.room.seed, config.trajectory)
+        jobs = [(split, i, pose) for split, poses in zip(SPLITS, (mapping, query)) for i, pose in enumerate(poses)]
+        for split, i, pose in track(jobs, description=f"Rendering {out_dir.name}", disable=not progress):
+            view = render_view(room, camera, pose, config.supersampling)
+            write_frame(out_dir / split, frame_name(i), camera, pose, view)
+        write_mesh(out_dir / MESH_FILE, room)
     return SyntheticScene(root=out_dir, camera=camera, room=room, mapping=mapping, query=query)

@@ -67,7 +67,8 @@ class EfficientNetLite0Encoder(Encoder):
         n = len(blocks)
         own = {k: v for k, v in state.items() if k.startswith(("_conv_stem", "_bn0"))
                or (k.startswith("_blocks.") and int(k.split(".")[1]) < n)}
-        own.update({k.replace(f"_blocks.{n}._expand_conv", "next_expand_conv").replace(f"_blocks.{n}._bn0", "next_bn0"): v
+        own.update({k.replace(f"_blocks.{n}._expand_conv", "next_expand_conv")
+                     .replace(f"_blocks.{n}._bn0", "next_bn0"): v
                     for k, v in state.items() if k.startswith((f"_blocks.{n}._expand_conv", f"_blocks.{n}._bn0"))})
         self.load_state_dict(own, strict=True)
         self.requires_grad_(False)

@@ -51,7 +51,13 @@ class RegressionHead(nn.Module):
         self.output_layers = nn.ModuleList(out)
         self.register_buffer("mean", torch.zeros(3) if mean is None else mean.detach().float().clone().reshape(3))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    reads_positions = False
+    """The pixel positions of forward() are not used (SCINR's can be)."""
+
+    def forward(self, features: torch.Tensor, positions: torch.Tensor | None = None,
+                scene: torch.Tensor | None = None) -> torch.Tensor:
+        """features (N, C) -> world coordinates (N, 3). positions and scene are taken for the signature every head
+        shares (ScinrHead's) and ignored: this head knows one scene."""
         x = F.relu(self.input_layer(features))
         for block in self.blocks:
             y = x

@@ -157,9 +157,9 @@ class ScraModule(nn.Module):
         one_hot = F.one_hot(scene, n).to(theta.dtype)
         x = F.relu(self.input_layer(features))
         y = x
-        for l, layer in enumerate(self.layers):
-            p = theta[:, l * self.per_layer:(l + 1) * self.per_layer]
-            out = self._grouped_layer(y, scene, layer, p[:, 2 * w:], self.bases[l]) if self.n_bases else layer(y)
+        for i, layer in enumerate(self.layers):
+            p = theta[:, i * self.per_layer:(i + 1) * self.per_layer]
+            out = self._grouped_layer(y, scene, layer, p[:, 2 * w:], self.bases[i]) if self.n_bases else layer(y)
             y = F.relu(out * (1 + one_hot @ p[:, :w]) + one_hot @ p[:, w:2 * w])
         return x + y
 
@@ -278,7 +278,12 @@ class ScinrHead(nn.Module):
         with torch.autocast(self.mean.device.type, enabled=False):
             return self.anchors + self.complement(self.embeddings.float())
 
-    def forward(self, features: torch.Tensor, positions: torch.Tensor, scene: torch.Tensor) -> torch.Tensor:
+    @property
+    def reads_positions(self) -> bool:
+        """True when forward() uses the pixel positions (use_position); otherwise they may be None."""
+        return self.config.use_position
+
+    def forward(self, features: torch.Tensor, positions: torch.Tensor | None, scene: torch.Tensor) -> torch.Tensor:
         if self.config.use_scra:
             z = self.adjust(features, scene, self.embeddings)
         else:

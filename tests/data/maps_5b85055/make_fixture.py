@@ -25,8 +25,8 @@ out, room = sys.argv[1], sys.argv[2]
 scene = read_scene(room, split="train")
 no_augmentation = dict(aug_scale_min=1.0, aug_scale_max=1.0, aug_rotation_deg=0.0, aug_brightness=0.0,
                        aug_contrast=0.0)
-config = MappingConfig(image_height=120, buffer_size=20000, iterations=800, max_buffer_epochs=1000,
-                       head=HeadConfig(width=64, num_blocks=1), **no_augmentation)
+config = MappingConfig(image_height=120, buffer_size=20000, iterations=1500, max_buffer_epochs=1000,
+                       head=HeadConfig(width=128), **no_augmentation)
 scene_map, _ = build_scene_map(scene, config, torch.device("cpu"), show_progress=False)
 scene_map.save(f"{out}/single_v1.map")
 scene_map = SceneMap.load(f"{out}/single_v1.map")
@@ -36,7 +36,7 @@ with torch.no_grad():
     np.save(f"{out}/single_coords.npy", scene_map.head(features).numpy())
 
 multi_config = MultiSceneConfig()
-multi_config.mapping = replace(config, iterations=200)
+multi_config.mapping = replace(config, iterations=200, head=HeadConfig(width=64, num_blocks=1))
 multi_config.model.width = 64
 multi_config.model.modulation_width = 64
 scene_a = read_scene(room, split="train")
