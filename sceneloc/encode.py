@@ -2,7 +2,7 @@
 
 prepare_image is the one resize of mapping and query images (mapping/augment.py adds the random augmentation on
 top); cell_centres places the encoder's stride-8 cells in the image; encode_query / encode_batch turn query images
-into per-cell features; global_descriptor pools an image's cell features into one vector for scene retrieval."""
+into per-cell features; vlad_descriptor aggregates an image's cell features into one vector for scene retrieval."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from sceneloc.geometry import Camera
 from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.encoders.base import STRIDE
 
-GEM_POWER = 3.0
-"""Exponent of the generalised-mean pooling of global_descriptor (1: mean pooling; large: max pooling)."""
+VLAD_POWER = 0.5
+"""Exponent of vlad_descriptor's signed power-law normalisation (burstiness: repeated texture counts less)."""
 
 
 def working_size(camera: Camera, image_height: int) -> tuple[int, int]:
@@ -99,10 +99,14 @@ def encode_query(encoder_name: str, image_height: int, rgb: np.ndarray, camera: 
     return encoded.features, encoded.pixels, encoded.camera
 
 
-def global_descriptor(features: torch.Tensor, power: float = GEM_POWER) -> torch.Tensor:
-    """Cell features (N, C) of one image (or (B, N, C) of several) -> the generalised mean of each channel over the
-    cells, (C,) (or (B, C)) float32. The features are shifted to be positive first (the minimum over the
-    image's cells), as GeM needs; unnormalised: retrieval centres and normalises (sceneloc.identify)."""
+def vlad_descriptor(features: torch.Tensor, vocabulary: torch.Tensor, power: float = VLAD_POWER) -> torch.Tensor:
+    """An image's global descriptor for scene retrieval: VLAD of its cell features (N, C) over `vocabulary` (K, C)
+    (k-means centres of mapping features): each cell's residual to its nearest centre, summed per centre, each
+    centre's sum L2-normalised (intra-normalisation), signed power-law, then the whole (K * C,) float32 vector
+    L2-normalised. Any subset of an image's cells (the training buffer's samples) estimates the same vector."""
     x = features.float()
-    x = x - x.amin(dim=-2, keepdim=True) + 1e-6
-    return x.pow(power).mean(dim=-2).pow(1.0 / power)
+    vocabulary = vocabulary.to(x.device, torch.float32)
+    nearest = (x @ vocabulary.T - 0.5 * (vocabulary * vocabulary).sum(1)).argmax(1)
+    residuals = torch.zeros_like(vocabulary).index_add_(0, nearest, x - vocabulary[nearest])
+    v = torch.nn.functional.normalize(residuals, dim=1).flatten()
+    return torch.nn.functional.normalize(v.sign() * v.abs().pow(power), dim=0)

@@ -29,12 +29,14 @@ from sceneloc.device import autocast
 from sceneloc.encode import EncodedImage, encode_batch, encode_query, prepare_image
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.maps import SceneMap
+from sceneloc.nn.heads.scinr import normalised_positions
 from sceneloc.progress import make_progress
 from sceneloc.solve import PnPResult, SolverConfig, solve_pnp
 
 __all__ = ["REFERENCE_HEIGHT", "PoseEstimate", "LocalizeConfig", "Prediction", "Predictor", "SceneMapPredictor",
-           "encode_query", "predict_scene_coordinates", "solve_image", "most_probable", "select_keypoints",
-           "localize_encoded", "localize_frames", "localize_image", "localize_scene"]
+           "head_coordinates", "encode_query", "predict_scene_coordinates", "solve_image", "most_probable",
+           "select_keypoints", "localize_encoded", "localize_frames", "localize_rgb", "localize_image",
+           "localize_scene"]
 
 REFERENCE_HEIGHT = 480
 """Image height at which SolverConfig.inlier_threshold_px is expressed."""
@@ -78,6 +80,10 @@ class LocalizeConfig:
     """Consecutive images of one size encoded in one forward pass (pipeline only)."""
     decode_workers: int = 2
     """Threads decoding images ahead (pipeline only)."""
+    network_threads: int = 0
+    """torch's intra-op threads for the encoder and head while the pipeline runs (CPU only): 0 takes one less than
+    torch.get_num_threads(), leaving a core to RANSAC's thread (on 2 cores: one each, which also keeps torch's
+    threads from waiting on each other when other processes load the machine)."""
     auto_margin: float = 0.05
     """Multi-scene maps with "auto": when the retrieval similarity of the second-ranked scene is within this of the
     first's, RANSAC runs on both and the pose with more inliers wins (sceneloc.multi_maps.SceneDescriptors)."""
@@ -117,6 +123,23 @@ class Predictor(Protocol):
         """Record in `details` what the predictor's choice of scenes gave (scene names, scores)."""
 
 
+@torch.no_grad()
+def head_coordinates(head: torch.nn.Module, encoded: EncodedImage, scene: int = 0, precision: str = "auto",
+                     keypoint_net: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """What any map's head gives for an encoded image: (world scene coordinates (N, 3) float64, keypoint
+    probabilities (N,) float32 or None without a keypoint network), with scene index `scene` as the head's scene
+    input (a single-scene head ignores it) and the cells' normalised positions where the head reads them."""
+    features = encoded.features
+    device = features.device
+    positions = (normalised_positions(encoded.pixels, encoded.camera.K).to(device)
+                 if getattr(head, "reads_positions", False) else None)
+    scenes = torch.full((len(features),), scene, dtype=torch.int64, device=device)
+    with autocast(device, precision):
+        coords = head(features, positions, scenes)
+        prob = None if keypoint_net is None else keypoint_net.probabilities(features)
+    return coords.float().cpu().numpy().astype(np.float64), None if prob is None else prob.float().cpu().numpy()
+
+
 class SceneMapPredictor:
     """A SceneMap's regression head (and keypoint network): one scene, no scene input."""
 
@@ -127,16 +150,10 @@ class SceneMapPredictor:
         self.precision = precision
 
     def candidates(self, encoded: EncodedImage) -> tuple[list, dict]:
-        return [None], {}
+        return [0], {}
 
-    @torch.no_grad()
-    def predict(self, encoded: EncodedImage, scene=None) -> tuple[np.ndarray, np.ndarray | None]:
-        features = encoded.features
-        with autocast(features.device, self.precision):
-            coords = self.map.head(features)
-            prob = None if self.map.keypoint_net is None else self.map.keypoint_net.probabilities(features)
-        return (coords.float().cpu().numpy().astype(np.float64),
-                None if prob is None else prob.float().cpu().numpy())
+    def predict(self, encoded: EncodedImage, scene: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        return head_coordinates(self.map.head, encoded, scene, self.precision, self.map.keypoint_net)
 
     def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
         pass
@@ -269,6 +286,9 @@ def localize_frames(predictor: Predictor, frames: Sequence, config: LocalizeConf
             on_done(estimate)
         return estimate
 
+    threads = torch.get_num_threads()
+    if config.pipeline and device.type == "cpu":
+        torch.set_num_threads(config.network_threads or max(1, threads - 1))
     try:
         index = 0
         submit_decodes()
@@ -296,6 +316,7 @@ def localize_frames(predictor: Predictor, frames: Sequence, config: LocalizeConf
                 estimates.append(solving[-1])
         results = [e.result() for e in estimates]
     finally:
+        torch.set_num_threads(threads)
         for pool in (decoders, solver):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)

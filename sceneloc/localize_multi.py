@@ -2,7 +2,7 @@
 input is the named scene's index, or with "auto" the scene identified from the image's features.
 
 "auto" (scene identification): a map with scene descriptors (sceneloc.multi_maps.SceneDescriptors) ranks its scenes
-by retrieval of the image's global descriptor (sceneloc.encode.global_descriptor) and RANSAC runs on the first scene
+by retrieval of the image's global descriptor (sceneloc.encode.vlad_descriptor) and RANSAC runs on the first scene
 only, or on the first LocalizeConfig.auto_max_scenes when their similarities lie within auto_margin of each other;
 the pose with the most inliers wins. A map without descriptors (written before they existed) tries every scene."""
 
@@ -14,29 +14,21 @@ import numpy as np
 import torch
 
 from sceneloc.data import Scene
-from sceneloc.device import autocast
-from sceneloc.encode import EncodedImage, global_descriptor
+from sceneloc.encode import EncodedImage
 from sceneloc.geometry import Camera
-from sceneloc.localize import LocalizeConfig, PoseEstimate, localize_rgb, localize_with_progress
+from sceneloc.localize import LocalizeConfig, PoseEstimate, head_coordinates, localize_rgb, localize_with_progress
 from sceneloc.multi_maps import MultiSceneMap
-from sceneloc.nn.heads.scinr import normalised_positions
 from sceneloc.solve import PnPResult
 
 AUTO = "auto"
 """The scene name that asks for scene identification."""
 
 
-@torch.no_grad()
 def predict_multi_scene_coordinates(multi_map: MultiSceneMap, features: torch.Tensor, pixels: np.ndarray,
                                     camera: Camera, scene_index: int, precision: str = "auto") -> np.ndarray:
     """Scene coordinates (N, 3) float64 of feature rows (N, C) at `pixels` (N, 2) of the image `camera` describes,
     regressed with the embedding of scene `scene_index`."""
-    device = features.device
-    positions = normalised_positions(pixels, camera.K).to(device)
-    scene = torch.full((len(features),), scene_index, dtype=torch.int64, device=device)
-    with autocast(device, precision):
-        coords = multi_map.head(features, positions, scene)
-    return coords.float().cpu().numpy().astype(np.float64)
+    return head_coordinates(multi_map.head, EncodedImage(features, pixels, camera), scene_index, precision)[0]
 
 
 class MultiScenePredictor:
@@ -58,7 +50,7 @@ class MultiScenePredictor:
         if descriptors is None:
             return list(range(len(self.map.scene_names))), {"identification": "every scene"}
         t0 = time.perf_counter()
-        scores = descriptors.scene_scores(global_descriptor(encoded.features))
+        scores = descriptors.scene_scores(encoded.features)
         order = np.argsort(-scores, kind="stable")
         chosen = [int(order[0])]
         for i in order[1:max(1, self.config.auto_max_scenes)]:
@@ -69,10 +61,8 @@ class MultiScenePredictor:
                         "retrieved_scene": names[chosen[0]],
                         "retrieval_scores": {names[i]: round(float(s), 4) for i, s in enumerate(scores)}}
 
-    @torch.no_grad()
     def predict(self, encoded: EncodedImage, scene: int) -> tuple[np.ndarray, None]:
-        return predict_multi_scene_coordinates(self.map, encoded.features, encoded.pixels, encoded.camera, scene,
-                                               self.config.precision), None
+        return head_coordinates(self.map.head, encoded, scene, self.config.precision)
 
     def finish(self, details: dict, scenes: list[int], results: list[PnPResult], best: int) -> None:
         names = self.map.scene_names

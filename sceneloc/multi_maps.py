@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from sceneloc import __version__
+from sceneloc.encode import vlad_descriptor
 from sceneloc.errors import InputError
 from sceneloc.map_files import config_from_metadata, load_map_file, metadata_field, save_map_file
 from sceneloc.maps import checked_image_height, installed_encoder
@@ -31,58 +31,52 @@ DESCRIPTOR_PREFIX = "retrieval."
 @dataclass
 class SceneDescriptors:
     """Global descriptors of a multi-scene map's mapping views, for scene identification by retrieval: a query's
-    descriptor (sceneloc.encode.global_descriptor of its cell features) is compared with every view's, and each
-    scene scores the cosine similarity of its most similar view. Descriptors are centred on the mean of all views
-    (what every room shares says nothing about which room it is) and L2-normalised.
+    VLAD descriptor (sceneloc.encode.vlad_descriptor over `vocabulary`) is compared with every view's, and each
+    scene scores the cosine similarity of its most similar view.
 
-    descriptors: (M, C) float32, centred and normalised; scene_index: (M,) int64; centre: (C,) float32."""
+    vocabulary: (K, C) float32 k-means centres of mapping features; descriptors: (M, K * C) (float16 on disk),
+    L2-normalised; scene_index: (M,) int64, the scene of each view."""
 
+    vocabulary: torch.Tensor
     descriptors: torch.Tensor
     scene_index: torch.Tensor
-    centre: torch.Tensor
     n_scenes: int
 
-    @staticmethod
-    def build(raw: torch.Tensor, scene_index: torch.Tensor, n_scenes: int) -> "SceneDescriptors":
-        """From raw global descriptors (M, C) of mapping views and the scene of each (M,)."""
-        raw = raw.float()
-        centre = raw.mean(0)
-        return SceneDescriptors(F.normalize(raw - centre, dim=1), scene_index.long(), centre, n_scenes)
-
-    def scene_scores(self, descriptor: torch.Tensor) -> np.ndarray:
-        """A raw query descriptor (C,) -> (n_scenes,) float64: per scene, the best cosine similarity of its views
-        (-1 for a scene without views)."""
-        query = F.normalize(descriptor.float().to(self.centre.device) - self.centre, dim=0)
-        similarity = self.descriptors @ query
+    def scene_scores(self, features: torch.Tensor) -> np.ndarray:
+        """An image's cell features (N, C) -> (n_scenes,) float64: per scene, the best cosine similarity of its
+        views' descriptors with the image's (-1 for a scene without views)."""
+        query = vlad_descriptor(features, self.vocabulary).to(self.descriptors.device)
+        similarity = self.descriptors.float() @ query
         best = torch.full((self.n_scenes,), -1.0, device=similarity.device)
         best = best.scatter_reduce(0, self.scene_index, similarity, reduce="amax")
         return best.cpu().numpy().astype(np.float64)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """What the map file stores (float16 descriptors; DESCRIPTOR_PREFIX names)."""
-        return {DESCRIPTOR_PREFIX + "descriptors": self.descriptors.half().cpu().contiguous(),
-                DESCRIPTOR_PREFIX + "scene_index": self.scene_index.cpu().contiguous(),
-                DESCRIPTOR_PREFIX + "centre": self.centre.float().cpu().contiguous()}
+        """What the map file stores (DESCRIPTOR_PREFIX names; the descriptors in float16)."""
+        return {DESCRIPTOR_PREFIX + "vocabulary": self.vocabulary.float().cpu().contiguous(),
+                DESCRIPTOR_PREFIX + "descriptors": self.descriptors.half().cpu().contiguous(),
+                DESCRIPTOR_PREFIX + "scene_index": self.scene_index.long().cpu().contiguous()}
 
     @staticmethod
     def from_tensors(tensors: dict, n_scenes: int) -> "SceneDescriptors | None":
         """The descriptors among a map file's tensors (removing them from `tensors`); None when it has none.
-        ValueError for descriptors of the wrong shapes or scenes."""
+        ValueError for descriptors of inconsistent shapes or scenes."""
         stored = {k[len(DESCRIPTOR_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(DESCRIPTOR_PREFIX)}
         if not stored:
             return None
         try:
-            descriptors, index, centre = stored["descriptors"].float(), stored["scene_index"].long(), \
-                stored["centre"].float()
+            vocabulary, descriptors = stored["vocabulary"].float(), stored["descriptors"].float()
+            index = stored["scene_index"].long()
         except KeyError as e:
             raise ValueError(f"scene descriptors lack {DESCRIPTOR_PREFIX}{e.args[0]}") from None
-        if descriptors.ndim != 2 or index.shape != (len(descriptors),) or centre.shape != (descriptors.shape[1],) \
-                or len(index) == 0 or int(index.min()) < 0 or int(index.max()) >= n_scenes:
+        if vocabulary.ndim != 2 or descriptors.ndim != 2 or descriptors.shape[1] != vocabulary.numel() \
+                or index.shape != (len(descriptors),) or len(index) == 0 or int(index.min()) < 0 \
+                or int(index.max()) >= n_scenes:
             raise ValueError("scene descriptors of inconsistent shapes or scenes")
-        return SceneDescriptors(descriptors, index, centre, n_scenes)
+        return SceneDescriptors(vocabulary, descriptors, index, n_scenes)
 
     def to(self, device: torch.device) -> "SceneDescriptors":
-        return SceneDescriptors(self.descriptors.to(device), self.scene_index.to(device), self.centre.to(device),
+        return SceneDescriptors(self.vocabulary.to(device), self.descriptors.to(device), self.scene_index.to(device),
                                 self.n_scenes)
 
 

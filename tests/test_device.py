@@ -97,3 +97,20 @@ def test_tiny_map_and_localize_in_each_precision(tiny_room, precision, cpu, requ
         torch.set_num_threads(threads)
     assert untrained_t > 0.5, untrained_t
     assert trained_t < 0.1 * untrained_t and trained_t < 0.1 and trained_r < 3.0, (trained_t, trained_r)
+
+
+def test_bench_precision_reaches_every_sceneloc_method_and_its_row(no_fast_bf16):
+    from sceneloc.bench.methods import METHODS
+    from sceneloc.bench.runner import BenchOptions, _precision_that_ran, check_options, split_overrides
+
+    routed = split_overrides(["iterations=5", "colmap-sift.max_num_features=100"], "bf16")
+    assert routed["scr"] == ["precision=bf16", "iterations=5"]
+    assert routed["scinr"] == ["mapping.precision=bf16"]
+    assert routed["colmap-sift"] == ["max_num_features=100"]
+    settings = check_options(BenchOptions(out_dir="unused", suites=["quick"], precision="bf16"))
+    assert settings["scr"]["precision"] == "bf16" and settings["scinr"]["mapping"]["precision"] == "bf16"
+    assert _precision_that_ran(METHODS["scr"], settings["scr"], "cpu") == "bf16"
+    assert _precision_that_ran(METHODS["colmap-sift"], settings["colmap-sift"], "cpu") is None
+    # "auto" is resolved per machine: float32 on this (simulated) CPU without fast bfloat16.
+    auto = check_options(BenchOptions(out_dir="unused", suites=["quick"]))
+    assert _precision_that_ran(METHODS["scinr"], auto["scinr"], "cpu") == "fp32"

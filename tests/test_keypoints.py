@@ -143,7 +143,7 @@ def test_keypoint_training_separates_good_rows_and_fine_tuning_runs(tiny_scene, 
 
 @pytest.mark.usefixtures("one_thread")
 def test_add_keypoints_to_an_existing_map_as_if_mapped_with_keypoints(tiny_scene, tmp_path):
-    from tests.conftest import run_cli
+    from conftest import run_cli
 
     from sceneloc.mapping import build_scene_map, train_scene
 

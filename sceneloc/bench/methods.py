@@ -47,7 +47,8 @@ class Method(Protocol):
 
     def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
                  show_progress: bool, scene_name: str | None = None) -> list[PoseEstimate]:
-        """One estimate per frame of `scene`; details["time_ms"] is the time per image without reading it.
+        """One estimate per frame of `scene`; details["time_ms"] is the time per image (sceneloc's pipelined loop:
+        the run's wall time over its images, decoding included as it overlaps the rest; the peer: without reading).
         scene_name: for multi-scene maps, the map's scene the queries show, or "auto"."""
 
 

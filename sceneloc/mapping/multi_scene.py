@@ -17,6 +17,7 @@ from rich.progress import Progress
 
 from sceneloc.data import Scene
 from sceneloc.device import resolve_precision
+from sceneloc.encode import vlad_descriptor
 from sceneloc.errors import InputError
 from sceneloc.map_files import config_from_metadata
 from sceneloc.mapping.buffer import Buffer, build_buffer, concatenate_buffers
@@ -25,7 +26,7 @@ from sceneloc.mapping.loss import repro_threshold
 from sceneloc.mapping.optimise import RowBatches, optimise_head, rows_loss
 from sceneloc.mapping.trainer import TrainingSummary
 from sceneloc.memory import peak_rss_mb
-from sceneloc.multi_maps import MultiSceneMap, build_multimap_metadata
+from sceneloc.multi_maps import MultiSceneMap, SceneDescriptors, build_multimap_metadata
 from sceneloc.nn.encoders import Encoder, load_encoder
 from sceneloc.nn.heads.scinr import ScinrConfig, ScinrHead
 from sceneloc.progress import make_progress
@@ -48,6 +49,12 @@ class MultiSceneConfig:
     schedule; with five scenes each gets a fifth of the steps, docs/BENCHMARKS.md section 10)."""
     model: ScinrConfig = field(default_factory=ScinrConfig)
     """Shape of the SCINR head and its ablation switches."""
+    descriptor_vocabulary: int = 64
+    """Scene identification ("auto"): k-means centres of the VLAD vocabulary (descriptors of K x 64 numbers for
+    XFeat's 64-channel features); scene_descriptors."""
+    descriptor_views: int = 64
+    """Scene identification: at most this many augmented mapping views per scene keep a descriptor (8 KB each
+    with the default vocabulary and encoder)."""
     sampling: str = "balanced"
     """"balanced": every scene gets an equal share of the buffer and of every batch, so a scene with 10x fewer
     frames is seen as often as the others (its frames get more augmented views, up to mapping.max_buffer_passes).
@@ -85,6 +92,8 @@ class MultiSceneSummary(TrainingSummary):
     final_median_repro_px (on up to 4,096 of its buffer rows after training)."""
     warm_started: list[str] = field(default_factory=list)
     """Scenes whose embedding (and the shared network) came from an earlier map (map_scenes' `start`)."""
+    descriptors_s: float = 0.0
+    """Time spent making the scene descriptors (build_multi_scene_map; scene_descriptors)."""
 
 
 def buffer_shares(scenes: list[Scene], total: int, sampling: str) -> list[int]:
@@ -180,6 +189,13 @@ def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.devi
     start: an earlier map to continue from (warm_start), e.g. to add scenes to it without training from scratch:
     the run then takes the steps of the new scenes only (total_budget) and rehearses the others from their buffers.
     Deterministic for a given seed on a given device and thread count."""
+    head, summary, _ = _map_scenes(scenes, config, device, show_progress, start)
+    return head, summary
+
+
+def _map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.device, show_progress: bool,
+                start: MultiSceneMap | None) -> tuple[ScinrHead, MultiSceneSummary, Buffer]:
+    """map_scenes, also returning the training buffer (scene descriptors are made from it)."""
     _check_scenes(scenes)
     config.validate()
     cfg = config.mapping
@@ -229,16 +245,57 @@ def map_scenes(scenes: list[Scene], config: MultiSceneConfig, device: torch.devi
         final_median_repro_px=float(stats.get("repro_px", float("nan"))), device=str(device),
         precision=resolve_precision(cfg.precision, device), scenes=per_scene,
         history=history, warm_started=warm_started)
-    return head, summary
+    return head, summary, buffer
 
 
 def build_multi_scene_map(scenes: list[Scene], config: MultiSceneConfig, device: torch.device,
                           show_progress: bool = True, start: MultiSceneMap | None = None
                           ) -> tuple[MultiSceneMap, MultiSceneSummary]:
     """map_scenes plus everything the map file records about the scenes and the run."""
-    head, summary = map_scenes(scenes, config, device, show_progress, start)
+    head, summary, buffer = _map_scenes(scenes, config, device, show_progress, start)
+    t0 = time.perf_counter()
+    descriptors = scene_descriptors(buffer, len(scenes), config)
+    summary.descriptors_s = time.perf_counter() - t0
+    del buffer
     training = {k: v for k, v in asdict(summary).items() if k not in ("scenes", "keypoint_s", "keypoints")}
     metadata = build_multimap_metadata(load_encoder(config.mapping.encoder), config.model,
                                        config.mapping.image_height, summary.scenes, training, config.to_dict())
     return MultiSceneMap(head, config.mapping.encoder, config.mapping.image_height,
-                         [s.name for s in scenes], metadata), summary
+                         [s.name for s in scenes], metadata, descriptors.to(device)), summary
+
+
+def kmeans(rows: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+    """Lloyd's k-means of rows (N, C) float32 -> centres (min(k, N), C), started from k distinct random rows; a
+    centre left without rows keeps its place."""
+    centres = rows[torch.randperm(len(rows), generator=generator)[:k]].clone()
+    for _ in range(iterations):
+        nearest = (rows @ centres.T - 0.5 * (centres * centres).sum(1)).argmax(1)
+        sums = torch.zeros_like(centres).index_add_(0, nearest, rows)
+        counts = torch.bincount(nearest, minlength=len(centres))[:, None]
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+    return centres
+
+
+def scene_descriptors(buffer: Buffer, n_scenes: int, config: MultiSceneConfig) -> SceneDescriptors:
+    """Scene descriptors for identification ("auto") from the training buffer, without encoding anything again: a
+    vocabulary of config.descriptor_vocabulary k-means centres of (up to 50,000) buffer features, then the VLAD
+    descriptor of the buffer rows of each augmented mapping view, up to config.descriptor_views views per scene
+    (spread evenly over its views)."""
+    generator = torch.Generator().manual_seed(config.mapping.seed)
+    sample = torch.randperm(len(buffer), generator=generator)[:50_000]
+    vocabulary = kmeans(buffer.features[sample].float(), config.descriptor_vocabulary, 20, generator)
+    order = torch.argsort(buffer.frame_index, stable=True)
+    _, counts = torch.unique_consecutive(buffer.frame_index[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    view_scene = buffer.scene_index(order[starts])
+    descriptors, scene_index = [], []
+    for scene in range(n_scenes):
+        mine = torch.nonzero(view_scene == scene)[:, 0]
+        if len(mine) > config.descriptor_views:
+            mine = mine[torch.linspace(0, len(mine) - 1, config.descriptor_views).round().long()]
+        for v in mine.tolist():
+            rows = order[int(starts[v]):int(starts[v] + counts[v])]
+            descriptors.append(vlad_descriptor(buffer.features[rows], vocabulary))
+            scene_index.append(scene)
+    return SceneDescriptors(vocabulary, torch.stack(descriptors).half(), torch.tensor(scene_index, dtype=torch.int64),
+                            n_scenes)
