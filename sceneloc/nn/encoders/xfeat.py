@@ -38,7 +38,8 @@ class XFeatEncoder(Encoder):
         x4 = net.block4(x3)
         x5 = net.block5(x4)
         size = (x3.shape[-2], x3.shape[-1])
-        return net.block_fusion(x3 + F.interpolate(x4, size, mode="bilinear") + F.interpolate(x5, size, mode="bilinear"))
+        return net.block_fusion(x3 + F.interpolate(x4, size, mode="bilinear")
+                                + F.interpolate(x5, size, mode="bilinear"))
 
 
 class XFeatContextEncoder(XFeatEncoder):
