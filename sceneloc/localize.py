@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from sceneloc.data import Scene
-from sceneloc.device import autocast
+from sceneloc.device import autocast, resolve_precision
 from sceneloc.encode import EncodedImage, encode_batch, encode_query, prepare_image
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.maps import SceneMap
@@ -77,13 +78,15 @@ class LocalizeConfig:
     """Localizing many images (localize_scene): decode ahead in a thread pool and run RANSAC of one image while
     the next ones encode. False: one stage after the other, image by image (the same poses, slower)."""
     batch_size: int = 4
-    """Consecutive images of one size encoded in one forward pass (pipeline only)."""
+    """Consecutive images of one size encoded in one forward pass (pipeline only; not with float32 on the CPU, where
+    a batch rounds differently from single images)."""
     decode_workers: int = 2
     """Threads decoding images ahead (pipeline only)."""
     network_threads: int = 0
-    """torch's intra-op threads for the encoder and head while the pipeline runs (CPU only): 0 takes one less than
-    torch.get_num_threads(), leaving a core to RANSAC's thread (on 2 cores: one each, which also keeps torch's
-    threads from waiting on each other when other processes load the machine)."""
+    """torch's intra-op threads for the encoder and head while localizing on the CPU (pipelined or not, so that both
+    give the same poses): 0 takes one less than torch.get_num_threads(), leaving a core to RANSAC's thread (on 2
+    cores: one each, which also keeps torch's threads from waiting on each other when other processes load the
+    machine)."""
     auto_margin: float = 0.05
     """Multi-scene maps with "auto": when the retrieval similarity of the second-ranked scene is within this of the
     first's, RANSAC runs on both and the pose with more inliers wins (sceneloc.multi_maps.SceneDescriptors)."""
@@ -256,7 +259,7 @@ def localize_frames(predictor: Predictor, frames: Sequence, config: LocalizeConf
     frames = list(frames)
     if not frames:
         return []
-    batch_size = max(1, config.batch_size) if config.pipeline else 1
+    batch_size = max(1, config.batch_size) if config.pipeline and _batching_is_exact(config, device) else 1
     height = predictor.image_height
     start = time.perf_counter()
 
@@ -286,37 +289,34 @@ def localize_frames(predictor: Predictor, frames: Sequence, config: LocalizeConf
             on_done(estimate)
         return estimate
 
-    threads = torch.get_num_threads()
-    if config.pipeline and device.type == "cpu":
-        torch.set_num_threads(config.network_threads or max(1, threads - 1))
     try:
-        index = 0
-        submit_decodes()
-        while decoded:
-            # A batch: consecutive images of one size (a deterministic grouping, whatever the threads' timing).
-            batch = [decoded.popleft().result()]
-            while len(batch) < batch_size and decoded and decoded[0].result()[0].shape == batch[0][0].shape:
-                batch.append(decoded.popleft().result())
+        with network_threads(config, device):
+            index = 0
             submit_decodes()
-            t0 = time.perf_counter()
-            encoded = encode_batch(predictor.encoder_name, [b[0] for b in batch], [b[1] for b in batch], device,
-                                   config.precision)
-            encode_ms = (time.perf_counter() - t0) * 1e3 / len(batch)
-            for (_, _, decode_ms), enc in zip(batch, encoded):
-                details = {"decode_ms": decode_ms, "encode_ms": encode_ms, "encode_batch": len(batch)}
-                job = _network(predictor, frames[index].name, enc, config, details)
-                index += 1
-                if solver is None:
-                    estimates.append(_done(solve(job)))
-                    continue
-                # The network stage runs at most two batches ahead of RANSAC.
-                while len(solving) >= 2 * batch_size:
-                    solving.popleft().result()
-                solving.append(solver.submit(solve, job))
-                estimates.append(solving[-1])
-        results = [e.result() for e in estimates]
+            while decoded:
+                # A batch: consecutive images of one size (a deterministic grouping, whatever the threads' timing).
+                batch = [decoded.popleft().result()]
+                while len(batch) < batch_size and decoded and decoded[0].result()[0].shape == batch[0][0].shape:
+                    batch.append(decoded.popleft().result())
+                submit_decodes()
+                t0 = time.perf_counter()
+                encoded = encode_batch(predictor.encoder_name, [b[0] for b in batch], [b[1] for b in batch], device,
+                                       config.precision)
+                encode_ms = (time.perf_counter() - t0) * 1e3 / len(batch)
+                for (_, _, decode_ms), enc in zip(batch, encoded):
+                    details = {"decode_ms": decode_ms, "encode_ms": encode_ms, "encode_batch": len(batch)}
+                    job = _network(predictor, frames[index].name, enc, config, details)
+                    index += 1
+                    if solver is None:
+                        estimates.append(_done(solve(job)))
+                        continue
+                    # The network stage runs at most two batches ahead of RANSAC.
+                    while len(solving) >= 2 * batch_size:
+                        solving.popleft().result()
+                    solving.append(solver.submit(solve, job))
+                    estimates.append(solving[-1])
+            results = [e.result() for e in estimates]
     finally:
-        torch.set_num_threads(threads)
         for pool in (decoders, solver):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -324,6 +324,27 @@ def localize_frames(predictor: Predictor, frames: Sequence, config: LocalizeConf
     for estimate in results:
         estimate.details["time_ms"] = per_image_ms
     return results
+
+
+@contextmanager
+def network_threads(config: LocalizeConfig, device: torch.device):
+    """torch's intra-op threads while images are localized on the CPU: config.network_threads, or one less than
+    torch.get_num_threads() (at least one), leaving a core to the solver thread; restored afterwards. The single-image
+    path keeps the same count as the pipeline because float32 convolutions round differently with another thread
+    count (oneDNN), and both must give the same poses."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(config.network_threads or max(1, threads - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _batching_is_exact(config: LocalizeConfig, device: torch.device) -> bool:
+    """Whether a batched encoder pass gives each image the features it gets alone: with bfloat16/float16 autocast
+    (bit-identical on the CPUs tried); not in float32 on the CPU, where oneDNN's rounding depends on the batch."""
+    return not (device.type == "cpu" and resolve_precision(config.precision, device) == "fp32")
 
 
 def _done(value) -> Future:
@@ -345,10 +366,11 @@ def localize_rgb(predictor: Predictor, name: str, rgb: np.ndarray, camera: Camer
                  device: torch.device) -> PoseEstimate:
     """One decoded image through the stages of the loop, one after the other (time_ms: their sum)."""
     t0 = time.perf_counter()
-    image, work_cam = prepare_image(rgb, camera, predictor.image_height)
-    encoded = encode_batch(predictor.encoder_name, [image], [work_cam], device, config.precision)[0]
-    details = {"encode_ms": (time.perf_counter() - t0) * 1e3}
-    estimate = localize_encoded(predictor, name, encoded, config, details)
+    with network_threads(config, device):
+        image, work_cam = prepare_image(rgb, camera, predictor.image_height)
+        encoded = encode_batch(predictor.encoder_name, [image], [work_cam], device, config.precision)[0]
+        details = {"encode_ms": (time.perf_counter() - t0) * 1e3}
+        estimate = localize_encoded(predictor, name, encoded, config, details)
     estimate.details["time_ms"] = (time.perf_counter() - t0) * 1e3
     return estimate
 

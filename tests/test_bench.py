@@ -163,10 +163,12 @@ def test_options_are_checked_before_anything_runs(tmp_path):
         check_options(BenchOptions(tmp_path, overrides=["colmap-sift.nope=1"]))
     settings = check_options(BenchOptions(tmp_path, overrides=["iterations=3", "colmap-sift.num_neighbors=4"]))
     assert settings["scr"]["iterations"] == 3 and settings["colmap-sift"]["num_neighbors"] == 4
-    routed = split_overrides(["iterations=3", "scr.head.width=64", "colmap-sift.seed=2", "scinr.sampling=x"])
-    assert routed["scinr"] == ["sampling=x"] and routed["scinr-no-scra"] == []
-    assert routed["scr"] == ["iterations=3", "head.width=64"] and routed["colmap-sift"] == ["seed=2"]
-    assert all(routed[name] == ["iterations=3"] for name in routed if name.startswith("scr-"))
+    routed = split_overrides(["iterations=3", "scr.head.width=64", "colmap-sift.seed=2", "scinr.sampling=x"], "fp32")
+    # Every method with a precision setting gets --precision first (a --set may override it); colmap-sift has none.
+    assert routed["scinr"] == ["mapping.precision=fp32", "sampling=x"]
+    assert routed["scinr-no-scra"] == ["mapping.precision=fp32"]
+    assert routed["scr"] == ["precision=fp32", "iterations=3", "head.width=64"] and routed["colmap-sift"] == ["seed=2"]
+    assert all(routed[name] == ["precision=fp32", "iterations=3"] for name in routed if name.startswith("scr-"))
     # A variant's own settings come first, the user's override after them.
     assert settings["scr-reshead-kp"]["head"]["num_blocks"] == 6 and settings["scr-reshead-kp"]["iterations"] == 3
     assert settings["scr-reshead-kp"]["keypoints"]["enabled"] is True

@@ -7,8 +7,8 @@ give different weights), and on a shared 2-core machine one thread is also sever
 The mapping config is the default one with a 240 px working height and 2,500 instead of 10,000 steps, so that it
 takes about a minute on one thread. The baseline is the same map with its head untrained (seeded), localized and
 evaluated the same way. Measured on tiny-room (60 mapping frames turning up to 30 degrees between frames, 20 queries)
-with seeds 0 and 1, bf16 and fp32 (docs/test-spread.md): median 11.4-15.3 cm and 3.1-3.9 deg, recall (50 cm, 5 deg)
-and fraction within (25 cm, 5 deg) 0.75-0.80; the untrained head 140-141 cm and 140-143 deg, 0 and 0."""
+with seeds 0 and 1, bf16 and fp32 (docs/BENCHMARKS.md, section 11): median 11.4-15.3 cm and 3.1-3.9 deg, recall
+(50 cm, 5 deg) and fraction within (25 cm, 5 deg) 0.65-0.80; the untrained head 140-141 cm and 140-145 deg, 0 and 0."""
 
 from __future__ import annotations
 

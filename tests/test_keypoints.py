@@ -103,7 +103,8 @@ def test_map_round_trip_with_keypoint_network(tmp_path):
 @pytest.mark.usefixtures("one_thread")
 def test_keypoint_training_separates_good_rows_and_fine_tuning_runs(tiny_scene, monkeypatch):
     """Against a baseline computed here: the same keypoint training on the same buffer with its labels shuffled.
-    Measured (seeds 0 and 1, bf16 and fp32; docs/test-spread.md): held-out AUC 0.69-0.72, shuffled 0.50-0.52."""
+    Measured (seeds 0 and 1, bf16 and fp32; docs/BENCHMARKS.md, section 11): held-out AUC 0.65-0.72, shuffled
+    0.46-0.52."""
     import sceneloc.mapping.keypoints as keypoints_module
     from sceneloc.mapping import build_scene_map
     from sceneloc.mapping.trainer import add_keypoints

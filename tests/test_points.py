@@ -230,8 +230,9 @@ def test_export_filters_make_a_more_accurate_cloud(tiny, tmp_path):
     assert filtered.rgb.dtype == np.uint8 and filtered.rgb.max() > 0 and len(np.unique(filtered.rgb, axis=0)) > 50
 
     # Against two baselines computed here: the unfiltered cloud, and the unfiltered cloud of the same map with its head
-    # untrained. Measured (seeds 0 and 1, bf16 and fp32; docs/test-spread.md): median accuracy raw 4.4-5.2 cm,
-    # filtered 1.5-2.0 cm, untrained 88 cm; precision (< 5 cm) raw 0.49-0.54, filtered 0.86-0.92, untrained 0.
+    # untrained. Measured (seeds 0 and 1, bf16 and fp32; docs/BENCHMARKS.md, section 11): median accuracy raw
+    # 4.4-5.2 cm, filtered 1.5-2.2 cm, untrained 88 cm; precision (< 5 cm) raw 0.49-0.54, filtered 0.86-0.92,
+    # untrained 0.
     torch.manual_seed(0)
     untrained_map = dataclasses.replace(tiny.map, head=RegressionHead(
         tiny.map.head.input_layer.in_features, tiny.map.head.config, tiny.map.head.mean.clone()).eval())
