@@ -34,8 +34,8 @@ class SceneDescriptors:
     VLAD descriptor (sceneloc.encode.vlad_descriptor over `vocabulary`) is compared with every view's, and each
     scene scores the cosine similarity of its most similar view.
 
-    vocabulary: (K, C) float32 k-means centres of mapping features; descriptors: (M, K * C) (float16 on disk),
-    L2-normalised; scene_index: (M,) int64, the scene of each view."""
+    vocabulary: (K, C) float32 k-means centres of mapping features; descriptors: (M, K * C) float32 holding float16
+    values (as stored), L2-normalised; scene_index: (M,) int64, the scene of each view."""
 
     vocabulary: torch.Tensor
     descriptors: torch.Tensor
@@ -46,7 +46,7 @@ class SceneDescriptors:
         """An image's cell features (N, C) -> (n_scenes,) float64: per scene, the best cosine similarity of its
         views' descriptors with the image's (-1 for a scene without views)."""
         query = vlad_descriptor(features, self.vocabulary).to(self.descriptors.device)
-        similarity = self.descriptors.float() @ query
+        similarity = self.descriptors @ query
         best = torch.full((self.n_scenes,), -1.0, device=similarity.device)
         best = best.scatter_reduce(0, self.scene_index, similarity, reduce="amax")
         return best.cpu().numpy().astype(np.float64)

@@ -261,7 +261,7 @@ def test_descriptors_survive_the_map_file(rooms, multi_map, tmp_path):
     frame = rooms[1][1].frames[0]
     features = encode_query(multi_map.encoder_name, multi_map.image_height, frame.load_rgb(), frame.camera, CPU)[0]
     np.testing.assert_allclose(loaded.descriptors.scene_scores(features), multi_map.descriptors.scene_scores(features),
-                               atol=2e-3)
+                               atol=1e-6)
     tensors = load_file(str(path))
     tensors[DESCRIPTOR_PREFIX + "scene_index"] = torch.full_like(tensors[DESCRIPTOR_PREFIX + "scene_index"], 7)
     save_file(tensors, str(tmp_path / "bad.multimap"), metadata=_file_metadata(path))

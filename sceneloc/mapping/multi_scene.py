@@ -297,5 +297,6 @@ def scene_descriptors(buffer: Buffer, n_scenes: int, config: MultiSceneConfig) -
             rows = order[int(starts[v]):int(starts[v] + counts[v])]
             descriptors.append(vlad_descriptor(buffer.features[rows], vocabulary))
             scene_index.append(scene)
-    return SceneDescriptors(vocabulary, torch.stack(descriptors).half(), torch.tensor(scene_index, dtype=torch.int64),
-                            n_scenes)
+    # float16 values, as the map file stores them: a map scores alike before and after saving.
+    return SceneDescriptors(vocabulary, torch.stack(descriptors).half().float(),
+                            torch.tensor(scene_index, dtype=torch.int64), n_scenes)
