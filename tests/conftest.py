@@ -3,12 +3,62 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from scipy.spatial.transform import Rotation
 
 from sceneloc.cli import main
+from sceneloc.geometry import Rigid3
+
+
+@contextmanager
+def torch_threads(count: int = 1):
+    """torch's thread count set to `count` inside the block, restored after. One thread: mapping is bit-reproducible
+    for a given thread count only, and on two shared cores one thread is several times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the rest of the module that asks for it (see torch_threads)."""
+    with torch_threads(1):
+        yield
+
+
+def run_script(*args, columns: int = 200) -> tuple[int, str]:
+    """The installed `sceneloc` script in a subprocess: (exit code, stdout + stderr); a crash gives a negative code.
+    columns: the terminal width the error box is drawn for."""
+    script = Path(sys.executable).with_name("sceneloc")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "sceneloc.cli"]
+    done = subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": str(columns)})
+    return done.returncode, done.stdout + done.stderr
+
+
+def random_pose(rng: np.random.Generator) -> Rigid3:
+    """A random cam_from_world (rotation from a normal rotation vector, normal translation)."""
+    return Rigid3(Rotation.from_rotvec(rng.normal(size=3)).as_matrix(), rng.normal(size=3))
+
+
+def perturbed_pose(truth: Rigid3, t_err_m: float, r_err_deg: float, rng: np.random.Generator) -> Rigid3:
+    """A cam_from_world whose centre is t_err_m from truth's and whose rotation differs by r_err_deg."""
+    axis = rng.normal(size=3)
+    rotation = Rotation.from_rotvec(axis / np.linalg.norm(axis) * np.radians(r_err_deg)).as_matrix() @ truth.rotation
+    direction = rng.normal(size=3)
+    center = truth.center + direction / np.linalg.norm(direction) * t_err_m
+    return Rigid3(rotation, -rotation @ center)
 
 
 def run_cli(*args) -> tuple[int, str]:

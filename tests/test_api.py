@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import sceneloc
-from conftest import run_cli
+from conftest import run_cli, torch_threads
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -42,16 +41,14 @@ def test_public_names_exist():
 @pytest.fixture(scope="module")
 def example(room) -> dict:
     """The README example's variables after running it in `room`."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     cwd = os.getcwd()
     os.chdir(room)
     try:
-        namespace: dict = {}
-        exec(compile(readme_example(), "README.md", "exec"), namespace)
+        with torch_threads(1):
+            namespace: dict = {}
+            exec(compile(readme_example(), "README.md", "exec"), namespace)
     finally:
         os.chdir(cwd)
-        torch.set_num_threads(threads)
     return namespace
 
 

@@ -12,8 +12,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +25,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import run_cli
+from conftest import run_cli, run_script
 from sceneloc.data import read_scene
 from sceneloc.data.ace_folder import write_ace_frame
 from sceneloc.data.scene import Frame, image_size, read_image
@@ -58,15 +56,6 @@ def _assert_refused(code: int, output: str, *expected: str) -> None:
 def _assert_empty(folder: Path) -> None:
     """Nothing was written into `folder` (no hidden temporary file either)."""
     assert not folder.exists() or sorted(p.name for p in folder.iterdir()) == []
-
-
-def _run_script(*args) -> tuple[int, str]:
-    """The installed `sceneloc` script in a subprocess: (exit code, stdout + stderr); a crash gives a negative code."""
-    script = Path(sys.executable).with_name("sceneloc")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "sceneloc.cli"]
-    done = subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
-    return done.returncode, done.stdout + done.stderr
 
 
 def _ace_scene(root: Path, n: int = 4, depth: bool = False, posed: bool = True, names=None) -> Path:
@@ -213,7 +202,7 @@ def test_truncated_images_bin_does_not_crash_the_process(tmp_path):
     model = _colmap_model(tmp_path / "scene")
     images = model / "images.bin"
     images.write_bytes(images.read_bytes()[:12])
-    code, output = _run_script("map", tmp_path / "scene", "-o", tmp_path / "out" / "x.map")
+    code, output = run_script("map", tmp_path / "scene", "-o", tmp_path / "out" / "x.map")
     _assert_refused(code, output, str(images), "truncated")
     _assert_empty(tmp_path / "out")
 

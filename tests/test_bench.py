@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import torch_threads
 from sceneloc.evaluate.report import strict_json
 from sceneloc.bench.runner import RESULT_KEYS, BenchOptions, check_options, split_overrides
 from sceneloc.cli import app
@@ -36,17 +37,14 @@ def _bench(out, cache, *extra):
 def first_run(tmp_path_factory):
     # Two torch threads on two cores shared with other jobs can be 100x slower than one: keep the test's runtime
     # predictable (the mapping child reads the environment, this process the setting).
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
     patch = pytest.MonkeyPatch()
     patch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("bench")
     try:
-        rows = _bench(base / "out", base / "cache")
+        with torch_threads(1):
+            rows = _bench(base / "out", base / "cache")
     finally:
         patch.undo()
-        torch.set_num_threads(threads)
     return base, rows
 
 
@@ -123,19 +121,14 @@ def test_second_run_uses_the_cache_and_the_child_reports_its_own_memory(first_ru
 
 def test_keypoint_methods_extend_the_plain_map_and_resume_reuses_maps(first_run, monkeypatch):
     base, _ = first_run
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
     out = base / "kp"
     fast_keypoints = ["--set", "keypoints.iterations=50", "--set", "keypoints.net.width=32", "--set",
                       "keypoints.fine_tune_iterations=20"]
-    try:
+    with torch_threads(1):
         rows = _bench(out, base / "cache", "--methods", "scr,scr-acehead-kp", *fast_keypoints)
         records = {p.name: json.loads(p.read_text()) for p in (out / "maps").glob("*.build.json")}
         resumed = _bench(out, base / "cache", "--methods", "scr,scr-acehead-kp", "--resume", *fast_keypoints)
-    finally:
-        torch.set_num_threads(threads)
     plain, kp = records["tiny_tiny-room_scr.map.build.json"], records["tiny_tiny-room_scr-acehead-kp.map.build.json"]
     # The keypoint map was made from the plain one, and its map time counts both builds.
     details = kp["built"]["details"]
@@ -216,19 +209,14 @@ FAST_SCINR = ["scinr.mapping.image_height=120", "scinr.mapping.buffer_size=20000
 def test_quick_suite_with_the_peer_and_one_multi_scene_map(tmp_path, monkeypatch):
     """`sceneloc bench --suite quick` end to end (mapping shortened to seconds: the schema and the plumbing are
     under test; docs/BENCHMARKS.md has the full-length numbers)."""
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    try:
-        out = tmp_path / "out"
-        args = ["bench", "--suite", "quick", "--methods", "scr,colmap-sift,scinr", "--out", str(out),
-                "--cache", str(tmp_path / "cache"), "--device", "cpu"]
-        for item in FAST_SCR + FAST_SCINR:
-            args += ["--set", item]
+    out = tmp_path / "out"
+    args = ["bench", "--suite", "quick", "--methods", "scr,colmap-sift,scinr", "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--device", "cpu"]
+    for item in FAST_SCR + FAST_SCINR:
+        args += ["--set", item]
+    with torch_threads(1):
         result = CliRunner().invoke(app, args)
-    finally:
-        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())
     assert [(r["scene"], r["method"]) for r in rows] == [

@@ -7,10 +7,7 @@ three representative ones run the installed `sceneloc` script in a subprocess.""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from conftest import run_cli
+from conftest import run_cli, run_script
 from sceneloc.data.ace_folder import write_ace_frame
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.maps import SceneMap
@@ -38,14 +35,6 @@ def _write_scene(root: Path) -> Path:
         rotation = Rotation.from_euler("y", 5.0 * i, degrees=True).as_matrix()
         write_ace_frame(root, f"f{i}", rgb, CAMERA, Rigid3(rotation, np.array([0.1 * i, 0.0, 1.0])))
     return root
-
-
-def _run_subprocess(*args) -> tuple[int, str]:
-    script = Path(sys.executable).with_name("sceneloc")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "sceneloc.cli"]
-    done = subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80"})
-    return done.returncode, done.stdout + done.stderr
 
 
 def _assert_one_error_line(code: int, output: str, *expected: str) -> None:
@@ -257,7 +246,7 @@ def test_evaluate_malformed_poses(good, tmp_path, text, problem):
 
 def test_subprocess_map_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    code, output = _run_subprocess("map", tmp_path / "empty", "-o", tmp_path / "out" / "x.map")
+    code, output = run_script("map", tmp_path / "empty", "-o", tmp_path / "out" / "x.map", columns=80)
     _assert_one_error_line(code, output, str(tmp_path / "empty"), "folder is empty")
     _assert_nothing_written(tmp_path / "out")
 
@@ -265,7 +254,7 @@ def test_subprocess_map_empty_folder(tmp_path):
 def test_subprocess_localize_truncated_map(good, tmp_path):
     bad = tmp_path / "truncated.map"
     bad.write_bytes(good.map.read_bytes()[:1000])
-    code, output = _run_subprocess("localize", bad, good.scene, "-o", tmp_path / "out" / "poses.txt")
+    code, output = run_script("localize", bad, good.scene, "-o", tmp_path / "out" / "poses.txt", columns=80)
     _assert_one_error_line(code, output, str(bad), "not a sceneloc map")
     _assert_nothing_written(tmp_path / "out")
 
@@ -276,7 +265,7 @@ def test_subprocess_evaluate_malformed_poses_long_path(good, tmp_path):
     folder.mkdir()
     poses = folder / "poses.txt"
     poses.write_text("f0 1 0 0 0 0 0 0 10\nf1 1 0 0 0\n")
-    code, output = _run_subprocess("evaluate", poses, "--gt", good.scene, "-o", tmp_path / "out" / "report")
+    code, output = run_script("evaluate", poses, "--gt", good.scene, "-o", tmp_path / "out" / "report", columns=80)
     _assert_one_error_line(code, output, str(poses), "line 2: expected")
     _assert_nothing_written(tmp_path / "out")
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sceneloc.device as device_module
+from conftest import torch_threads
 from sceneloc.device import autocast, check_precision, resolve_precision, storage_dtype
 from sceneloc.geometry import pose_errors
 from sceneloc.localize import LocalizeConfig, localize_scene
@@ -77,9 +78,7 @@ def test_tiny_map_and_localize_in_each_precision(tiny_room, precision, cpu, requ
     the same way, is metres off. On the simulated CPU without fast bf16, "auto" must run in float32 end to end."""
     if cpu == "without fast bf16":
         request.getfixturevalue("no_fast_bf16")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on two shared cores are slower than one
-    try:
+    with torch_threads(1):
         # No augmentation: the mapping views themselves are what is localized, so a short training fits them well
         # (measured: 2.5 cm median after 600 steps, 0.8 cm after 1500; the untrained head: about 1.5 m).
         config = MappingConfig(image_height=120, buffer_size=20000, iterations=800, max_buffer_epochs=1000,
@@ -93,8 +92,6 @@ def test_tiny_map_and_localize_in_each_precision(tiny_room, precision, cpu, requ
                                                             scene_map.head.mean.clone()).eval())
         trained_t, trained_r = _median_errors(scene_map, tiny_room, precision)
         untrained_t, _ = _median_errors(untrained, tiny_room, precision)
-    finally:
-        torch.set_num_threads(threads)
     assert untrained_t > 0.5, untrained_t
     assert trained_t < 0.1 * untrained_t and trained_t < 0.1 and trained_r < 3.0, (trained_t, trained_r)
 

@@ -7,27 +7,13 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 from rich.console import Console
-from scipy.spatial.transform import Rotation
 
+from conftest import perturbed_pose, random_pose
 from sceneloc.errors import InputError
 from sceneloc.evaluate import (RECALL_THRESHOLDS, evaluate_poses, format_summary_table, plot_error_cdf,
                                plot_trajectory, write_report)
 from sceneloc.export import read_poses, write_pose_details_json, write_poses
 from sceneloc.localize import PoseEstimate
-from sceneloc.geometry import Rigid3
-
-
-def random_pose(rng) -> Rigid3:
-    return Rigid3(Rotation.from_rotvec(rng.normal(size=3)).as_matrix(), rng.normal(size=3))
-
-
-def perturbed(truth: Rigid3, t_err_m: float, r_err_deg: float, rng) -> Rigid3:
-    """A cam_from_world whose centre is t_err_m from truth's and whose rotation differs by r_err_deg."""
-    axis = rng.normal(size=3)
-    rotation = Rotation.from_rotvec(axis / np.linalg.norm(axis) * np.radians(r_err_deg)).as_matrix() @ truth.rotation
-    direction = rng.normal(size=3)
-    center = truth.center + direction / np.linalg.norm(direction) * t_err_m
-    return Rigid3(rotation, -rotation @ center)
 
 
 @pytest.fixture
@@ -35,9 +21,9 @@ def case():
     """4 images with errors A (0.5 cm, 0.5 deg), B (1.5 cm, 3 deg), C (20 cm, 1 deg), D failed."""
     rng = np.random.default_rng(0)
     truth = {name: random_pose(rng) for name in "ABCD"}
-    estimates = [PoseEstimate("A", perturbed(truth["A"], 0.005, 0.5, rng), 500, 0.5),
-                 PoseEstimate("B", perturbed(truth["B"], 0.015, 3.0, rng), 300, 0.3),
-                 PoseEstimate("C", perturbed(truth["C"], 0.20, 1.0, rng), 100, 0.1),
+    estimates = [PoseEstimate("A", perturbed_pose(truth["A"], 0.005, 0.5, rng), 500, 0.5),
+                 PoseEstimate("B", perturbed_pose(truth["B"], 0.015, 3.0, rng), 300, 0.3),
+                 PoseEstimate("C", perturbed_pose(truth["C"], 0.20, 1.0, rng), 100, 0.1),
                  PoseEstimate("D", None, 0, 0.0)]
     return truth, estimates
 

@@ -58,15 +58,6 @@ def tiny_scene(tmp_path_factory):
     return read_scene(root, split="train")
 
 
-@pytest.fixture
-def one_thread():
-    # Two threads on two shared cores can be many times slower than one (see test_end_to_end.py).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _prediction(prob):
     n = len(prob)
     return Prediction(np.zeros((n, 2)), np.zeros((n, 3)), Camera(8, 8, 1, 1, 4, 4), np.asarray(prob, np.float32))

@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import torch_threads
 from sceneloc.data import read_scene
 from sceneloc.data.scene import Scene
 from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
@@ -39,13 +40,8 @@ CPU = torch.device("cpu")
 OLD_MAPS = Path(__file__).parent / "data" / "maps_5b85055"
 NO_AUGMENTATION = dict(aug_scale_min=1.0, aug_scale_max=1.0, aug_rotation_deg=0.0)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+"""One torch thread for every test here (conftest.torch_threads)."""
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +129,9 @@ def test_pipelined_loop_equals_the_sequential_one(rooms, single_map):
     assert [e.details["encode_batch"] for e in batched] == [4] * 8 + [2] * 2
     # float32 convolutions round differently in a batch: there the pipeline encodes one image at a time.
     fp32 = LocalizeConfig(precision="fp32", batch_size=4)
-    torch.set_num_threads(2)  # and the single-image path uses the pipeline's thread count (float32 rounding)
-    try:
+    with torch_threads(2):  # and the single-image path uses the pipeline's thread count (float32 rounding)
         piped = localize_scene(single_map, query, fp32, CPU, show_progress=False)
         alone = [localize_image(single_map, f.name, f.load_rgb(), f.camera, fp32, CPU) for f in query.frames]
-    finally:
-        torch.set_num_threads(1)
     assert all(e.details["encode_batch"] == 1 for e in piped)
     assert all(_same(a, b) for a, b in zip(piped, alone))
     # A batched encoder pass may round differently from single images (not on the CPUs tried): poses to a

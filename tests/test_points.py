@@ -30,6 +30,9 @@ from sceneloc.nn.heads import RegressionHead
 
 UNFILTERED = PointExportConfig(use_keypoints=False, consistency=False, min_depth=-np.inf, max_depth=np.inf)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+"""One torch thread for every test here (conftest.torch_threads)."""
+
 
 def _unit_square() -> o3d.t.geometry.TriangleMesh:
     mesh = o3d.t.geometry.TriangleMesh()
@@ -188,15 +191,6 @@ def test_read_mesh_errors_name_the_file(tmp_path):
 
 
 # --- export from a real map ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two threads on two shared cores can be many times slower than one (see test_end_to_end.py).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

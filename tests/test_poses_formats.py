@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from conftest import run_cli
+from conftest import perturbed_pose, random_pose, run_cli
 from sceneloc.data import read_scene
 from sceneloc.data.ace_folder import write_ace_frame
 from sceneloc.data.query_images import read_intrinsics_list, read_query_images
@@ -31,24 +31,12 @@ from sceneloc.localize import PoseEstimate
 CAMERA = Camera(32, 24, 30.0, 30.0, 15.5, 11.5)
 
 
-def _pose(rng) -> Rigid3:
-    return Rigid3(Rotation.from_rotvec(rng.normal(size=3)).as_matrix(), rng.normal(size=3))
-
-
-def _perturbed(truth: Rigid3, t_err_m: float, r_err_deg: float, rng) -> Rigid3:
-    """A cam_from_world whose centre is t_err_m from truth's and whose rotation differs by r_err_deg."""
-    axis = rng.normal(size=3)
-    rotation = Rotation.from_rotvec(axis / np.linalg.norm(axis) * np.radians(r_err_deg)).as_matrix() @ truth.rotation
-    direction = rng.normal(size=3)
-    center = truth.center + direction / np.linalg.norm(direction) * t_err_m
-    return Rigid3(rotation, -rotation @ center)
-
-
 @pytest.fixture
 def estimates() -> list[PoseEstimate]:
     rng = np.random.default_rng(3)
-    return [PoseEstimate("f0", _pose(rng), 812), PoseEstimate("seq 1/frame-000001.color.png", _pose(rng), 45),
-            PoseEstimate("f2", None, 0), PoseEstimate("f3", _pose(rng), 7)]
+    return [PoseEstimate("f0", random_pose(rng), 812),
+            PoseEstimate("seq 1/frame-000001.color.png", random_pose(rng), 45), PoseEstimate("f2", None, 0),
+            PoseEstimate("f3", random_pose(rng), 7)]
 
 
 def _numbers(pose: Rigid3) -> str:
@@ -97,7 +85,7 @@ def test_colmap_images_txt_written_by_pycolmap_is_read_and_ours_loads_in_pycolma
     """Both directions against COLMAP itself: a model pycolmap writes, and our images.txt read by pycolmap."""
     pycolmap.logging.minloglevel = 2
     rng = np.random.default_rng(5)
-    poses = {"seq 1/a.png": _pose(rng), "b.png": _pose(rng)}
+    poses = {"seq 1/a.png": random_pose(rng), "b.png": random_pose(rng)}
     reconstruction = pycolmap.Reconstruction()
     camera = pycolmap.Camera(model="PINHOLE", width=32, height=24, params=[30, 30, 16, 12])
     camera.camera_id = 1
@@ -177,11 +165,11 @@ def gt(tmp_path) -> SimpleNamespace:
     """An ACE folder f0..f4 with ground truth, and estimates with errors 0.5 cm/0.5 deg, 1.5 cm/3 deg, 20 cm/1 deg,
     3 cm/4 deg and a failed one (f2)."""
     rng = np.random.default_rng(0)
-    truth = {f"f{i}": _pose(rng) for i in range(5)}
+    truth = {f"f{i}": random_pose(rng) for i in range(5)}
     for name, pose in truth.items():
         write_ace_frame(tmp_path / "gt", name, np.zeros((CAMERA.height, CAMERA.width, 3), np.uint8), CAMERA, pose)
     errors = {"f0": (0.005, 0.5), "f1": (0.015, 3.0), "f3": (0.20, 1.0), "f4": (0.03, 4.0)}
-    estimates = [PoseEstimate(n, None if n == "f2" else _perturbed(truth[n], *errors[n], rng), 100 + i)
+    estimates = [PoseEstimate(n, None if n == "f2" else perturbed_pose(truth[n], *errors[n], rng), 100 + i)
                  for i, n in enumerate(truth)]
     return SimpleNamespace(folder=tmp_path / "gt", truth=truth, estimates=estimates, errors=errors)
 

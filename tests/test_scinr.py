@@ -45,6 +45,9 @@ SMALL = dict(width=32, modulation_width=24, hypernet_width=16, embedding_dim=8, 
              pe_frequencies=4, use_position=True, use_modulation=True)
 """A head small enough for unit tests; every module on, the thesis' pixel position and modulation included."""
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+"""One torch thread for every test here (conftest.torch_threads)."""
+
 
 def small(**changes) -> ScinrConfig:
     """SMALL with some fields changed."""
@@ -284,15 +287,6 @@ def _moved(scene: Scene, offset: np.ndarray, name: str) -> Scene:
     shift = Rigid3(np.eye(3), -offset)
     return Scene(name, scene.root, [dataclasses.replace(f, cam_from_world=f.cam_from_world * shift)
                                     for f in scene.frames])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Mapping is reproducible for a given thread count only (and one thread is the fastest on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

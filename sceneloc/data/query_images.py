@@ -33,7 +33,7 @@ from PIL import Image
 from sceneloc.data.ace_folder import IMAGE_EXTENSIONS
 from sceneloc.data.colmap_model import _PARAM_LAYOUT, _camera
 from sceneloc.data.scene import Frame, Scene, Undistortion, check_camera, image_size
-from sceneloc.errors import InputError
+from sceneloc.errors import InputError, read_text_file
 from sceneloc.geometry import Camera
 
 MODEL_NAMES = frozenset(name for name in pycolmap.CameraModelId.__members__ if name != "INVALID")
@@ -85,12 +85,7 @@ def read_intrinsics_list(path: str | Path) -> dict[str, tuple[int, pycolmap.Came
     """hloc's queries_with_intrinsics.txt -> {name: (line number, pycolmap.Camera)} in file order. Raises InputError
     with the line number on a malformed line, an unknown model, a wrong parameter count or a name listed twice."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, "intrinsics file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"cannot read intrinsics file ({e})") from None
+    text = read_text_file(path, "intrinsics file")
     entries: dict[str, tuple[int, pycolmap.Camera]] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()

@@ -45,7 +45,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from sceneloc.atomic import write_text_atomic
-from sceneloc.errors import InputError
+from sceneloc.errors import InputError, read_text_file
 from sceneloc.export import poses as sceneloc_poses
 from sceneloc.geometry import Rigid3
 from sceneloc.localize import PoseEstimate
@@ -98,22 +98,11 @@ def _fits_colmap(tokens: list[str]) -> bool:
     return values is not None and _pose_fits(values, allow_nan=False)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, "poses file not found") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a folder, not a poses file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"cannot read poses file ({e})") from None
-
-
 def detect_format(path: str | Path, text: str | None = None) -> str:
     """The format of the poses file at `path` (its `text` if given): one of FORMATS. Rules in the module docstring.
     Raises InputError naming the file (and the line) when no format fits."""
     path = Path(path)
-    text = _read_text(path) if text is None else text
+    text = read_text_file(path, "poses file") if text is None else text
     data = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -244,7 +233,7 @@ def read_pose_file(path: str | Path, fmt: str | None = None) -> tuple[str, list[
     path = Path(path)
     if fmt is not None and fmt not in FORMATS:
         raise InputError(path, f"unknown poses format {fmt!r} (expected {', '.join(FORMATS)})")
-    text = _read_text(path)
+    text = read_text_file(path, "poses file")
     fmt = fmt or detect_format(path, text)
     if fmt == "sceneloc":
         return fmt, sceneloc_poses.read_poses(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sceneloc.atomic import write_text_atomic
-from sceneloc.errors import InputError
+from sceneloc.errors import InputError, read_text_file
 from sceneloc.geometry import Rigid3
 from sceneloc.localize import PoseEstimate  # re-exported: the poses file's record
 
@@ -60,12 +60,7 @@ def read_poses(path: str | Path) -> list[PoseEstimate]:
     """Reads a poses file. Failed images come back with cam_from_world None. Raises InputError (with the line
     number) on a malformed line, a non-unit quaternion, partial nans, or a name listed twice."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, "poses file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"cannot read poses file ({e})") from None
+    text = read_text_file(path, "poses file")
     estimates, seen = [], set()
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
