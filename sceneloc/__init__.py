@@ -17,17 +17,17 @@ _PUBLIC = {
     "Camera": "sceneloc.geometry",
     "Rigid3": "sceneloc.geometry",
     "MappingConfig": "sceneloc.mapping",
-    "LocalizeConfig": "sceneloc.localize",
-    "PoseEstimate": "sceneloc.localize",
-    "SceneMap": "sceneloc.maps",
-    "MultiSceneMap": "sceneloc.multi_maps",
+    "LocalizeConfig": "sceneloc.localize.loop",
+    "PoseEstimate": "sceneloc.localize.estimate",
+    "SceneMap": "sceneloc.maps.scene_map",
+    "MultiSceneMap": "sceneloc.maps.multi_scene_map",
     "map_scene": "sceneloc.api",
     "load_map": "sceneloc.api",
     "Localizer": "sceneloc.api",
     "evaluate_poses": "sceneloc.evaluate",
     "read_poses": "sceneloc.export.poses",
     "write_poses": "sceneloc.export.poses",
-    "InputError": "sceneloc.errors",
+    "InputError": "sceneloc.runtime.errors",
 }
 """Public name -> the module that defines it."""
 

@@ -20,15 +20,20 @@ import numpy as np
 import torch
 
 from sceneloc.data import Scene
-from sceneloc.device import resolve_device
-from sceneloc.errors import InputError
+from sceneloc.runtime.device import resolve_device
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera
-from sceneloc.localize import LocalizeConfig, PoseEstimate, localize_image, localize_scene
-from sceneloc.localize_multi import AUTO, localize_multi_image, localize_multi_scene
-from sceneloc.map_files import read_map_metadata
+from sceneloc.localize.estimate import PoseEstimate
+from sceneloc.localize.loop import LocalizeConfig, localize_image, localize_scene
+from sceneloc.localize.multi_scene import AUTO, localize_multi_image, localize_multi_scene
+from sceneloc.localize.structure import localize_structure_image, localize_structure_scene
+from sceneloc.maps.files import read_map_metadata
 from sceneloc.mapping import MappingConfig, build_scene_map
-from sceneloc.maps import SceneMap
-from sceneloc.multi_maps import FORMAT as MULTI_FORMAT, MultiSceneMap
+from sceneloc.maps.scene_map import SceneMap
+from sceneloc.maps.multi_scene_map import FORMAT as MULTI_FORMAT, MultiSceneMap
+from sceneloc.maps.structure_map import FORMAT as STRUCTURE_FORMAT, StructureMap
+
+AnyMap = SceneMap | MultiSceneMap | StructureMap
 
 
 def map_scene(scene: Scene, config: MappingConfig | None = None, device: str = "auto",
@@ -39,11 +44,15 @@ def map_scene(scene: Scene, config: MappingConfig | None = None, device: str = "
     return scene_map
 
 
-def load_map(path: str | Path, device: str = "auto") -> SceneMap | MultiSceneMap:
-    """A map file of either kind: a single-scene SceneMap or a multi-scene MultiSceneMap."""
+def load_map(path: str | Path, device: str = "auto") -> AnyMap:
+    """A map file of any kind: a single-scene SceneMap, a multi-scene MultiSceneMap or a StructureMap (numpy, on
+    the CPU whatever the device)."""
     dev = resolve_device(device)
-    if read_map_metadata(path).get("format") == MULTI_FORMAT:
+    map_format = read_map_metadata(path).get("format")
+    if map_format == MULTI_FORMAT:
         return MultiSceneMap.load(path, dev)
+    if map_format == STRUCTURE_FORMAT:
+        return StructureMap.load(path)
     return SceneMap.load(path, dev)
 
 
@@ -51,10 +60,10 @@ class Localizer:
     """Localizes images against one map, on the device the map was loaded to (load_map's device). For a multi-scene
     map, `scene` names the scene the images show, or "auto" to identify it per image."""
 
-    def __init__(self, scene_map: SceneMap | MultiSceneMap, config: LocalizeConfig | None = None,
-                 scene: str | None = None):
+    def __init__(self, scene_map: AnyMap, config: LocalizeConfig | None = None, scene: str | None = None):
         self.map = scene_map
-        self.device = next(scene_map.head.parameters()).device
+        self.structure = isinstance(scene_map, StructureMap)
+        self.device = torch.device("cpu") if self.structure else next(scene_map.head.parameters()).device
         self.config = config or LocalizeConfig()
         self.multi = isinstance(scene_map, MultiSceneMap)
         if self.multi and scene is None:
@@ -75,12 +84,16 @@ class Localizer:
             raise InputError(None, f"{name}: image is {rgb.shape[1]}x{rgb.shape[0]} but the camera is "
                                    f"{camera.width}x{camera.height}")
         with torch.no_grad():
+            if self.structure:
+                return localize_structure_image(self.map, name, rgb, camera, self.config)
             if self.multi:
                 return localize_multi_image(self.map, name, rgb, camera, self.scene, self.config, self.device)
             return localize_image(self.map, name, rgb, camera, self.config, self.device)
 
     def localize_scene(self, scene: Scene, show_progress: bool = False) -> list[PoseEstimate]:
         """Every frame of `scene` (its poses, if any, are not used)."""
+        if self.structure:
+            return localize_structure_scene(self.map, scene, self.config, show_progress)
         if self.multi:
             return localize_multi_scene(self.map, scene, self.scene, self.config, self.device, show_progress)
         return localize_scene(self.map, scene, self.config, self.device, show_progress)

@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sceneloc.atomic import check_writable
-from sceneloc.errors import InputError
+from sceneloc.runtime.atomic import check_writable
+from sceneloc.runtime.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Map a scene from posed RGB images, then relocalize new images (scene coordinate regression).")
@@ -37,7 +37,7 @@ def _fail(message: str) -> None:
 
 
 def _device(name: str):
-    from sceneloc.device import resolve_device
+    from sceneloc.runtime.device import resolve_device
 
     try:
         return resolve_device(name)
@@ -46,7 +46,7 @@ def _device(name: str):
 
 
 def _precision(name: str) -> str:
-    from sceneloc.device import check_precision
+    from sceneloc.runtime.device import check_precision
 
     try:
         return check_precision(name)
@@ -59,6 +59,10 @@ def map_command(
     scene_dirs: list[Path] = typer.Argument(..., help="Posed images: ACE folder, 7-Scenes, COLMAP model or "
                                                        "transforms.json (several with --multi)"),
     output: Path = typer.Option(..., "-o", "--output", help="Map file to write (.map, safetensors)"),
+    map_type: str = typer.Option("scr", "--type", help="scr (scene coordinate regression) | structure (compressed "
+                                                        "structure-based map, SceneSqueezer)"),
+    budget_mb: Optional[float] = typer.Option(None, "--budget-mb", help="--type structure: largest map size in MB "
+                                                                         "(default: 15 % of the triangulated points)"),
     multi: bool = typer.Option(False, "--multi", help="Map all the given scenes into one multi-scene model (SCINR)"),
     split: str = typer.Option("train", help="Split to map when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
@@ -81,16 +85,25 @@ def map_command(
 ):
     """Map a scene: posed RGB (+ optional depth) -> one map file. With --multi, several scenes -> one model
     (--set keys then read mapping.iterations, model.use_scra, sampling, ...)."""
-    from sceneloc.config_overrides import apply_overrides
+    from sceneloc.runtime.config_overrides import apply_overrides
     from sceneloc.data import read_scene
     from sceneloc.mapping import MappingConfig, build_scene_map
     from sceneloc.mapping.multi_scene import (MultiSceneConfig, build_multi_scene_map, check_can_continue,
                                               config_of_map)
-    from sceneloc.multi_maps import MultiSceneMap
+    from sceneloc.maps.multi_scene_map import MultiSceneMap
     from sceneloc.nn.encoders import load_encoder
 
+    if map_type not in ("scr", "structure"):
+        _fail(f"unknown --type {map_type!r} (use scr or structure)")
     if len(scene_dirs) > 1 and not multi:
         _fail(f"{len(scene_dirs)} scene folders given: pass --multi to map them into one model")
+    if map_type == "structure":
+        if multi or keypoints or start_from is not None:
+            _fail("--type structure maps one scene: --multi, --keypoints and --init are for scr maps")
+        _map_structure(scene_dirs[0], output, split, images, budget_mb, seed, overrides)
+        return
+    if budget_mb is not None:
+        _fail("--budget-mb is for --type structure")
     if start_from is not None and not multi:
         _fail("--init continues a multi-scene map: pass --multi")
     dev = _device(device)
@@ -136,6 +149,31 @@ def map_command(
                       f"buffer; --set max_buffer_epochs=N trains longer")
 
 
+def _map_structure(scene_dir: Path, output: Path, split: str, images: Path | None, budget_mb: float | None,
+                   seed: int, overrides: list[str] | None) -> None:
+    """`sceneloc map --type structure`: a StructureMap (mapping/structure/build.py)."""
+    from sceneloc.data import read_scene
+    from sceneloc.mapping.structure.build import StructureMapConfig, build_structure_map
+    from sceneloc.runtime.config_overrides import apply_overrides
+
+    config = StructureMapConfig(budget_mb=budget_mb, seed=seed)
+    try:
+        apply_overrides(config, overrides or [])
+        config.__post_init__()
+    except ValueError as e:
+        _fail(str(e))
+    check_writable(output, [scene_dir])
+    scene = read_scene(scene_dir, split=split, images=images)
+    console.print(f"mapping [bold]{scene.name}[/]: {len(scene.frames)} frames, structure map (SIFT, "
+                  f"{config.codec} codes of {config.descriptor_bytes} bytes)")
+    structure_map = build_structure_map(scene, config)
+    structure_map.save(output)
+    build = structure_map.metadata["build"]
+    console.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): {build['n_points']:,} of "
+                  f"{build['n_triangulated']:,} points in {build['n_clusters']} clusters, in "
+                  f"{build['timings']['total_s']:.0f} s")
+
+
 @app.command("add-keypoints")
 def add_keypoints_command(
     map_file: Path = typer.Argument(..., help="Single-scene map file from `sceneloc map` (without --keypoints)"),
@@ -152,11 +190,11 @@ def add_keypoints_command(
 ):
     """Add a keypoint network to an existing map (and optionally fine-tune its head on keypoints) without training
     the head again: the same result as `sceneloc map --keypoints` for the map's own settings and seed."""
-    from sceneloc.config_overrides import apply_overrides
+    from sceneloc.runtime.config_overrides import apply_overrides
     from sceneloc.data import read_scene
     from sceneloc.mapping import add_keypoints
     from sceneloc.mapping.config import KeypointConfig
-    from sceneloc.maps import SceneMap
+    from sceneloc.maps.scene_map import SceneMap
 
     keypoints = KeypointConfig()
     if fine_tune is not None:
@@ -206,16 +244,17 @@ def localize(
     """Localize query images against a map; writes a poses file and <output>.json with per-image details."""
     import numpy as np
 
-    from sceneloc.config_overrides import apply_overrides
+    from sceneloc.runtime.config_overrides import apply_overrides
     from sceneloc.data import read_scene
     from sceneloc.data.query_images import read_query_images
     from sceneloc.export.pose_formats import FORMATS, write_pose_file
     from sceneloc.export.poses import check_image_name, write_pose_details_json
-    from sceneloc.localize import LocalizeConfig, localize_scene
-    from sceneloc.localize_multi import localize_multi_scene
-    from sceneloc.map_files import read_map_metadata
-    from sceneloc.maps import SceneMap
-    from sceneloc.multi_maps import FORMAT as MULTI_FORMAT, MultiSceneMap
+    from sceneloc.localize.loop import LocalizeConfig, localize_scene
+    from sceneloc.localize.multi_scene import localize_multi_scene
+    from sceneloc.maps.files import read_map_metadata
+    from sceneloc.maps.scene_map import SceneMap
+    from sceneloc.maps.multi_scene_map import FORMAT as MULTI_FORMAT, MultiSceneMap
+    from sceneloc.maps.structure_map import FORMAT as STRUCTURE_FORMAT, StructureMap
 
     config = LocalizeConfig(precision=_precision(precision))
     config.solver.backend = backend
@@ -235,7 +274,8 @@ def localize(
     details_json = output.with_suffix(output.suffix + ".json")
     for path in (output, details_json):
         check_writable(path, [map_file, query_dir, *([intrinsics] if intrinsics is not None else [])])
-    is_multi = read_map_metadata(map_file).get("format") == MULTI_FORMAT
+    map_format = read_map_metadata(map_file).get("format")
+    is_multi = map_format == MULTI_FORMAT
     if is_multi and scene_name is None:
         _fail(f"{map_file}: a multi-scene map: pass --scene NAME or --scene auto")
     if not is_multi and scene_name is not None:
@@ -248,6 +288,10 @@ def localize(
         check_image_name(output, frame.name)
     if is_multi:
         estimates = localize_multi_scene(MultiSceneMap.load(map_file, dev), scene, scene_name, config, dev)
+    elif map_format == STRUCTURE_FORMAT:
+        from sceneloc.localize.structure import localize_structure_scene
+
+        estimates = localize_structure_scene(StructureMap.load(map_file), scene, config)
     else:
         estimates = localize_scene(SceneMap.load(map_file, dev), scene, config, dev)
     write_pose_file(output, estimates, fmt, image_names={f.name: f.rgb_path.name for f in scene.frames})
@@ -398,11 +442,11 @@ def export_points_command(
 ):
     """Point cloud of a scene from its map: scene coordinates of every cell of every mapping frame, coloured from
     the image, filtered as in the keypoint paper (keypoint probability, rotation consistency, depth bounds)."""
-    from sceneloc.config_overrides import apply_overrides
+    from sceneloc.runtime.config_overrides import apply_overrides
     from sceneloc.data import read_scene
     from sceneloc.evaluate.cloud import render_cloud_png, up_from_cameras
     from sceneloc.export.points import PointExportConfig, export_points, write_ply
-    from sceneloc.maps import SceneMap
+    from sceneloc.maps.scene_map import SceneMap
 
     config = PointExportConfig(use_keypoints=keypoints, consistency=consistency)
     for name, value in [("frame_stride", stride), ("min_depth", min_depth), ("max_depth", max_depth)]:

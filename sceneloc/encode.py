@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from sceneloc.device import autocast
+from sceneloc.runtime.device import autocast
 from sceneloc.geometry import Camera
 from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.encoders.base import STRIDE
@@ -50,11 +50,11 @@ def cell_centres(height: int, width: int) -> np.ndarray:
 class EncodedImage:
     """One query image after the encoder, in the working image (resized to the map's image height)."""
 
-    features: torch.Tensor
-    """(N, C) on the encoding device, of the cells whose centre lies inside the image; bfloat16/float16 under
-    autocast."""
+    features: torch.Tensor | np.ndarray
+    """(N, C): for scene-coordinate maps a torch tensor on the encoding device, of the cells whose centre lies
+    inside the image (bfloat16/float16 under autocast); for structure maps the local descriptors (numpy)."""
     pixels: np.ndarray
-    """(N, 2) float64 cell-centre pixels."""
+    """(N, 2) float64: cell-centre pixels, or the local features' keypoints."""
     camera: Camera
     """The working image's camera."""
 

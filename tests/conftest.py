@@ -73,3 +73,16 @@ def run_cli(*args) -> tuple[int, str]:
     finally:
         sys.argv = argv
     return exited.value.code or 0, out.getvalue() + err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_room_sift(tmp_path_factory):
+    """(the rendered tiny-room preset, its colmap-sift peer map): rendered and triangulated once per test run, for
+    the peer's tests and as the baseline of the structure map's."""
+    from sceneloc.data import read_scene
+    from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
+    from sceneloc.peers.colmap_sift import ColmapSiftConfig, build_sift_map
+
+    root = tmp_path_factory.mktemp("tiny-room")
+    rendered = render_scene_to_folder(PRESETS["tiny-room"], root, progress=False)
+    return rendered, build_sift_map(read_scene(root, split="train"), ColmapSiftConfig(), show_progress=False)

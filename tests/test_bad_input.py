@@ -30,7 +30,7 @@ from sceneloc.data import read_scene
 from sceneloc.data.ace_folder import write_ace_frame
 from sceneloc.data.scene import Frame, image_size, read_image
 from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.export.points import PointCloud, write_ply
 from sceneloc.geometry import Camera, Rigid3
 

@@ -16,7 +16,7 @@ from sceneloc.evaluate.report import strict_json
 from sceneloc.bench.runner import RESULT_KEYS, BenchOptions, check_options, split_overrides
 from sceneloc.cli import app
 from sceneloc.data import read_scene
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.evaluate import RECALL_THRESHOLDS, evaluate_poses
 from sceneloc.export import read_poses
 

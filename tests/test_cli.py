@@ -18,7 +18,7 @@ from scipy.spatial.transform import Rotation
 from conftest import run_cli, run_script
 from sceneloc.data.ace_folder import write_ace_frame
 from sceneloc.geometry import Camera, Rigid3
-from sceneloc.maps import SceneMap
+from sceneloc.maps.scene_map import SceneMap
 
 CAMERA = Camera(64, 48, 50.0, 50.0, 31.5, 23.5)
 N_FRAMES = 4

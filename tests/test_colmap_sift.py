@@ -8,20 +8,17 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from sceneloc.data import read_scene
-from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.evaluate import evaluate_poses
 from sceneloc.geometry import Camera, Rigid3
-from sceneloc.peers.colmap_sift import (ColmapSiftConfig, SiftMap, build_sift_map, colmap_camera, localize_scene,
-                                        pose_pairs)
+from sceneloc.mapping.structure.features import colmap_camera
+from sceneloc.mapping.structure.triangulate import pose_pairs
+from sceneloc.peers.colmap_sift import ColmapSiftConfig, SiftMap, localize_scene
 
 
 @pytest.fixture(scope="module")
-def room_and_map(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-room")
-    rendered = render_scene_to_folder(PRESETS["tiny-room"], root, progress=False)
-    sift_map = build_sift_map(read_scene(root, split="train"), ColmapSiftConfig(), show_progress=False)
-    return rendered, sift_map
+def room_and_map(tiny_room_sift):
+    return tiny_room_sift
 
 
 def test_triangulated_points_lie_on_the_room_surfaces(room_and_map):

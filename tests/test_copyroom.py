@@ -17,7 +17,7 @@ from sceneloc.data import read_scene
 from sceneloc.data.copyroom import (POSES_ZIP, SCAN_FILE, CopyroomConfig, read_trajectory, split_trajectory,
                                     write_copyroom_scene)
 from sceneloc.data.scan_render import load_textured_mesh, render_scan
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,5 +1,5 @@
-"""Precision selection (sceneloc.device) and a tiny map + localize in every precision, on a CPU with and without fast
-bfloat16 (the latter simulated), so the fp32 path is exercised on any machine."""
+"""Precision selection (sceneloc.runtime.device) and a tiny map + localize in every precision, on a CPU with and without
+fast bfloat16 (the latter simulated), so the fp32 path is exercised on any machine."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import sceneloc.device as device_module
+import sceneloc.runtime.device as device_module
 from conftest import torch_threads
-from sceneloc.device import autocast, check_precision, resolve_precision, storage_dtype
+from sceneloc.runtime.device import autocast, check_precision, resolve_precision, storage_dtype
 from sceneloc.geometry import pose_errors
-from sceneloc.localize import LocalizeConfig, localize_scene
+from sceneloc.localize.loop import LocalizeConfig, localize_scene
 from sceneloc.mapping import MappingConfig, build_scene_map
-from sceneloc.maps import SceneMap
+from sceneloc.maps.scene_map import SceneMap
 from sceneloc.nn.heads import HeadConfig, RegressionHead
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 
 from sceneloc.evaluate import RECALL_THRESHOLDS
-from sceneloc.maps import SceneMap
+from sceneloc.maps.scene_map import SceneMap
 from sceneloc.nn.heads import RegressionHead
 
 MAPPING = ["--image-height", "240", "--iterations", "2500"]

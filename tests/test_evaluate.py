@@ -9,11 +9,11 @@ from matplotlib.image import imread
 from rich.console import Console
 
 from conftest import perturbed_pose, random_pose
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.evaluate import (RECALL_THRESHOLDS, evaluate_poses, format_summary_table, plot_error_cdf,
                                plot_trajectory, write_report)
 from sceneloc.export import read_poses, write_pose_details_json, write_poses
-from sceneloc.localize import PoseEstimate
+from sceneloc.localize.estimate import PoseEstimate
 
 
 @pytest.fixture

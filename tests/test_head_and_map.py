@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sceneloc.config_overrides import apply_overrides
-from sceneloc.errors import InputError
+from sceneloc.runtime.config_overrides import apply_overrides
+from sceneloc.runtime.errors import InputError
 from sceneloc.mapping import MappingConfig
-from sceneloc.maps import SceneMap, build_metadata
+from sceneloc.maps.scene_map import SceneMap, build_metadata
 from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.heads import HeadConfig, RegressionHead
 

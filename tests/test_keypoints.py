@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from sceneloc.geometry import Camera
-from sceneloc.localize import LocalizeConfig, Prediction, select_keypoints
+from sceneloc.localize.loop import LocalizeConfig, Prediction, select_keypoints
 from sceneloc.mapping import MappingConfig
 from sceneloc.mapping.config import KeypointConfig
 from sceneloc.mapping.keypoints import keypoint_labels
-from sceneloc.maps import SceneMap, build_metadata
+from sceneloc.maps.scene_map import SceneMap, build_metadata
 from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.heads import HeadConfig, KeypointNet, KeypointNetConfig, RegressionHead
 

@@ -1,4 +1,4 @@
-"""The one localize loop (sceneloc.localize): both map kinds through one pipeline, which gives the poses of the old
+"""The one localize loop (sceneloc.localize.loop): both map kinds through one pipeline, which gives the poses of the old
 sequential loop; scene identification by retrieval ("auto") against trying every scene; multi-scene maps written
 without scene descriptors.
 
@@ -22,17 +22,17 @@ from sceneloc.data import read_scene
 from sceneloc.data.scene import Scene
 from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
 from sceneloc.data.synthetic.trajectory import TrajectoryConfig
-from sceneloc.device import autocast
+from sceneloc.runtime.device import autocast
 from sceneloc.encode import encode_query
-from sceneloc.errors import InputError
-from sceneloc.localize import (LocalizeConfig, SceneMapPredictor, localize_frames, localize_image, localize_scene,
+from sceneloc.runtime.errors import InputError
+from sceneloc.localize.loop import (LocalizeConfig, SceneMapPredictor, localize_frames, localize_image, localize_scene,
                                most_probable, solve_image)
-from sceneloc.localize_multi import (MultiScenePredictor, identification_accuracy, localize_multi_image,
+from sceneloc.localize.multi_scene import (MultiScenePredictor, identification_accuracy, localize_multi_image,
                                      localize_multi_scene, predict_multi_scene_coordinates)
-from sceneloc.map_files import METADATA_KEY
+from sceneloc.maps.files import METADATA_KEY
 from sceneloc.mapping import MappingConfig, build_scene_map
 from sceneloc.mapping.multi_scene import MultiSceneConfig, build_multi_scene_map
-from sceneloc.multi_maps import DESCRIPTOR_PREFIX, MultiSceneMap
+from sceneloc.maps.multi_scene_map import DESCRIPTOR_PREFIX, MultiSceneMap
 from sceneloc.nn.heads import KeypointNet, KeypointNetConfig
 from sceneloc.nn.heads.scinr import ScinrConfig
 

@@ -12,7 +12,7 @@ import torch
 
 import sceneloc
 from sceneloc.geometry import Rigid3, pose_errors
-from sceneloc.localize import LocalizeConfig, localize_scene
+from sceneloc.localize.loop import LocalizeConfig, localize_scene
 from sceneloc.nn.heads.scinr import normalised_positions
 
 DATA = Path(__file__).parent / "data" / "maps_5b85055"

@@ -17,15 +17,15 @@ from scipy.spatial.transform import Rotation
 from conftest import run_cli
 from sceneloc.data import Scene, read_scene
 from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.evaluate.cloud import (CloudEvalConfig, evaluate_cloud, read_mesh, render_cloud_png,
                                      up_from_cameras, write_cloud_report)
 from sceneloc.export.points import (PointCloud, PointExportConfig, consistency_mask, depth_mask, export_points,
                                     lookup_coordinates, read_ply, rotation_homography, write_ply)
 from sceneloc.geometry import Camera, Rigid3
-from sceneloc.localize import Prediction
+from sceneloc.localize.loop import Prediction
 from sceneloc.mapping import MappingConfig, build_scene_map
-from sceneloc.maps import SceneMap
+from sceneloc.maps.scene_map import SceneMap
 from sceneloc.nn.heads import RegressionHead
 
 UNFILTERED = PointExportConfig(use_keypoints=False, consistency=False, min_depth=-np.inf, max_depth=np.inf)
@@ -308,7 +308,7 @@ def test_cli_bad_input_is_one_line(tmp_path, args, expected):
 
 
 def test_optional_fields_take_none_from_the_command_line():
-    from sceneloc.config_overrides import apply_overrides
+    from sceneloc.runtime.config_overrides import apply_overrides
     from sceneloc.export.points import PointExportConfig
 
     assert apply_overrides(PointExportConfig(), ["keypoint_top_fraction=none"]).keypoint_top_fraction is None

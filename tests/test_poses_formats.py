@@ -22,11 +22,11 @@ from conftest import perturbed_pose, random_pose, run_cli
 from sceneloc.data import read_scene
 from sceneloc.data.ace_folder import write_ace_frame
 from sceneloc.data.query_images import read_intrinsics_list, read_query_images
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.export.pose_formats import FORMATS, detect_format, match_to_frames, read_pose_file, write_pose_file
 from sceneloc.export.poses import write_poses
 from sceneloc.geometry import Camera, Rigid3
-from sceneloc.localize import PoseEstimate
+from sceneloc.localize.estimate import PoseEstimate
 
 CAMERA = Camera(32, 24, 30.0, 30.0, 15.5, 11.5)
 

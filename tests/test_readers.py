@@ -15,7 +15,7 @@ import pytest
 
 from sceneloc.data import read_scene
 from sceneloc.data.ace_folder import write_ace_frame
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

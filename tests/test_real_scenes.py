@@ -17,7 +17,7 @@ from sceneloc.bench.scenes import SyntheticSceneSpec
 from sceneloc.bench.variant_scenes import DegradedQueriesSpec
 from sceneloc.data import read_scene
 from sceneloc.data.degrade import DEGRADATIONS, DegradationConfig
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

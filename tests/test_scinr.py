@@ -27,16 +27,16 @@ from sceneloc.data import read_scene
 from sceneloc.data.scene import Frame, Scene
 from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
 from sceneloc.data.synthetic.trajectory import TrajectoryConfig
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.geometry.metrics import pose_errors
-from sceneloc.localize import LocalizeConfig, encode_query
-from sceneloc.localize_multi import (AUTO, identification_accuracy, localize_multi_scene,
+from sceneloc.localize.loop import LocalizeConfig, encode_query
+from sceneloc.localize.multi_scene import (AUTO, identification_accuracy, localize_multi_scene,
                                      predict_multi_scene_coordinates)
 from sceneloc.mapping import MappingConfig
 from sceneloc.mapping.multi_scene import (MultiSceneConfig, build_multi_scene_map, buffer_shares, scene_batches,
                                           total_budget)
-from sceneloc.multi_maps import MultiSceneMap, build_multimap_metadata
+from sceneloc.maps.multi_scene_map import MultiSceneMap, build_multimap_metadata
 from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.heads.scinr import (ModulationModule, ScinrConfig, ScinrHead, ScraModule, normalised_positions,
                                      positional_encoding)

@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 from sceneloc.data.synthetic import (MESH_FILE, PRESETS, RoomConfig, StaircaseConfig, SyntheticSceneConfig,
                                      TrajectoryConfig, frame_name, generate_room, mapping_trajectory,
                                      query_trajectory, render_scene_to_folder, render_view)
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 SEED = 3

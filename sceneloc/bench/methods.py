@@ -14,12 +14,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
-from sceneloc.config_overrides import apply_overrides
+from sceneloc.runtime.config_overrides import apply_overrides
 from sceneloc.data import Scene, read_scene
-from sceneloc.errors import InputError
-from sceneloc.memory import peak_rss_mb
-from sceneloc.atomic import write_text_atomic
-from sceneloc.localize import PoseEstimate
+from sceneloc.runtime.errors import InputError
+from sceneloc.runtime.memory import peak_rss_mb
+from sceneloc.runtime.atomic import write_text_atomic
+from sceneloc.localize.estimate import PoseEstimate
 
 
 class Method(Protocol):
@@ -104,7 +104,7 @@ class ScrMethod(_SceneLocMethod):
         import torch
 
         from sceneloc.mapping import add_keypoints, build_scene_map
-        from sceneloc.maps import SceneMap
+        from sceneloc.maps.scene_map import SceneMap
 
         config, dev = self._config(overrides), torch.device(device)
         if base_map is not None:
@@ -121,8 +121,8 @@ class ScrMethod(_SceneLocMethod):
                  show_progress: bool, scene_name: str | None = None) -> list[PoseEstimate]:
         import torch
 
-        from sceneloc.localize import LocalizeConfig, localize_scene
-        from sceneloc.maps import SceneMap
+        from sceneloc.localize.loop import LocalizeConfig, localize_scene
+        from sceneloc.maps.scene_map import SceneMap
 
         dev = torch.device(device)
         config = LocalizeConfig(precision=self._config(overrides).precision)
@@ -165,6 +165,49 @@ class ColmapSiftMethod:
         return localize_scene(SiftMap.load(map_path), scene, self._config(overrides), show_progress)
 
 
+class SqueezeMethod:
+    """sceneloc's compressed structure-based map (SceneSqueezer; mapping/structure), localized through the one
+    loop (localize/structure.py). CPU only: SIFT, SMO and matching are numpy/pycolmap."""
+
+    map_suffix = ".smap"
+    cpu_only = True
+    multi_scene = False
+    precision_key = None
+
+    def __init__(self, name: str = "squeeze", variant: tuple[str, ...] = ()):
+        self.name = name
+        self.variant = list(variant)
+
+    def _config(self, overrides: list[str]):
+        from sceneloc.mapping.structure.build import StructureMapConfig
+
+        config = apply_overrides(StructureMapConfig(), self.variant + overrides)
+        config.__post_init__()
+        return config
+
+    def settings(self, overrides: list[str]) -> dict:
+        return asdict(self._config(overrides))
+
+    def can_extend(self, settings: dict, base_settings: dict) -> bool:
+        return False
+
+    def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
+                  show_progress: bool, base_map: Path | None = None) -> dict:
+        from sceneloc.mapping.structure.build import build_structure_map
+
+        structure_map = build_structure_map(scenes[0], self._config(overrides), show_progress)
+        structure_map.save(map_path)
+        return structure_map.metadata["build"]
+
+    def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
+                 show_progress: bool, scene_name: str | None = None) -> list[PoseEstimate]:
+        from sceneloc.localize.loop import LocalizeConfig
+        from sceneloc.localize.structure import localize_structure_scene
+        from sceneloc.maps.structure_map import StructureMap
+
+        return localize_structure_scene(StructureMap.load(map_path), scene, LocalizeConfig(), show_progress)
+
+
 class ScinrMethod(_SceneLocMethod):
     """sceneloc's multi-scene model: every scene of a suite mapped into one SCINR map (MultiSceneConfig), each
     scene's queries localized with its name."""
@@ -196,9 +239,9 @@ class ScinrMethod(_SceneLocMethod):
                  show_progress: bool, scene_name: str | None = None) -> list[PoseEstimate]:
         import torch
 
-        from sceneloc.localize import LocalizeConfig
-        from sceneloc.localize_multi import localize_multi_scene
-        from sceneloc.multi_maps import MultiSceneMap
+        from sceneloc.localize.loop import LocalizeConfig
+        from sceneloc.localize.multi_scene import localize_multi_scene
+        from sceneloc.maps.multi_scene_map import MultiSceneMap
 
         dev = torch.device(device)
         config = LocalizeConfig(precision=self._config(overrides).mapping.precision)
@@ -227,13 +270,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     ScinrMethod("scinr-position", ("model.use_position=true",)),
     ScinrMethod("scinr-raw-position", ("model.use_position=true", "model.use_positional_encoding=false")),
     ScinrMethod("scinr-modulation", ("model.use_position=true", "model.use_modulation=true")),
+    SqueezeMethod(),
+    SqueezeMethod("squeeze-no-selection", ("candidates_per_slot=1",)),
     ColmapSiftMethod(),
 )}
 """The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
 variants of it (encoder choices; the ACE-style and the deeper residual head, each with and without keypoint
 selection and keypoint-guided fine-tuning); `scinr` maps all scenes of a suite into one model (`scinr-no-*`: one
 of its modules switched off; `scinr-position`, `-raw-position`, `-modulation`: the thesis' pixel-position input,
-encoded or raw, and its modulation module switched on); `colmap-sift` is the structure-based peer."""
+encoded or raw, and its modulation module switched on); `squeeze` is the compressed structure-based map
+(`squeeze-no-selection`: the best-scored points without the QP);
+`colmap-sift` is the structure-based peer."""
 
 
 def map_in_this_process(method: str, scene_roots: list[str], scene_names: list[str], map_path: str,

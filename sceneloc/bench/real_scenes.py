@@ -25,9 +25,9 @@ import numpy as np
 from sceneloc.bench.scenes import PreparedScene, cache_key, cached_folder
 from sceneloc.data import ace_folder, read_scene
 from sceneloc.data.ace_folder import WRITTEN_FILES, read_numbers, write_ace_frame
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
-from sceneloc.progress import make_progress
+from sceneloc.runtime.progress import make_progress
 
 SourceFrame = tuple[str, np.ndarray, Camera, Rigid3, np.ndarray | None]
 """(name, rgb (H, W, 3) uint8, camera, cam_from_world, depth (H, W) metres or None): one frame to write."""

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from sceneloc.evaluate import RECALL_THRESHOLDS
 from sceneloc.evaluate.report import strict_json
-from sceneloc.atomic import write_text_atomic
+from sceneloc.runtime.atomic import write_text_atomic
 
 MEASUREMENT_NOTES = """\
 How the numbers were measured:

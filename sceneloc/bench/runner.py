@@ -29,16 +29,16 @@ from pathlib import Path
 import numpy as np
 
 import sceneloc
-from sceneloc.atomic import write_text_atomic
+from sceneloc.runtime.atomic import write_text_atomic
 from sceneloc.bench.methods import METHODS, Method, ScrMethod, map_in_this_process
 from sceneloc.bench.report import write_markdown_report, write_results_json
 from sceneloc.bench.scenes import PreparedScene, default_cache_dir, default_data_root
 from sceneloc.bench.suites import SUITES
 from sceneloc.data import read_scene
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.evaluate import evaluate_poses, plot_error_cdf, plot_trajectory
 from sceneloc.export.poses import write_poses
-from sceneloc.localize import PoseEstimate
+from sceneloc.localize.estimate import PoseEstimate
 
 RESULT_KEYS = ("suite", "scene", "method", "n_map", "n_query", "median_t_cm", "median_r_deg", "recall", "map_s",
                "map_peak_rss_mb", "query_ms_median", "map_bytes", "device", "seed", "commit")
@@ -69,7 +69,7 @@ class BenchOptions:
     """Torch device for scr ("cpu" or "cuda"); the peer always runs on the CPU."""
     precision: str = "auto"
     """Numeric precision of sceneloc's methods, mapping and localization ("auto", "bf16", "fp32"; see
-    sceneloc.device); each row records the precision that ran."""
+    sceneloc.runtime.device); each row records the precision that ran."""
     show_progress: bool = True
     """Progress bars (rendering, mapping, localizing)."""
     resume: bool = False
@@ -181,7 +181,7 @@ def _precision_that_ran(method: Method, settings: dict, device: str) -> str | No
     """The precision `method` ran in ("bf16", "fp16", "fp32"), from its settings; None when it has none."""
     import torch
 
-    from sceneloc.device import resolve_precision
+    from sceneloc.runtime.device import resolve_precision
 
     if method.precision_key is None:
         return None
@@ -372,7 +372,7 @@ def _run_scene(run: _Run, suite: str, prepared: PreparedScene, methods: list[str
 def _run_multi_scene(run: _Run, suite: str, scenes: list[PreparedScene], methods: list[str]) -> None:
     """Multi-scene methods: all (fold-less) scenes mapped into one map in a child; each scene's query sets
     localized with its name (the rows) and with scene identification ("auto": identification_accuracy)."""
-    from sceneloc.localize_multi import AUTO, identification_accuracy
+    from sceneloc.localize.multi_scene import AUTO, identification_accuracy
 
     options = run.options
     scenes = [p for p in scenes if not p.folds]

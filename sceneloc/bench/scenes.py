@@ -28,7 +28,7 @@ from typing import Protocol
 
 from sceneloc.data import synthetic
 from sceneloc.data.synthetic import PRESETS, SyntheticSceneConfig, render_scene_to_folder
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 
 
 @dataclass

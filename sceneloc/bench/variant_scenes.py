@@ -26,7 +26,7 @@ from sceneloc.data.degrade import DEGRADATIONS, DegradationConfig
 from sceneloc.data.scene import Frame, Scene
 from sceneloc.data.synthetic import MESH_FILE
 from sceneloc.geometry import Rigid3
-from sceneloc.progress import make_progress
+from sceneloc.runtime.progress import make_progress
 
 
 def variant_key(base_folder: str, kind: str, config: DegradationConfig) -> str:

@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 
 from sceneloc.data.scene import Frame, Scene, check_camera, image_size
-from sceneloc.atomic import write_bytes_atomic
-from sceneloc.errors import InputError
+from sceneloc.runtime.atomic import write_bytes_atomic
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

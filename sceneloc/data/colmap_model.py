@@ -27,7 +27,7 @@ import numpy as np
 import pycolmap
 
 from sceneloc.data.scene import Frame, Scene, Undistortion, check_camera
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 MODEL_FILES = ("cameras.bin", "cameras.txt")

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 
-from sceneloc.atomic import atomic_output, check_writable
+from sceneloc.runtime.atomic import atomic_output, check_writable
 from sceneloc.data.ace_folder import folders_removed_on_failure, write_ace_frame
 from sceneloc.data.scan_render import load_textured_mesh, render_scan
 from sceneloc.data.synthetic.folder import MESH_FILE, frame_name
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
-from sceneloc.progress import make_progress
+from sceneloc.runtime.progress import make_progress
 
 SCAN_FILE = "copyroom_c2000_opt_1024.obj"
 """The textured scan; its .mtl names the atlas image."""

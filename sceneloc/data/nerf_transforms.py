@@ -26,7 +26,7 @@ import numpy as np
 
 from sceneloc.data.ace_folder import IMAGE_EXTENSIONS
 from sceneloc.data.scene import Frame, Scene, Undistortion, check_camera, image_size
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 TRANSFORMS = "transforms.json"

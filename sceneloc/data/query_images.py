@@ -33,7 +33,7 @@ from PIL import Image
 from sceneloc.data.ace_folder import IMAGE_EXTENSIONS
 from sceneloc.data.colmap_model import _PARAM_LAYOUT, _camera
 from sceneloc.data.scene import Frame, Scene, Undistortion, check_camera, image_size
-from sceneloc.errors import InputError, read_text_file
+from sceneloc.runtime.errors import InputError, read_text_file
 from sceneloc.geometry import Camera
 
 MODEL_NAMES = frozenset(name for name in pycolmap.CameraModelId.__members__ if name != "INVALID")

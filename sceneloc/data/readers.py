@@ -13,7 +13,7 @@ from typing import Callable
 
 from sceneloc.data import ace_folder, colmap_model, nerf_transforms, query_images, sevenscenes
 from sceneloc.data.scene import Scene
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 
 SPLITS = ("train", "test")
 COLMAP = "COLMAP model"

@@ -13,7 +13,7 @@ import open3d as o3d
 
 from sceneloc.data.raycast import cast_pixel_rays
 from sceneloc.data.synthetic.render import RenderedView
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 

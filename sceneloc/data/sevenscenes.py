@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sceneloc.data.ace_folder import IMAGE_EXTENSIONS, read_pose_file
 from sceneloc.data.scene import Frame, Scene, image_size
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera
 
 NOMINAL_CAMERA = Camera(640, 480, 525.0, 525.0, 320.0, 240.0)

@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from rich.table import Table
 from scipy.spatial import cKDTree
 
-from sceneloc.atomic import write_text_atomic
-from sceneloc.errors import InputError
+from sceneloc.runtime.atomic import write_text_atomic
+from sceneloc.runtime.errors import InputError
 from sceneloc.evaluate.plots import save_figure
 from sceneloc.evaluate.report import metric_table, strict_json, with_suffix
 from sceneloc.export.points import PointCloud, check_ply_length

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Rigid3, pose_errors
-from sceneloc.localize import PoseEstimate
+from sceneloc.localize.estimate import PoseEstimate
 
 RECALL_THRESHOLDS: dict[str, tuple[float, float]] = {
     "1cm1deg": (0.01, 1), "2cm2deg": (0.02, 2), "5cm5deg": (0.05, 5),

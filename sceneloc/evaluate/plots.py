@@ -10,10 +10,10 @@ import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from sceneloc.errors import InputError
-from sceneloc.atomic import atomic_output
+from sceneloc.runtime.errors import InputError
+from sceneloc.runtime.atomic import atomic_output
 from sceneloc.geometry import Rigid3
-from sceneloc.localize import PoseEstimate
+from sceneloc.localize.estimate import PoseEstimate
 
 # Errors of exactly 0 cannot sit on a log axis; they are drawn at this floor instead.
 _LOG_FLOOR = {"t_err_cm": 1e-2, "r_err_deg": 1e-3}

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sceneloc.evaluate.metrics import RECALL_THRESHOLDS
 from sceneloc.evaluate.plots import plot_error_cdf
-from sceneloc.atomic import write_text_atomic
+from sceneloc.runtime.atomic import write_text_atomic
 
 
 def with_suffix(prefix: Path, suffix: str) -> Path:

@@ -14,15 +14,15 @@ import numpy as np
 import open3d as o3d
 import torch
 
-from sceneloc.atomic import atomic_output
+from sceneloc.runtime.atomic import atomic_output
 from sceneloc.data import Scene
 from sceneloc.encode import prepare_image
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
-from sceneloc.localize import Prediction, most_probable, predict_scene_coordinates
+from sceneloc.localize.loop import Prediction, most_probable, predict_scene_coordinates
 from sceneloc.mapping.augment import roll_homography
-from sceneloc.maps import SceneMap
-from sceneloc.progress import make_progress
+from sceneloc.maps.scene_map import SceneMap
+from sceneloc.runtime.progress import make_progress
 
 STRIDE = 8
 """Encoder stride: cell centres of a prediction grid lie STRIDE pixels apart, the first at (STRIDE - 1) / 2."""

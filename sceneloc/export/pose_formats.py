@@ -1,5 +1,5 @@
 """Poses files of other tools beside our own: ACE's and hloc's result files and COLMAP's images.txt. Reading detects
-the format from the content (or takes it given); writing is atomic (sceneloc.atomic), one function for all four.
+the format from the content (or takes it given); writing is atomic (sceneloc.runtime.atomic), one function for all four.
 
 Every format holds cam_from_world, x_cam = R(q) x_world + t, quaternion w first, OpenCV camera axes, the scene's
 units (metres):
@@ -44,11 +44,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from sceneloc.atomic import write_text_atomic
-from sceneloc.errors import InputError, read_text_file
+from sceneloc.runtime.atomic import write_text_atomic
+from sceneloc.runtime.errors import InputError, read_text_file
 from sceneloc.export import poses as sceneloc_poses
 from sceneloc.geometry import Rigid3
-from sceneloc.localize import PoseEstimate
+from sceneloc.localize.estimate import PoseEstimate
 
 FORMATS = ("sceneloc", "ace", "hloc", "colmap")
 LAYOUTS = {

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sceneloc.atomic import write_text_atomic
-from sceneloc.errors import InputError, read_text_file
+from sceneloc.runtime.atomic import write_text_atomic
+from sceneloc.runtime.errors import InputError, read_text_file
 from sceneloc.geometry import Rigid3
-from sceneloc.localize import PoseEstimate  # re-exported: the poses file's record
+from sceneloc.localize.estimate import PoseEstimate  # re-exported: the poses file's record
 
 POSES_HEADER = (
     "# sceneloc poses file, one line per query image: name qw qx qy qz tx ty tz num_inliers\n"

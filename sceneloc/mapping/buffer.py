@@ -10,7 +10,7 @@ import torch
 from rich.progress import Progress
 
 from sceneloc.data import Scene
-from sceneloc.device import autocast, storage_dtype
+from sceneloc.runtime.device import autocast, storage_dtype
 from sceneloc.encode import cell_centres, working_size
 from sceneloc.mapping.augment import augment_image, rotate_pose
 from sceneloc.mapping.config import MappingConfig

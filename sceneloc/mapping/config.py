@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from sceneloc.device import check_precision
+from sceneloc.runtime.device import check_precision
 from sceneloc.nn.encoders import DEFAULT_ENCODER
 from sceneloc.nn.encoders.base import STRIDE
 from sceneloc.nn.heads import HeadConfig, KeypointNetConfig

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import Progress
 
-from sceneloc.device import autocast
+from sceneloc.runtime.device import autocast
 from sceneloc.geometry.batched import project, to_camera
 from sceneloc.mapping.buffer import Buffer
 from sceneloc.mapping.config import KeypointConfig, MappingConfig

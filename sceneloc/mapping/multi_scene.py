@@ -16,20 +16,20 @@ import torch
 from rich.progress import Progress
 
 from sceneloc.data import Scene
-from sceneloc.device import resolve_precision
+from sceneloc.runtime.device import resolve_precision
 from sceneloc.encode import vlad_descriptor
-from sceneloc.errors import InputError
-from sceneloc.map_files import config_from_metadata
+from sceneloc.runtime.errors import InputError
+from sceneloc.maps.files import config_from_metadata
 from sceneloc.mapping.buffer import Buffer, build_buffer, concatenate_buffers
 from sceneloc.mapping.config import MappingConfig
 from sceneloc.mapping.loss import repro_threshold
 from sceneloc.mapping.optimise import RowBatches, optimise_head, rows_loss
 from sceneloc.mapping.trainer import TrainingSummary
-from sceneloc.memory import peak_rss_mb
-from sceneloc.multi_maps import MultiSceneMap, SceneDescriptors, build_multimap_metadata
+from sceneloc.runtime.memory import peak_rss_mb
+from sceneloc.maps.multi_scene_map import MultiSceneMap, SceneDescriptors, build_multimap_metadata
 from sceneloc.nn.encoders import Encoder, load_encoder
 from sceneloc.nn.heads.scinr import ScinrConfig, ScinrHead
-from sceneloc.progress import make_progress
+from sceneloc.runtime.progress import make_progress
 
 SAMPLING = ("balanced", "proportional")
 

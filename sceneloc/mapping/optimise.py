@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from rich.progress import Progress
 
-from sceneloc.device import autocast
+from sceneloc.runtime.device import autocast
 from sceneloc.mapping.buffer import Buffer
 from sceneloc.mapping.config import MappingConfig
 from sceneloc.mapping.loss import mapping_loss

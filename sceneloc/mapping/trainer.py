@@ -11,18 +11,18 @@ import numpy as np
 import torch
 
 from sceneloc.data import Scene
-from sceneloc.device import resolve_precision
-from sceneloc.errors import InputError
+from sceneloc.runtime.device import resolve_precision
+from sceneloc.runtime.errors import InputError
 from sceneloc.mapping.buffer import build_buffer
 from sceneloc.mapping.config import KeypointConfig, MappingConfig
 from sceneloc.mapping.keypoints import keypoint_stage
 from sceneloc.mapping.loss import repro_threshold
 from sceneloc.mapping.optimise import optimise_head
-from sceneloc.maps import SceneMap, build_metadata
-from sceneloc.memory import peak_rss_mb
+from sceneloc.maps.scene_map import SceneMap, build_metadata
+from sceneloc.runtime.memory import peak_rss_mb
 from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.heads import KeypointNet, RegressionHead
-from sceneloc.progress import make_progress
+from sceneloc.runtime.progress import make_progress
 
 
 @dataclass

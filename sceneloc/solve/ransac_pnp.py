@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import poselib
 
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 BACKENDS = ("poselib", "opencv")

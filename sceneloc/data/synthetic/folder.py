@@ -22,9 +22,9 @@ from rich.progress import track
 from sceneloc.data.synthetic.render import RenderedView, render_view
 from sceneloc.data.synthetic.room import Room, RoomConfig, StaircaseConfig, generate_room
 from sceneloc.data.synthetic.trajectory import TrajectoryConfig, mapping_trajectory, query_trajectory
-from sceneloc.atomic import atomic_output, check_writable
+from sceneloc.runtime.atomic import atomic_output, check_writable
 from sceneloc.data.ace_folder import WRITTEN_FILES, folders_removed_on_failure, write_ace_frame
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 SPLITS = ("train", "test")

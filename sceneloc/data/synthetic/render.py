@@ -10,7 +10,7 @@ import numpy as np
 
 from sceneloc.data.raycast import cast_pixel_rays
 from sceneloc.data.synthetic.room import Room
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
 LIGHT_FALLOFF_M = 3.0

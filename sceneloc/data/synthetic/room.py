@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import open3d as o3d
 
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.data.synthetic.textures import face_texture, lower_contrast, photo_patch
 
 ATLAS_PAD = 2

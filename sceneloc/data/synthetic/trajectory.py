@@ -17,7 +17,7 @@ import open3d as o3d
 from scipy.interpolate import CubicSpline
 
 from sceneloc.data.synthetic.room import Room
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Rigid3
 
 LOOP_CHECK_SAMPLES = 720

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sceneloc import __version__
-from sceneloc.map_files import config_from_metadata, load_map_file, metadata_field, save_map_file
-from sceneloc.errors import InputError
+from sceneloc.maps.files import config_from_metadata, load_map_file, metadata_field, save_map_file
+from sceneloc.runtime.errors import InputError
 from sceneloc.nn.encoders import Encoder, load_encoder
 from sceneloc.nn.encoders.base import STRIDE
 from sceneloc.nn.heads import HeadConfig, KeypointNet, KeypointNetConfig, RegressionHead

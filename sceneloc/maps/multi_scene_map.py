@@ -1,5 +1,5 @@
 """MultiSceneMap: one SCINR head for many scenes in one file (the shared network once, one embedding per scene),
-saved atomically through sceneloc.map_files and loaded without pickle."""
+saved atomically through sceneloc.maps.files and loaded without pickle."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 
 from sceneloc import __version__
 from sceneloc.encode import vlad_descriptor
-from sceneloc.errors import InputError
-from sceneloc.map_files import config_from_metadata, load_map_file, metadata_field, save_map_file
-from sceneloc.maps import checked_image_height, installed_encoder
+from sceneloc.runtime.errors import InputError
+from sceneloc.maps.files import config_from_metadata, load_map_file, metadata_field, save_map_file
+from sceneloc.maps.scene_map import checked_image_height, installed_encoder
 from sceneloc.nn.encoders import Encoder, load_encoder
 from sceneloc.nn.heads.scinr import ScinrConfig, ScinrHead
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from sceneloc.errors import InputError
+from sceneloc.runtime.errors import InputError
 
 
 @contextmanager

@@ -1,9 +1,9 @@
-"""Localization with a MultiSceneMap: the loop of sceneloc.localize with the SCINR head's predictor, whose scene
+"""Localization with a MultiSceneMap: the loop of sceneloc.localize.loop with the SCINR head's predictor, whose scene
 input is the named scene's index, or with "auto" the scene identified from the image's features.
 
-"auto" (scene identification): a map with scene descriptors (sceneloc.multi_maps.SceneDescriptors) ranks its scenes
-by retrieval of the image's global descriptor (sceneloc.encode.vlad_descriptor) and RANSAC runs on the first scene
-only, or on the first LocalizeConfig.auto_max_scenes when their similarities lie within auto_margin of each other;
+"auto" (scene identification): a map with scene descriptors (sceneloc.maps.multi_scene_map.SceneDescriptors) ranks
+its scenes by retrieval of the image's global descriptor (sceneloc.encode.vlad_descriptor) and RANSAC runs on the first
+scene only, or on the first LocalizeConfig.auto_max_scenes when their similarities lie within auto_margin of each other;
 the pose with the most inliers wins. A map without descriptors (written before they existed) tries every scene."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import torch
 from sceneloc.data import Scene
 from sceneloc.encode import EncodedImage
 from sceneloc.geometry import Camera
-from sceneloc.localize import LocalizeConfig, PoseEstimate, head_coordinates, localize_rgb, localize_with_progress
-from sceneloc.multi_maps import MultiSceneMap
+from sceneloc.localize.estimate import PoseEstimate
+from sceneloc.localize.loop import CellPredictor, LocalizeConfig, head_coordinates, localize_rgb, localize_with_progress
+from sceneloc.maps.multi_scene_map import MultiSceneMap
 from sceneloc.solve import PnPResult
 
 AUTO = "auto"
@@ -31,7 +32,7 @@ def predict_multi_scene_coordinates(multi_map: MultiSceneMap, features: torch.Te
     return head_coordinates(multi_map.head, EncodedImage(features, pixels, camera), scene_index, precision)[0]
 
 
-class MultiScenePredictor:
+class MultiScenePredictor(CellPredictor):
     """The SCINR head of a MultiSceneMap with a scene index as its scene input: that of scene `scene_name`, or
     with "auto" the scenes retrieval ranks first (every scene for a map without descriptors)."""
 
@@ -81,7 +82,7 @@ def localize_multi_image(multi_map: MultiSceneMap, name: str, rgb: np.ndarray, c
     """One image -> PoseEstimate (cam_from_world None when the solver fails). scene_name: a scene of the map, or
     "auto" to identify it (module docstring).
 
-    details: as sceneloc.localize.localize_image, and scene (the scene used; with "auto", the identified one, None
+    details: as sceneloc.localize.loop.localize_image, and scene (the scene used; with "auto", the identified one, None
     when no scene tried gave a pose); with "auto" also scene_scores {scene name: inliers; 0 for scenes not tried},
     scenes_tried, identification ("retrieval" or "every scene") and with retrieval retrieved_scene (ranked first),
     retrieval_scores {scene name: similarity}, identify_ms."""
@@ -91,7 +92,7 @@ def localize_multi_image(multi_map: MultiSceneMap, name: str, rgb: np.ndarray, c
 def localize_multi_scene(multi_map: MultiSceneMap, scene: Scene, scene_name: str, config: LocalizeConfig,
                          device: torch.device, show_progress: bool = True) -> list[PoseEstimate]:
     """Localize every frame of `scene` in the map's scene `scene_name`, or "auto" to identify the scene per image
-    (poses of `scene`, if any, are ignored here), through the pipelined loop (sceneloc.localize.localize_frames).
+    (poses of `scene`, if any, are ignored here), through the pipelined loop (sceneloc.localize.loop.localize_frames).
     Raises InputError for a scene the map does not hold."""
     predictor = MultiScenePredictor(multi_map, scene_name, config)
     return localize_with_progress(predictor, scene, config, device, show_progress, f"localizing in {scene_name}")

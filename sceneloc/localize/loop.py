@@ -4,7 +4,7 @@
     probabilities) per candidate scene ──keypoint selection──▶ RANSAC-PnP ──▶ PoseEstimate (most inliers)
 
 What differs between map kinds is only the predictor (the head and its scene input): SceneMapPredictor here (the
-regression head, the keypoint network if any; one candidate), MultiScenePredictor in localize_multi.py (the SCINR
+regression head, the keypoint network if any; one candidate), MultiScenePredictor in localize/multi_scene.py (the SCINR
 head with a scene index; the named scene, or for "auto" the scenes that retrieval ranks first).
 
 localize_frames runs the stages as a pipeline: a thread pool decodes (and resizes) images ahead, the encoder takes
@@ -26,35 +26,22 @@ import numpy as np
 import torch
 
 from sceneloc.data import Scene
-from sceneloc.device import autocast, resolve_precision
+from sceneloc.runtime.device import autocast, resolve_precision
 from sceneloc.encode import EncodedImage, encode_batch, encode_query, prepare_image
-from sceneloc.geometry import Camera, Rigid3
-from sceneloc.maps import SceneMap
+from sceneloc.geometry import Camera
+from sceneloc.localize.estimate import PoseEstimate
+from sceneloc.maps.scene_map import SceneMap
 from sceneloc.nn.heads.scinr import normalised_positions
-from sceneloc.progress import make_progress
+from sceneloc.runtime.progress import make_progress
 from sceneloc.solve import PnPResult, SolverConfig, solve_pnp
 
-__all__ = ["REFERENCE_HEIGHT", "PoseEstimate", "LocalizeConfig", "Prediction", "Predictor", "SceneMapPredictor",
-           "head_coordinates", "encode_query", "predict_scene_coordinates", "solve_image", "most_probable",
-           "select_keypoints", "localize_encoded", "localize_frames", "localize_rgb", "localize_image",
-           "localize_scene"]
+__all__ = ["REFERENCE_HEIGHT", "PoseEstimate", "LocalizeConfig", "Prediction", "Predictor", "CellPredictor",
+           "SceneMapPredictor", "head_coordinates", "encode_query", "predict_scene_coordinates", "solve_image",
+           "most_probable", "select_keypoints", "localize_encoded", "localize_frames", "working_image",
+           "localize_rgb", "localize_image", "localize_scene"]
 
 REFERENCE_HEIGHT = 480
 """Image height at which SolverConfig.inlier_threshold_px is expressed."""
-
-
-@dataclass
-class PoseEstimate:
-    """The localisation result of one query image; cam_from_world is None when it failed. The poses file writers
-    (sceneloc/export) store it; evaluate compares it with ground truth."""
-
-    name: str
-    cam_from_world: Rigid3 | None
-    num_inliers: int = 0
-    inlier_ratio: float = 0.0
-    details: dict = field(default_factory=dict)
-    """Free per-image extras (time_ms, iterations, ...); must be JSON-serialisable (numpy scalars/arrays are
-    converted)."""
 
 
 @dataclass
@@ -73,7 +60,7 @@ class LocalizeConfig:
     probability threshold, so it works whatever the classifier's calibration)."""
     precision: str = "auto"
     """Numeric precision of the encoder and head: "auto" (bfloat16 on CPUs with AMX/AVX512-BF16, float16 on
-    CUDA, else float32), "bf16" or "fp32" (sceneloc.device)."""
+    CUDA, else float32), "bf16" or "fp32" (sceneloc.runtime.device)."""
     pipeline: bool = True
     """Localizing many images (localize_scene): decode ahead in a thread pool and run RANSAC of one image while
     the next ones encode. False: one stage after the other, image by image (the same poses, slower)."""
@@ -89,9 +76,12 @@ class LocalizeConfig:
     machine)."""
     auto_margin: float = 0.05
     """Multi-scene maps with "auto": when the retrieval similarity of the second-ranked scene is within this of the
-    first's, RANSAC runs on both and the pose with more inliers wins (sceneloc.multi_maps.SceneDescriptors)."""
+    first's, RANSAC runs on both and the pose with more inliers wins (maps.multi_scene_map.SceneDescriptors)."""
     auto_max_scenes: int = 2
     """Multi-scene maps with "auto": at most this many retrieval-ranked scenes get a RANSAC."""
+    retrieval_clusters: int = 3
+    """Structure maps: the query's descriptors are matched against the points of this many co-visible clusters,
+    those whose retrieval descriptors are most similar to the query's (0: every point of the map)."""
 
 
 @dataclass
@@ -109,18 +99,22 @@ class Prediction:
 
 
 class Predictor(Protocol):
-    """What a map kind gives the loop: its encoder and working height, the scenes to try for an image, and the
-    head's output for one of them."""
+    """What a map kind gives the loop: its working height, its encoding of images, the scenes to try for an image,
+    and the 3D points of one of them for the encoded image's pixels."""
 
-    encoder_name: str
-    image_height: int
+    image_height: int | None
+    """Height images are resized to before encoding (None: kept as they are)."""
+
+    def encode(self, images: list[np.ndarray], cameras: list[Camera], device: torch.device, precision: str
+               ) -> list[EncodedImage]:
+        """Working images of one size (h, w, 3) uint8 with their cameras -> one EncodedImage each."""
 
     def candidates(self, encoded: EncodedImage) -> tuple[list, dict]:
         """(scene keys to try, in order, details to record), from the image's features."""
 
     def predict(self, encoded: EncodedImage, scene) -> tuple[np.ndarray, np.ndarray | None]:
-        """(world scene coordinates (N, 3) float64, keypoint probabilities (N,) float32 or None) of every cell of
-        `encoded`, for scene key `scene`."""
+        """(world points (N, 3) float64, keypoint probabilities (N,) float32 or None) of every pixel of `encoded`,
+        for scene key `scene`; NaN rows where the map has no point for a pixel (RANSAC ignores them)."""
 
     def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
         """Record in `details` what the predictor's choice of scenes gave (scene names, scores)."""
@@ -143,7 +137,17 @@ def head_coordinates(head: torch.nn.Module, encoded: EncodedImage, scene: int = 
     return coords.float().cpu().numpy().astype(np.float64), None if prob is None else prob.float().cpu().numpy()
 
 
-class SceneMapPredictor:
+class CellPredictor:
+    """The encoding of scene-coordinate maps: the map's frozen encoder, per-cell features (encode.encode_batch)."""
+
+    encoder_name: str
+
+    def encode(self, images: list[np.ndarray], cameras: list[Camera], device: torch.device, precision: str
+               ) -> list[EncodedImage]:
+        return encode_batch(self.encoder_name, images, cameras, device, precision)
+
+
+class SceneMapPredictor(CellPredictor):
     """A SceneMap's regression head (and keypoint network): one scene, no scene input."""
 
     def __init__(self, scene_map: SceneMap, precision: str = "auto"):
@@ -234,7 +238,7 @@ def _solve(predictor: Predictor, job: _Job, config: LocalizeConfig) -> PoseEstim
     details["solver_ms"] = (time.perf_counter() - t0) * 1e3
     details["network_ms"] = details.get("encode_ms", 0.0) + details["head_ms"]
     details["iterations"] = result.iterations
-    details["n_correspondences"] = len(job.problems[best][0])
+    details["n_correspondences"] = int(np.isfinite(job.problems[best][1]).all(1).sum())
     predictor.finish(details, job.scenes, results, best)
     return PoseEstimate(name=job.name, cam_from_world=result.cam_from_world, num_inliers=result.num_inliers,
                         inlier_ratio=result.inlier_ratio, details=details)
@@ -265,7 +269,7 @@ def localize_frames(predictor: Predictor, frames: Sequence, config: LocalizeConf
 
     def decode(frame):
         t0 = time.perf_counter()
-        image, work_cam = prepare_image(frame.load_rgb(), frame.camera, height)
+        image, work_cam = working_image(frame.load_rgb(), frame.camera, height)
         return image, work_cam, (time.perf_counter() - t0) * 1e3
 
     decoders = ThreadPoolExecutor(max(1, config.decode_workers), "sceneloc-decode") if config.pipeline else None
@@ -300,8 +304,7 @@ def localize_frames(predictor: Predictor, frames: Sequence, config: LocalizeConf
                     batch.append(decoded.popleft().result())
                 submit_decodes()
                 t0 = time.perf_counter()
-                encoded = encode_batch(predictor.encoder_name, [b[0] for b in batch], [b[1] for b in batch], device,
-                                       config.precision)
+                encoded = predictor.encode([b[0] for b in batch], [b[1] for b in batch], device, config.precision)
                 encode_ms = (time.perf_counter() - t0) * 1e3 / len(batch)
                 for (_, _, decode_ms), enc in zip(batch, encoded):
                     details = {"decode_ms": decode_ms, "encode_ms": encode_ms, "encode_batch": len(batch)}
@@ -324,6 +327,11 @@ def localize_frames(predictor: Predictor, frames: Sequence, config: LocalizeConf
     for estimate in results:
         estimate.details["time_ms"] = per_image_ms
     return results
+
+
+def working_image(rgb: np.ndarray, camera: Camera, image_height: int | None) -> tuple[np.ndarray, Camera]:
+    """A decoded image at the predictor's working height (encode.prepare_image), or as it is for None."""
+    return (rgb, camera) if image_height is None else prepare_image(rgb, camera, image_height)
 
 
 @contextmanager
@@ -367,8 +375,8 @@ def localize_rgb(predictor: Predictor, name: str, rgb: np.ndarray, camera: Camer
     """One decoded image through the stages of the loop, one after the other (time_ms: their sum)."""
     t0 = time.perf_counter()
     with network_threads(config, device):
-        image, work_cam = prepare_image(rgb, camera, predictor.image_height)
-        encoded = encode_batch(predictor.encoder_name, [image], [work_cam], device, config.precision)[0]
+        image, work_cam = working_image(rgb, camera, predictor.image_height)
+        encoded = predictor.encode([image], [work_cam], device, config.precision)[0]
         details = {"encode_ms": (time.perf_counter() - t0) * 1e3}
         estimate = localize_encoded(predictor, name, encoded, config, details)
     estimate.details["time_ms"] = (time.perf_counter() - t0) * 1e3

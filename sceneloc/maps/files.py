@@ -13,13 +13,14 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from sceneloc import __version__
-from sceneloc.atomic import atomic_output
-from sceneloc.errors import InputError
+from sceneloc.runtime.atomic import atomic_output
+from sceneloc.runtime.errors import InputError
 
 METADATA_KEY = "sceneloc"
 """The safetensors metadata entry holding the JSON metadata."""
 KNOWN_FORMATS = {"sceneloc-map": "a single-scene sceneloc map (from `sceneloc map`)",
                  "sceneloc-multimap": "a multi-scene sceneloc map (from `sceneloc map --multi`)",
+                 "sceneloc-structure-map": "a compressed structure-based map (from `sceneloc map --type structure`)",
                  "sceneloc-colmap-sift": "a colmap-sift peer map (from `sceneloc bench`)"}
 """The "format" of every map kind, in words: a map of one kind given where another is needed is named for what it
 is, not "not a sceneloc map"."""

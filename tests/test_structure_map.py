@@ -1,0 +1,97 @@
+"""The compressed structure-based map (sceneloc map --type structure) end to end on the tiny rendered room, against
+the colmap-sift peer built on the same scene in the same run: accuracy close to the peer's from a fraction of its
+bytes, a map file that round-trips exactly, one-line errors for bad map files, retrieval of co-visible clusters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+import sceneloc
+from sceneloc.data import read_scene
+from sceneloc.evaluate import evaluate_poses
+from sceneloc.localize.loop import LocalizeConfig
+from sceneloc.localize.structure import localize_structure_scene
+from sceneloc.maps.structure_map import StructureMap
+from sceneloc.peers.colmap_sift import ColmapSiftConfig, localize_scene
+from sceneloc.runtime.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def built(tiny_room_sift, tmp_path_factory):
+    """(rendered room, peer map, structure map path) with the map made through the command line."""
+    rendered, sift_map = tiny_room_sift
+    path = tmp_path_factory.mktemp("smap") / "room.smap"
+    code, out = run_cli("map", rendered.root, "-o", path, "--type", "structure")
+    assert code == 0, out
+    return rendered, sift_map, path
+
+
+def _scores(estimates, queries) -> dict:
+    return evaluate_poses(estimates, {f.name: f.cam_from_world for f in queries.frames})
+
+
+def test_structure_map_is_nearly_as_accurate_as_the_peer_from_a_fraction_of_its_bytes(built, tmp_path):
+    rendered, sift_map, path = built
+    queries = read_scene(rendered.root, split="test")
+    peer_path = tmp_path / "peer.sift.safetensors"
+    sift_map.save(peer_path)
+    peer = _scores(localize_scene(sift_map, queries, ColmapSiftConfig(), show_progress=False), queries)
+    structure_map = sceneloc.load_map(path)
+    assert isinstance(structure_map, StructureMap)
+    build = structure_map.metadata["build"]
+    assert build["n_points"] <= 0.16 * build["n_triangulated"]  # the default keeps 15 % of the points
+    assert path.stat().st_size < 0.25 * peer_path.stat().st_size
+    ours = _scores(sceneloc.Localizer(structure_map).localize_scene(queries), queries)
+    # 20 queries: one query is 5 points of recall.
+    assert ours["recall"]["5cm5deg"] >= peer["recall"]["5cm5deg"] - 0.1
+    assert ours["median_t_cm"] < max(3 * peer["median_t_cm"], 1.0)
+
+
+def test_map_file_round_trips_exactly_and_gives_the_same_poses(built, tmp_path):
+    rendered, _, path = built
+    loaded = StructureMap.load(path)
+    copy = tmp_path / "copy.smap"
+    loaded.save(copy)
+    again = StructureMap.load(copy)
+    for name in ("points", "codes", "membership_point", "membership_cluster", "cluster_words", "vocabulary_points"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(loaded, name))
+    np.testing.assert_array_equal(again.descriptors, loaded.descriptors)
+    queries = read_scene(rendered.root, split="test")
+    first = localize_structure_scene(loaded, queries, LocalizeConfig(), show_progress=False)
+    second = localize_structure_scene(again, queries, LocalizeConfig(), show_progress=False)
+    for a, b in zip(first, second):
+        assert (a.cam_from_world is None) == (b.cam_from_world is None)
+        if a.cam_from_world is not None:
+            np.testing.assert_array_equal(a.cam_from_world.matrix(), b.cam_from_world.matrix())
+
+
+def test_retrieval_restricts_matching_to_the_retrieved_clusters(built):
+    rendered, _, path = built
+    structure_map = StructureMap.load(path)
+    assert structure_map.n_clusters >= 2
+    queries = read_scene(rendered.root, split="test")
+    one = localize_structure_scene(structure_map, queries, LocalizeConfig(retrieval_clusters=1), show_progress=False)
+    every = localize_structure_scene(structure_map, queries, LocalizeConfig(retrieval_clusters=0),
+                                     show_progress=False)
+    assert all(len(e.details["retrieved_clusters"]) == 1 for e in one)
+    assert all("retrieved_clusters" not in e.details for e in every)
+    # Fewer candidate points per query, so fewer matches on average than against the whole map.
+    matches_one = np.array([e.details["n_correspondences"] for e in one])
+    matches_every = np.array([e.details["n_correspondences"] for e in every])
+    assert matches_one.mean() < matches_every.mean()
+
+
+def test_bad_structure_map_files_give_one_line_errors(built, tmp_path):
+    _, sift_map, path = built
+    truncated = tmp_path / "truncated.smap"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError, match="truncated.smap: not a sceneloc map"):
+        StructureMap.load(truncated)
+    peer = tmp_path / "peer.sift.safetensors"
+    sift_map.save(peer)
+    with pytest.raises(InputError, match="is a colmap-sift peer map"):
+        StructureMap.load(peer)
+    code, out = run_cli("map", path, "-o", tmp_path / "x.smap", "--type", "structure", "--multi")
+    assert code == 2 and "--type structure maps one scene" in out
