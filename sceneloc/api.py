@@ -26,7 +26,7 @@ from sceneloc.geometry import Camera
 from sceneloc.localize.estimate import PoseEstimate
 from sceneloc.localize.loop import LocalizeConfig, localize_image, localize_scene
 from sceneloc.localize.multi_scene import AUTO, localize_multi_image, localize_multi_scene
-from sceneloc.localize.structure import localize_structure_image, localize_structure_scene
+from sceneloc.localize.structure import StructureMapPredictor, localize_structure_image, localize_structure_scene
 from sceneloc.maps.files import read_map_metadata
 from sceneloc.mapping import MappingConfig, build_scene_map
 from sceneloc.maps.scene_map import SceneMap
@@ -65,6 +65,7 @@ class Localizer:
         self.structure = isinstance(scene_map, StructureMap)
         self.device = torch.device("cpu") if self.structure else next(scene_map.head.parameters()).device
         self.config = config or LocalizeConfig()
+        self._structure_predictor = StructureMapPredictor(scene_map, self.config) if self.structure else None
         self.multi = isinstance(scene_map, MultiSceneMap)
         if self.multi and scene is None:
             raise InputError(None, "a multi-scene map: give scene=NAME or scene='auto'")
@@ -85,7 +86,7 @@ class Localizer:
                                    f"{camera.width}x{camera.height}")
         with torch.no_grad():
             if self.structure:
-                return localize_structure_image(self.map, name, rgb, camera, self.config)
+                return localize_structure_image(self._structure_predictor, name, rgb, camera, self.config)
             if self.multi:
                 return localize_multi_image(self.map, name, rgb, camera, self.scene, self.config, self.device)
             return localize_image(self.map, name, rgb, camera, self.config, self.device)

@@ -62,7 +62,8 @@ def map_command(
     map_type: str = typer.Option("scr", "--type", help="scr (scene coordinate regression) | structure (compressed "
                                                         "structure-based map, SceneSqueezer)"),
     budget_mb: Optional[float] = typer.Option(None, "--budget-mb", help="--type structure: largest map size in MB "
-                                                                         "(default: 15 % of the triangulated points)"),
+                                                                         "(default: a tenth of the uncompressed map, "
+                                                                         "140 bytes per triangulated point)"),
     multi: bool = typer.Option(False, "--multi", help="Map all the given scenes into one multi-scene model (SCINR)"),
     split: str = typer.Option("train", help="Split to map when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
@@ -98,8 +99,12 @@ def map_command(
     if len(scene_dirs) > 1 and not multi:
         _fail(f"{len(scene_dirs)} scene folders given: pass --multi to map them into one model")
     if map_type == "structure":
-        if multi or keypoints or start_from is not None:
-            _fail("--type structure maps one scene: --multi, --keypoints and --init are for scr maps")
+        scr_only = {"--multi": multi, "--keypoints": keypoints, "--init": start_from, "--encoder": encoder,
+                    "--iterations": iterations, "--buffer-size": buffer_size, "--image-height": image_height,
+                    "--precision": precision}
+        given = [name for name, value in scr_only.items() if value not in (None, False)]
+        if given:
+            _fail(f"--type structure maps one scene from SIFT points: {', '.join(given)} are for scr maps")
         _map_structure(scene_dirs[0], output, split, images, budget_mb, seed, overrides)
         return
     if budget_mb is not None:
@@ -159,7 +164,7 @@ def _map_structure(scene_dir: Path, output: Path, split: str, images: Path | Non
     config = StructureMapConfig(budget_mb=budget_mb, seed=seed)
     try:
         apply_overrides(config, overrides or [])
-        config.__post_init__()
+        config.validate()
     except ValueError as e:
         _fail(str(e))
     check_writable(output, [scene_dir])
@@ -234,7 +239,7 @@ def localize(
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
     backend: str = typer.Option("poselib", help="RANSAC-PnP backend: poselib | opencv"),
     threshold: Optional[float] = typer.Option(None, help="RANSAC inlier threshold in pixels at 480 px image height "
-                                                         "(default 20)"),
+                                                         "(default 20; structure maps 12)"),
     scene_name: Optional[str] = typer.Option(None, "--scene", help="Multi-scene maps: the scene the queries show, "
                                                                      "or 'auto' to identify it per image"),
     device: str = DeviceOption,
@@ -258,8 +263,8 @@ def localize(
 
     config = LocalizeConfig(precision=_precision(precision))
     config.solver.backend = backend
-    if threshold is not None:
-        config.solver.inlier_threshold_px = threshold
+    if threshold is not None:  # one threshold for the map at hand, whichever kind it is
+        config.solver.inlier_threshold_px = config.structure_threshold_px = threshold
     try:
         apply_overrides(config, overrides or [])
     except ValueError as e:

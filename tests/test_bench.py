@@ -147,8 +147,8 @@ def test_options_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(InputError, match=r"unknown method 'sift'; available: scr, scr-effnet, scr-xfeat-ctx, "
                                          r"scr-acehead, scr-reshead, scr-acehead-kp, scr-reshead-kp, scinr, "
                                          r"scinr-no-scra, scinr-no-bases, scinr-no-complement, scinr-position, "
-                                         r"scinr-raw-position, scinr-modulation, "
-                                         r"colmap-sift"):
+                                         r"scinr-raw-position, scinr-modulation, squeeze, "
+                                         r"squeeze-no-selection, colmap-sift"):
         check_options(BenchOptions(tmp_path, suites=["tiny"], methods=["sift"]))
     with pytest.raises(InputError, match=r"unknown scene 'hall' in suite\(s\) quick; available: quick-room"):
         check_options(BenchOptions(tmp_path, suites=["quick"], scenes=["hall"]))

@@ -10,7 +10,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from sceneloc.mapping.structure.quantise import (CODEC_KINDS, DSQCodec, PQCodec, UInt8Codec, dsq_hard, dsq_soft,
-                                                 fit_codec, fit_dsq, from_tensors, normalise_rows)
+                                                 fit_codec, fit_dsq, from_tensors, unit_rows)
 
 
 @pytest.fixture(autouse=True)
@@ -31,9 +31,9 @@ def descriptors(n: int, d: int, rng: np.random.Generator, noise: float = 0.9) ->
     vector of the same spectrum and norm `noise`, renormalised."""
     axes, _ = np.linalg.qr(rng.normal(size=(d, d)))
     scale = (1.0 + np.arange(d)) ** -0.5
-    x = normalise_rows((rng.normal(size=(n, d)) * scale) @ axes.T)
+    x = unit_rows((rng.normal(size=(n, d)) * scale) @ axes.T)
     e = (rng.normal(size=(n, d)) * scale) @ axes.T
-    return x, normalise_rows(x + noise * normalise_rows(e))
+    return x, unit_rows(x + noise * unit_rows(e))
 
 
 def nn_accuracy(database: np.ndarray, queries: np.ndarray) -> float:
@@ -43,7 +43,7 @@ def nn_accuracy(database: np.ndarray, queries: np.ndarray) -> float:
 
 def test_uint8_without_pca_is_within_half_a_step_per_dimension():
     rng = np.random.default_rng(0)
-    x = normalise_rows(rng.normal(size=(500, 128)))
+    x = unit_rows(rng.normal(size=(500, 128)))
     codec = fit_codec("uint8", x, 128)
     assert codec.basis is None and codec.bytes_per_point == 128
     step = (x.max(axis=0).astype(np.float64) - x.min(axis=0)) / 255
@@ -66,17 +66,17 @@ def test_uint8_without_pca_is_within_half_a_step_per_dimension():
 def test_pca_uint8_of_data_in_a_subspace_reconstructs_it():
     rng = np.random.default_rng(1)
     basis, _ = np.linalg.qr(rng.normal(size=(128, 64)))
-    x = normalise_rows(rng.normal(size=(1000, 64)) @ basis.T)  # unit rows in a 64-d linear subspace of R^128
+    x = unit_rows(rng.normal(size=(1000, 64)) @ basis.T)  # unit rows in a 64-d linear subspace of R^128
     codec = fit_codec("uint8", x, 64)
     assert codec.basis.shape == (128, 64) and codec.bytes_per_point == 64
     codes = codec.encode(x)
-    cos = (normalise_rows(codec.reconstruct(codes)) * x).sum(axis=1)
+    cos = (unit_rows(codec.reconstruct(codes)) * x).sum(axis=1)
     assert cos.min() > 0.999
     # Matching space: the decoded rows against the same rows as queries (encode_query) agree as well.
     assert (codec.decode(codes) * codec.encode_query(x)).sum(axis=1).min() > 0.999
     # Baseline: 32 dimensions of the same data lose half of it, and the test tells.
     half = fit_codec("uint8", x, 32)
-    assert np.median((normalise_rows(half.reconstruct(half.encode(x))) * x).sum(axis=1)) < 0.9
+    assert np.median((unit_rows(half.reconstruct(half.encode(x))) * x).sum(axis=1)) < 0.9
 
 
 def test_matching_through_each_codec_at_64_bytes():

@@ -182,7 +182,7 @@ class SqueezeMethod:
         from sceneloc.mapping.structure.build import StructureMapConfig
 
         config = apply_overrides(StructureMapConfig(), self.variant + overrides)
-        config.__post_init__()
+        config.validate()
         return config
 
     def settings(self, overrides: list[str]) -> dict:

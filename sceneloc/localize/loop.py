@@ -79,6 +79,9 @@ class LocalizeConfig:
     first's, RANSAC runs on both and the pose with more inliers wins (maps.multi_scene_map.SceneDescriptors)."""
     auto_max_scenes: int = 2
     """Multi-scene maps with "auto": at most this many retrieval-ranked scenes get a RANSAC."""
+    structure_threshold_px: float = 12.0
+    """Structure maps: RANSAC's inlier threshold in pixels at 480 px image height, in place of solver's (COLMAP's and
+    hloc's 12 px for SIFT keypoints)."""
     retrieval_clusters: int = 3
     """Structure maps: the query's descriptors are matched against the points of this many co-visible clusters,
     those whose retrieval descriptors are most similar to the query's (0: every point of the map)."""

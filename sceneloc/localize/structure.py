@@ -3,12 +3,18 @@ the full-resolution query (the map's extraction settings) and whose 3D points co
 
     query SIFT ──codec.encode_query──▶ descriptors in the map's space ──visual words──▶ the clusters most like
     the query (LocalizeConfig.retrieval_clusters) ──exact matching, COLMAP's ratio rule──▶ a 3D point per matched
-    keypoint (NaN for the others) ──RANSAC-PnP (the loop's solver)──▶ PoseEstimate
+    keypoint (NaN for the others) ──RANSAC-PnP (the loop's solver, LocalizeConfig.structure_threshold_px)──▶
+    PoseEstimate
+
+One RANSAC on the union of the retrieved clusters' matches, where the paper runs one per retrieved cluster and a
+last one on the clusters that registered: the union needs one solve per image and, with the clusters' overlap,
+loses little (a co-visible cluster's points are mostly seen by its neighbours too).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -18,8 +24,9 @@ from sceneloc.encode import EncodedImage
 from sceneloc.geometry import Camera
 from sceneloc.localize.estimate import PoseEstimate
 from sceneloc.localize.loop import LocalizeConfig, localize_rgb, localize_with_progress
-from sceneloc.mapping.structure.build import nearest_words
-from sceneloc.mapping.structure.features import SiftConfig, extract_sift, make_extractor, match_descriptors, unit_rows
+from sceneloc.mapping.structure.features import (SiftConfig, extract_sift, make_extractor, match_descriptors,
+                                                 nearest_words)
+from sceneloc.mapping.structure.quantise import unit_rows
 from sceneloc.maps.structure_map import StructureMap
 from sceneloc.solve import PnPResult
 
@@ -32,11 +39,12 @@ class StructureMapPredictor:
 
     def __init__(self, structure_map: StructureMap, config: LocalizeConfig):
         self.map = structure_map
-        settings = structure_map.metadata["config"]["triangulation"]
-        self.sift = SiftConfig(settings["max_num_features"], settings["first_octave"])
-        self.max_ratio, self.max_distance = settings["match_max_ratio"], settings["match_max_distance"]
+        settings = structure_map.triangulation
+        self.sift = SiftConfig(settings.max_num_features, settings.first_octave)
+        self.max_ratio, self.max_distance = settings.match_max_ratio, settings.match_max_distance
         self.retrieval_clusters = config.retrieval_clusters
         self._extractor = None
+        self._candidate_points = 0
         words = structure_map.cluster_words.astype(np.float32)
         # tf-idf weights of the visual words: words seen in every cluster tell clusters apart least.
         self.idf = np.log((1 + len(words)) / (1 + (words > 0).sum(0))).astype(np.float32) + 1
@@ -51,8 +59,9 @@ class StructureMapPredictor:
         for image, camera in zip(images, cameras):
             keypoints, descriptors = extract_sift(self._extractor, image)
             # COLMAP's keypoints put the top-left pixel's centre at (0.5, 0.5); the solver uses OpenCV's (0, 0).
-            pixels = keypoints[:, :2].astype(np.float64) - 0.5
-            out.append(EncodedImage(self.map.codec.encode_query(unit_rows(descriptors.data)), pixels, camera))
+            pixels = keypoints[:, :2].astype(np.float64).reshape(-1, 2) - 0.5
+            sift = unit_rows(descriptors.data.reshape(len(pixels), -1))  # (0, 128) for an image without features
+            out.append(EncodedImage(self.map.codec.encode_query(sift), pixels, camera))
         return out
 
     def candidates(self, encoded: EncodedImage) -> tuple[list, dict]:
@@ -68,26 +77,35 @@ class StructureMapPredictor:
 
     def predict(self, encoded: EncodedImage, scene) -> tuple[np.ndarray, None]:
         points = (np.arange(len(self.map.points)) if scene is None
-                  else np.unique(np.concatenate([self.map.cluster_points[c] for c in scene])))
+                  else np.unique(np.concatenate([self.map.cluster_points(c) for c in scene])))
         query_idx, point_idx = match_descriptors(encoded.features, self.map.descriptors[points], self.max_ratio,
                                                  self.max_distance)
         coords = np.full((len(encoded.pixels), 3), np.nan)
         coords[query_idx] = self.map.points[points[point_idx]]
+        self._candidate_points = len(points)
         return coords, None
 
     def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
-        pass
+        details["n_candidate_points"] = self._candidate_points
 
 
-def localize_structure_image(structure_map: StructureMap, name: str, rgb: np.ndarray, camera: Camera,
+def structure_solver_config(config: LocalizeConfig) -> LocalizeConfig:
+    """`config` with RANSAC's inlier threshold set to config.structure_threshold_px (SIFT keypoints are located to a
+    pixel or better, the regression's cells are not: the scene-coordinate threshold would admit loose inliers)."""
+    return replace(config, solver=replace(config.solver, inlier_threshold_px=config.structure_threshold_px))
+
+
+def localize_structure_image(predictor: StructureMapPredictor, name: str, rgb: np.ndarray, camera: Camera,
                              config: LocalizeConfig) -> PoseEstimate:
-    """One image -> PoseEstimate (details as localize.loop.localize_rgb)."""
-    return localize_rgb(StructureMapPredictor(structure_map, config), name, rgb, camera, config,
-                        torch.device("cpu"))
+    """One image -> PoseEstimate (details as localize.loop.localize_rgb); the predictor is kept across images (its
+    SIFT extractor and retrieval weights)."""
+    return localize_rgb(predictor, name, rgb, camera, structure_solver_config(config), torch.device("cpu"))
 
 
 def localize_structure_scene(structure_map: StructureMap, scene: Scene, config: LocalizeConfig,
                              show_progress: bool = True) -> list[PoseEstimate]:
-    """Localize every frame of `scene` through the one loop (details as localize.loop.localize_frames)."""
-    return localize_with_progress(StructureMapPredictor(structure_map, config), scene, config, torch.device("cpu"),
-                                  show_progress, "localizing (structure map)")
+    """Localize every frame of `scene` through the one loop (details as localize.loop.localize_frames, plus
+    n_candidate_points: the map points matched against, those of the retrieved clusters)."""
+    return localize_with_progress(StructureMapPredictor(structure_map, config), scene,
+                                  structure_solver_config(config), torch.device("cpu"), show_progress,
+                                  "localizing (structure map)")

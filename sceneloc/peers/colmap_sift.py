@@ -29,8 +29,8 @@ from sceneloc.data import Scene
 from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.localize.estimate import PoseEstimate
-from sceneloc.mapping.structure.features import (colmap_camera, extract_sift, make_extractor, match_descriptors,
-                                                 unit_rows)
+from sceneloc.mapping.structure.features import colmap_camera, extract_sift, make_extractor, match_descriptors
+from sceneloc.mapping.structure.quantise import unit_rows
 from sceneloc.mapping.structure.triangulate import TriangulationConfig, triangulate_scene
 from sceneloc.maps.files import load_map_file, save_map_file
 from sceneloc.runtime.progress import make_progress

@@ -64,7 +64,8 @@ class PnPResult:
     cam_from_world: Rigid3 | None
     num_inliers: int
     inlier_ratio: float
-    """num_inliers / number of input correspondences."""
+    """num_inliers / number of finite input correspondences (rows with NaN are not correspondences: a structure
+    map's unmatched keypoints)."""
     iterations: int
     """RANSAC hypotheses drawn; -1 where the backend does not report it (OpenCV's USAC)."""
     inlier_mask: np.ndarray = field(repr=False)
@@ -95,7 +96,7 @@ def solve_pnp(points2d: np.ndarray, points3d: np.ndarray, camera: Camera, config
     num_inliers = int(mask.sum())
     if num_inliers < MIN_POINTS:
         cam_from_world = None
-    return PnPResult(cam_from_world, num_inliers, num_inliers / n, iterations, mask)
+    return PnPResult(cam_from_world, num_inliers, num_inliers / int(finite.sum()), iterations, mask)
 
 
 def _solve_poselib(p2: np.ndarray, p3: np.ndarray, camera: Camera, config: SolverConfig

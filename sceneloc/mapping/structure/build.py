@@ -4,7 +4,7 @@
       ──per cluster: scores d, proximity kernel K, QP by SMO──▶ selected points ──codec fit──▶ 8-bit codes
       ──visual words over the decoded descriptors──▶ a retrieval descriptor per cluster ──▶ StructureMap
 
-The map budget (StructureMapConfig.budget_mb, or keep_fraction of the triangulated points) sets how many points
+The map budget (StructureMapConfig.budget_mb, or budget_fraction of the uncompressed map) sets how many points
 are kept; each cluster gets its share in proportion to the points it sees. The scores and kernel are the simple,
 hand-made ones of select.py (the paper learns both with a point transformer)."""
 
@@ -20,18 +20,23 @@ from scipy.sparse import csr_matrix
 from sceneloc import __version__
 from sceneloc.data import Scene
 from sceneloc.mapping.structure.clustering import cluster_frames, covisibility_distance
-from sceneloc.mapping.structure.features import unit_rows
-from sceneloc.mapping.structure.quantise import fit_codec
+from sceneloc.mapping.structure.features import nearest_words
+from sceneloc.mapping.structure.quantise import CODEC_KINDS, fit_codec, unit_rows
 from sceneloc.mapping.structure.select import proximity_kernel, select_points, simple_scores
 from sceneloc.mapping.structure.triangulate import Triangulation, TriangulationConfig, triangulate_scene
-from sceneloc.maps.structure_map import FORMAT, FORMAT_VERSION, StructureMap
+from sceneloc.maps.structure_map import FORMAT, FORMAT_VERSION, StructureMap, grid_points
 from sceneloc.runtime.errors import InputError
 from sceneloc.runtime.progress import make_progress
 
-POINT_BYTES = 12
-"""float32 xyz per point."""
-MEMBERSHIP_BYTES = 8
-"""Two int32 per (point, cluster) membership."""
+POINT_BYTES = 6
+"""16-bit grid xyz per point (maps.structure_map.grid_points)."""
+HEADER_BYTES = 8192
+"""Allowance for the safetensors header and the JSON metadata of a structure map file."""
+MAX_QP_POINTS = 4000
+"""Largest QP per cluster: its dense kernel takes 8 x MAX_QP_POINTS^2 bytes (128 MB)."""
+UNCOMPRESSED_POINT_BYTES = 140
+"""What an uncompressed structure-based map stores per point, as the colmap-sift peer does: float32 xyz and a
+128-byte SIFT descriptor."""
 
 
 @dataclass
@@ -41,9 +46,10 @@ class StructureMapConfig:
     triangulation: TriangulationConfig = field(default_factory=TriangulationConfig)
     """SIFT, pairs from poses, matching and triangulation."""
     budget_mb: float | None = None
-    """Largest map file, megabytes (1e6 bytes); None: keep keep_fraction of the triangulated points."""
-    keep_fraction: float = 0.15
-    """Points kept when budget_mb is None, as a fraction of those triangulated."""
+    """Largest map file, megabytes (1e6 bytes); None: budget_fraction of the uncompressed map."""
+    budget_fraction: float = 0.1
+    """Map bytes when budget_mb is None, as a fraction of the uncompressed map of every triangulated point (float32
+    xyz + 128-byte SIFT descriptor each, what colmap-sift stores): 0.1 compresses ten times."""
     codec: str = "uint8"
     """Descriptor quantisation: "uint8" (PCA + per-dimension 8-bit), "pq" (product quantisation) or "dsq" (the
     paper's auto-encoder with differentiable soft quantisation)."""
@@ -68,25 +74,43 @@ class StructureMapConfig:
     """Seed of SMO's pair choice, the codec fit and the vocabulary."""
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """InputError (no file: the problem is a setting) for a setting out of its range."""
+        checks = [(self.vocabulary_words >= 1, "vocabulary_words must be >= 1"),
+                  (self.candidates_per_slot >= 1, "candidates_per_slot must be >= 1"),
+                  (self.kernel_sigma_m > 0, "kernel_sigma_m must be > 0"), (self.tau >= 0, "tau must be >= 0"),
+                  (0 < self.cluster_distance <= 1, "cluster_distance must be in (0, 1]"),
+                  (self.smo_iterations >= 1, "smo_iterations must be >= 1"),
+                  (self.triangulation.num_neighbors >= 1, "triangulation.num_neighbors must be >= 1"),
+                  (self.triangulation.max_num_features >= 1, "triangulation.max_num_features must be >= 1")]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(None, message)
         if self.budget_mb is not None and not self.budget_mb > 0:
             raise InputError(None, f"budget_mb must be > 0, got {self.budget_mb}")
-        if not 0 < self.keep_fraction <= 1:
-            raise InputError(None, f"keep_fraction must be in (0, 1], got {self.keep_fraction}")
+        if not 0 < self.budget_fraction <= 1:
+            raise InputError(None, f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
         if not 1 <= self.descriptor_bytes <= 128:
             raise InputError(None, f"descriptor_bytes must be in 1..128, got {self.descriptor_bytes}")
-        if self.codec not in ("uint8", "pq", "dsq"):
-            raise InputError(None, f"unknown codec {self.codec!r} (uint8, pq or dsq)")
+        if self.codec not in CODEC_KINDS:
+            raise InputError(None, f"unknown codec {self.codec!r} ({', '.join(CODEC_KINDS)})")
 
 
-def point_budget(config: StructureMapConfig, model: Triangulation) -> int:
-    """Points the map may keep: from budget_mb (minus the codec, vocabulary and per-point memberships, estimated
-    from the triangulation's mean number of clusters per point, taken as 2) or keep_fraction."""
-    n = len(model.points)
-    if config.budget_mb is None:
-        return max(4, int(round(config.keep_fraction * n)))
-    fixed = 64 * 1024 + config.vocabulary_words * 4
-    per_point = POINT_BYTES + config.descriptor_bytes + 2 * MEMBERSHIP_BYTES
-    return int(np.clip((config.budget_mb * 1e6 - fixed) // per_point, 4, n))
+def budget_bytes(config: StructureMapConfig, n_triangulated: int) -> float:
+    """The map's byte budget: budget_mb, or budget_fraction of the uncompressed map of every triangulated point."""
+    return (config.budget_mb * 1e6 if config.budget_mb is not None
+            else config.budget_fraction * UNCOMPRESSED_POINT_BYTES * n_triangulated)
+
+
+def map_bytes(n_points: int, n_memberships: int, descriptor_bytes: int, codec_bytes: int, n_clusters: int,
+              n_words: int) -> int:
+    """Bytes of a saved StructureMap with these counts (maps.structure_map's tensors plus HEADER_BYTES for the
+    safetensors header and the JSON metadata)."""
+    index_bytes = 2 if n_points <= 65536 else 4
+    return (n_points * (POINT_BYTES + descriptor_bytes) + (n_memberships + n_words) * index_bytes + codec_bytes
+            + n_clusters * n_words + 8 * (n_clusters + 1) + 48 + HEADER_BYTES)
 
 
 def visibility(model: Triangulation) -> csr_matrix:
@@ -98,19 +122,20 @@ def visibility(model: Triangulation) -> csr_matrix:
     return matrix.astype(bool)
 
 
-def select_in_clusters(model: Triangulation, clusters: np.ndarray, budget: int, config: StructureMapConfig,
-                       progress=None) -> np.ndarray:
-    """Indices (ascending) of the points kept: per cluster, SMO over its candidate points with a share of `budget`
-    proportional to the points it sees; the union over clusters."""
-    seen = visibility(model)
-    scores = simple_scores(model.track_lengths, model.errors_px)
+def select_in_clusters(model: Triangulation, seen: csr_matrix, clusters: np.ndarray, scores: np.ndarray,
+                       budget: int, config: StructureMapConfig, progress=None) -> np.ndarray:
+    """Indices (ascending) of the points kept: per cluster, SMO over its best-scored candidate points (at most
+    MAX_QP_POINTS) with a share of `budget` proportional to the points it sees; the union over clusters, topped up
+    with the best-scored points left when the clusters' choices overlap."""
     members = [np.flatnonzero(np.asarray(seen[clusters == c].sum(0)).ravel() > 0) for c in range(clusters.max() + 1)]
     total = sum(len(m) for m in members)
     task = None if progress is None else progress.add_task("selecting points (SMO)", total=len(members), info="")
     kept = []
     for c, points in enumerate(members):
         share = max(1, int(round(budget * len(points) / total)))
-        order = points[np.argsort(-scores[points], kind="stable")][:share * config.candidates_per_slot]
+        order = points[np.argsort(-scores[points], kind="stable")][:min(share * config.candidates_per_slot,
+                                                                        MAX_QP_POINTS)]
+        share = min(share, len(order))
         kernel = proximity_kernel(model.points[order].astype(np.float64), config.kernel_sigma_m)
         # α sums to 1 over about `share` points, so the quadratic term is O(1 / share^2) per pair of neighbours and
         # the linear one O(tau / share): tau / share puts a score difference of 1 on a par with one neighbour.
@@ -119,7 +144,24 @@ def select_in_clusters(model: Triangulation, clusters: np.ndarray, budget: int, 
         kept.append(order[chosen])
         if task is not None:
             progress.update(task, advance=1, info=f"{share} of {len(points)}")
-    return np.unique(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+    kept = np.unique(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+    if len(kept) < budget:
+        rest = np.setdiff1d(np.arange(len(scores)), kept)
+        kept = np.union1d(kept, rest[np.argsort(-scores[rest], kind="stable")][:budget - len(kept)])
+    return kept
+
+
+def memberships(seen: csr_matrix, clusters: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(M, 2) int64 rows (index into `points`, cluster), sorted by cluster then point: a point belongs to every
+    cluster one of whose frames sees it. seen: (n_frames, P) visibility; clusters: (n_frames,) cluster ids."""
+    sub = seen[:, points].tocoo()
+    pairs = np.unique(np.stack([clusters[sub.row], sub.col], 1), axis=0)  # sorted by cluster, then point
+    return pairs[:, ::-1].copy()
+
+
+def _quick_fit(kind: str) -> dict:
+    """Fit options that give a codec of the right size fast (its parameters are discarded)."""
+    return {"pq": {"iterations": 1}, "dsq": {"steps": 1}}.get(kind, {})
 
 
 def word_histograms(words: np.ndarray, groups: list[np.ndarray], n_words: int) -> np.ndarray:
@@ -130,11 +172,6 @@ def word_histograms(words: np.ndarray, groups: list[np.ndarray], n_words: int) -
     return out
 
 
-def nearest_words(descriptors: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
-    """(N, D) and (W, D) unit rows -> (N,) index of each descriptor's most similar word."""
-    return np.argmax(descriptors @ vocabulary.T, axis=1) if len(descriptors) else np.zeros(0, np.int64)
-
-
 def build_structure_map(scene: Scene, config: StructureMapConfig, show_progress: bool = True) -> StructureMap:
     """Map a posed scene (module docstring). Raises InputError for a scene without frames or poses, or without
     triangulated points."""
@@ -143,32 +180,58 @@ def build_structure_map(scene: Scene, config: StructureMapConfig, show_progress:
     t1 = time.perf_counter()
     seen = visibility(model)
     clusters = cluster_frames(covisibility_distance(seen), config.cluster_distance)
-    budget = point_budget(config, model)
+    n_clusters = int(clusters.max() + 1)
+    scores = simple_scores(model.track_lengths, model.errors_px)
+    # The codec's size does not depend on which points it is fit on (at most: PQ's codebook shrinks below 256
+    # points): a quick fit on a sample gives it for the budget.
+    sample = unit_rows(model.descriptors[:min(len(model.points), 1024)])
+    codec_bytes = sum(v.nbytes for v in fit_codec(config.codec, sample, config.descriptor_bytes, config.seed,
+                                                  **_quick_fit(config.codec)).tensors().values())
+    limit = budget_bytes(config, len(model.points))
+    n_words = config.vocabulary_words
+    fixed = map_bytes(0, 0, config.descriptor_bytes, codec_bytes, n_clusters, n_words)
+    if fixed >= limit:
+        raise InputError(scene.root, f"a structure map budget of {limit / 1e6:.3f} MB is below the map's fixed "
+                                     f"{fixed / 1e6:.3f} MB (codec, cluster descriptors): raise --budget-mb or "
+                                     f"budget_fraction, or use fewer descriptor_bytes")
+    every = memberships(seen, clusters, np.arange(len(model.points)))
+    per_point = map_bytes(1000, round(1000 * len(every) / len(model.points)), config.descriptor_bytes, 0, 0, 0)
+    budget = int(np.clip((limit - fixed) * 1000 // (per_point - HEADER_BYTES - 48 - 8), 4, len(model.points)))
     with make_progress(show_progress) as progress:
-        kept = select_in_clusters(model, clusters, budget, config, progress)
+        kept = select_in_clusters(model, seen, clusters, scores, budget, config, progress)
+    # The kept points' memberships are only known now (they see more clusters than the average point): drop the
+    # lowest-scored points until the map fits its budget.
+    while len(kept) > 4:
+        size = map_bytes(len(kept), len(memberships(seen, clusters, kept)), config.descriptor_bytes, codec_bytes,
+                         n_clusters, min(n_words, len(kept)))
+        if size <= limit:
+            break
+        excess = int(np.ceil((size - limit) / (POINT_BYTES + config.descriptor_bytes)))
+        kept = np.sort(kept[np.argsort(-scores[kept], kind="stable")][:max(4, len(kept) - excess)])
     t2 = time.perf_counter()
     codec = fit_codec(config.codec, unit_rows(model.descriptors[kept]), config.descriptor_bytes, config.seed)
     codes = codec.encode(unit_rows(model.descriptors[kept]))
     decoded = codec.decode(codes)
     t3 = time.perf_counter()
 
-    # Memberships: a kept point belongs to every cluster one of whose frames sees it.
-    seen_kept = seen[:, kept].tocoo()
-    pairs = np.unique(np.stack([seen_kept.col, clusters[seen_kept.row]], 1), axis=0)
+    pairs = memberships(seen, clusters, kept)
+    offsets = np.searchsorted(pairs[:, 1], np.arange(n_clusters + 1))
     n_words = min(config.vocabulary_words, len(kept))
     centres, _ = kmeans2(decoded.astype(np.float64), n_words, seed=config.seed, minit="++")
     vocabulary_points = np.unique(nearest_words(unit_rows(centres), decoded))
-    groups = [pairs[pairs[:, 1] == c, 0] for c in range(clusters.max() + 1)]
+    groups = [pairs[offsets[c]:offsets[c + 1], 0] for c in range(n_clusters)]
     histograms = word_histograms(nearest_words(decoded, decoded[vocabulary_points]), groups, len(vocabulary_points))
     cluster_words = np.round(255 * histograms / np.maximum(histograms.max(1, keepdims=True), 1)).astype(np.uint8)
+    grid, origin, step = grid_points(model.points[kept])
     t4 = time.perf_counter()
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "sceneloc_version": __version__,
                 "config": asdict(config), "scene": {"name": scene.name, "n_frames": len(scene.frames)},
                 "codec": {"kind": config.codec, "bytes_per_point": int(codes.shape[1])},
                 "build": {"n_triangulated": len(model.points), "n_points": int(len(kept)), "budget_points": budget,
-                          "n_clusters": int(clusters.max() + 1), "n_memberships": int(len(pairs)),
+                          "budget_bytes": int(limit),
+                          "n_clusters": n_clusters, "n_memberships": int(len(pairs)),
                           "triangulation": model.stats,
                           "timings": {"triangulate_s": t1 - t0, "select_s": t2 - t1, "codec_s": t3 - t2,
                                       "retrieval_s": t4 - t3, "total_s": t4 - t0}}}
-    return StructureMap(model.points[kept], codes, codec, pairs[:, 0].astype(np.int32), pairs[:, 1].astype(np.int32),
-                        cluster_words, vocabulary_points.astype(np.int32), metadata)
+    return StructureMap(grid, origin, step, codes, codec, offsets.astype(np.int64), pairs[:, 0].astype(np.int64),
+                        cluster_words, vocabulary_points.astype(np.int64), metadata, config.triangulation)

@@ -2,8 +2,9 @@
 and exact 2D-3D descriptor matching with COLMAP's rule. Shared by the colmap-sift peer and the SceneSqueezer map.
 
 Pixel convention: COLMAP (and its SIFT keypoints) put the centre of the top-left pixel at (0.5, 0.5), sceneloc
-uses OpenCV's (0, 0): principal points get +0.5 when cameras cross into pycolmap (colmap_camera), keypoints are
-used as pycolmap returns them, and the resulting poses need no change."""
+uses OpenCV's (0, 0): principal points get +0.5 when cameras cross into pycolmap (colmap_camera), so keypoints
+can be used as pycolmap returns them with pycolmap's solvers (the peer); sceneloc's own solver takes keypoints
+minus 0.5 (localize/structure.py)."""
 
 from __future__ import annotations
 
@@ -59,10 +60,9 @@ def extract_sift(extractor: pycolmap.FeatureExtractor, rgb: np.ndarray
     return pycolmap.keypoints_to_matrix(keypoints).astype(np.float32), descriptors
 
 
-def unit_rows(descriptors: np.ndarray) -> np.ndarray:
-    """(N, D) any dtype -> (N, D) float32 rows of unit length (zero rows stay zero)."""
-    d = np.asarray(descriptors, dtype=np.float32)
-    return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+def nearest_words(descriptors: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
+    """(N, D) and (W, D) unit rows -> (N,) index of each descriptor's most similar visual word."""
+    return np.argmax(descriptors @ vocabulary.T, axis=1) if len(descriptors) else np.zeros(0, np.int64)
 
 
 def match_descriptors(query: np.ndarray, reference: np.ndarray, max_ratio: float, max_distance: float

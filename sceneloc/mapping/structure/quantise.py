@@ -33,17 +33,18 @@ LEVELS = 255
 """The largest code of one byte; codes are 0..LEVELS."""
 
 
-def normalise_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     """(N, D) -> (N, D) float32 rows of unit length; all-zero rows stay zero (no NaN from a degenerate code)."""
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, np.float32(1e-12))
 
 
-def _check_descriptors(x, what: str = "descriptors") -> np.ndarray:
-    """x as a C-contiguous (N, D) float32 array; ValueError for other shapes or non-finite values."""
+def _check_descriptors(x, what: str = "descriptors", allow_empty: bool = False) -> np.ndarray:
+    """x as a C-contiguous (N, D) float32 array; ValueError for other shapes, no rows (unless allow_empty: a query
+    image without keypoints) or non-finite values."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+    if x.ndim != 2 or x.shape[0] < (0 if allow_empty else 1) or x.shape[1] < 1:
         raise ValueError(f"{what} must be a non-empty (N, D) array, not shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError(f"{what} contain NaN or infinite values")
@@ -98,7 +99,9 @@ class UInt8Codec:
             _, _, vt = np.linalg.svd(x.astype(np.float64) - mean64, full_matrices=False)
             basis = np.zeros((d, dims), dtype=np.float32)
             basis[:, :min(dims, len(vt))] = vt[:dims].T  # N < dims: the missing directions carry nothing (zeros)
-            mean = mean64.astype(np.float32)
+            # Stored as float16 (half the bytes); rounded here so that codes made now decode alike after loading.
+            basis = basis.astype(np.float16).astype(np.float32)
+            mean = mean64.astype(np.float16).astype(np.float32)
         codec = cls(lo=np.zeros(dims, np.float32), step=np.zeros(dims, np.float32), mean=mean, basis=basis)
         y = codec.project(x)
         lo = y.min(axis=0)
@@ -139,20 +142,22 @@ class UInt8Codec:
         return np.clip(np.rint((y - self.lo) / safe_step), 0, LEVELS).astype(np.uint8)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """(N, dims) uint8 -> (N, dims) float32 unit rows, compared with encode_query's output by dot product."""
-        return normalise_rows(self.dequantise(codes))
+        """(N, dims) uint8 -> (N, D) float32 unit rows: the reconstructions in the input space, compared with the
+        query's own unit descriptors (encode_query) by dot product. Not the centred PCA coordinates: SIFT shares a
+        large common component (|mean|^2 ~ 0.76), so angles between centred coordinates are about twice the raw
+        ones and COLMAP's matching thresholds (0.7 rad, ratio 0.8), made for raw angles, would reject true
+        matches."""
+        return unit_rows(self.reconstruct(codes))
 
     def encode_query(self, x: np.ndarray) -> np.ndarray:
-        """(N, D) -> (N, dims) float32 unit rows: the same projection as the map's descriptors, unquantised. Matching
-        the centred PCA coordinates (D' = dims) measured the same accuracy as matching reconstructions in R^D (within
-        0.7 points at 32 and 64 bytes, also with a common positive component as SIFT has) at a fraction of the
-        cost."""
-        return normalise_rows(self.project(x))
+        """(N, D) -> (N, D) float32 unit rows: the query descriptors as they are (decode reconstructs in their
+        space)."""
+        return unit_rows(_check_descriptors(x, allow_empty=True))
 
     def tensors(self) -> dict[str, np.ndarray]:
         out = {"lo": self.lo, "step": self.step}
         if self.basis is not None:
-            out.update(mean=self.mean, basis=self.basis)
+            out.update(mean=self.mean.astype(np.float16), basis=self.basis.astype(np.float16))  # exact: see fit
         return out
 
     @classmethod
@@ -250,7 +255,9 @@ class PQCodec:
         blocks = PQCodec._blocks(x, bounds)
         centres_blocks = kmeans(blocks, k, iterations, np.random.default_rng(seed))
         centres = np.concatenate([c[:, :hi - lo] for c, lo, hi in zip(centres_blocks, bounds[:-1], bounds[1:])], axis=1)
-        return cls(centres=centres, bounds=bounds.astype(np.int64))
+        # Stored as float16 (half the bytes of the codebook, which dominates small maps); rounded here so that
+        # codes and decoded descriptors are the same before and after saving.
+        return cls(centres=centres.astype(np.float16).astype(np.float32), bounds=bounds.astype(np.int64))
 
     @property
     def subspaces(self) -> int:
@@ -285,14 +292,14 @@ class PQCodec:
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """(N, subspaces) uint8 -> (N, D) float32 unit rows."""
-        return normalise_rows(self.dequantise(codes))
+        return unit_rows(self.dequantise(codes))
 
     def encode_query(self, x: np.ndarray) -> np.ndarray:
         """(N, D) -> (N, D) unit rows: queries are compared unquantised with the decoded centres."""
-        return normalise_rows(_check_descriptors(x))
+        return unit_rows(_check_descriptors(x, allow_empty=True))
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return {"centres": self.centres, "bounds": self.bounds}
+        return {"centres": self.centres.astype(np.float16), "bounds": self.bounds}  # exact: see fit
 
     @classmethod
     def from_tensors(cls, tensors: dict) -> PQCodec:
@@ -391,13 +398,13 @@ class DSQCodec:
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """(N, dims) uint8 -> (N, D) float32 unit rows."""
-        return normalise_rows(self.dequantise(codes))
+        return unit_rows(self.dequantise(codes))
 
     def encode_query(self, x: np.ndarray) -> np.ndarray:
         """(N, D) -> (N, D) unit rows: the decoder reconstructs descriptors, so queries are compared as they are
         (asymmetric matching; passing them through the auto-encoder as well lost 6 to 8 points of 64-byte
         matching accuracy on the tests' synthetic descriptors)."""
-        return normalise_rows(_check_descriptors(x))
+        return unit_rows(_check_descriptors(x, allow_empty=True))
 
     def tensors(self) -> dict[str, np.ndarray]:
         return dict(self.weights)
@@ -462,7 +469,7 @@ def fit_dsq(x: np.ndarray, dims: int = 128, steps: int = 2000, seed: int = 0, hi
         return torch.nn.functional.linear(h, w[f"{name}.weight"], w[f"{name}.bias"])
 
     in_scale = math.sqrt(d)
-    data = torch.from_numpy(normalise_rows(x))
+    data = torch.from_numpy(unit_rows(x))
     optimiser = torch.optim.Adam(params, lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=lr / 20)
     batch = min(batch_size, n)
@@ -515,6 +522,3 @@ def from_tensors(kind: str, tensors: dict) -> Codec:
         raise ValueError(f"unknown codec kind {kind!r}; known: {', '.join(CODEC_KINDS)}")
     return _CLASSES[kind].from_tensors(tensors)
 
-
-codec_from_tensors = from_tensors
-"""The same function under the name the map container (sceneloc.maps.structure_map) imports."""

@@ -28,7 +28,8 @@ import pycolmap
 from sceneloc.data import Scene
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.mapping.structure.features import (SiftConfig, colmap_camera, extract_sift, make_extractor,
-                                                 quiet_pycolmap, unit_rows)
+                                                 quiet_pycolmap)
+from sceneloc.mapping.structure.quantise import unit_rows
 from sceneloc.runtime.errors import InputError
 from sceneloc.runtime.progress import make_progress
 
