@@ -75,7 +75,8 @@ def test_retrieval_restricts_matching_to_the_retrieved_clusters(built):
     structure_map = StructureMap.load(path)
     assert structure_map.n_clusters >= 2
     queries = read_scene(rendered.root, split="test")
-    one = localize_structure_scene(structure_map, queries, LocalizeConfig(retrieval_clusters=1), show_progress=False)
+    one = localize_structure_scene(structure_map, queries, LocalizeConfig(retrieval_clusters=1, retrieval_min_points=0),
+                                     show_progress=False)
     every = localize_structure_scene(structure_map, queries, LocalizeConfig(retrieval_clusters=0),
                                      show_progress=False)
     assert all(len(e.details["retrieved_clusters"]) == 1 for e in one)

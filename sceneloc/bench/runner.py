@@ -112,7 +112,7 @@ def check_options(options: BenchOptions) -> dict[str, dict]:
     for name, assignments in split_overrides(options.overrides, options.precision).items():
         try:
             settings[name] = METHODS[name].settings(assignments)
-        except ValueError as e:
+        except (ValueError, InputError) as e:  # a bad value, or a setting out of range (the configs' validate)
             raise InputError(None, f"{name}: {e}") from None
     return settings
 

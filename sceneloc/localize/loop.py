@@ -3,9 +3,10 @@
     frame ──decode──▶ working image ──encode──▶ cell features ──predictor──▶ scene coordinates (+ keypoint
     probabilities) per candidate scene ──keypoint selection──▶ RANSAC-PnP ──▶ PoseEstimate (most inliers)
 
-What differs between map kinds is only the predictor (the head and its scene input): SceneMapPredictor here (the
-regression head, the keypoint network if any; one candidate), MultiScenePredictor in localize/multi_scene.py (the SCINR
-head with a scene index; the named scene, or for "auto" the scenes that retrieval ranks first).
+What differs between map kinds is only the predictor (its encoding, candidates and 3D points per pixel):
+SceneMapPredictor here (the regression head, the keypoint network if any; one candidate), MultiScenePredictor in
+multi_scene.py (the SCINR head with a scene index; the named scene, or for "auto" the scenes that retrieval ranks
+first), StructureMapPredictor in structure.py (SIFT keypoints, 2D-3D matches against the retrieved clusters).
 
 localize_frames runs the stages as a pipeline: a thread pool decodes (and resizes) images ahead, the encoder takes
 a few consecutive images of one size in one forward pass, and RANSAC of image i runs in its own thread while image
@@ -85,6 +86,9 @@ class LocalizeConfig:
     retrieval_clusters: int = 3
     """Structure maps: the query's descriptors are matched against the points of this many co-visible clusters,
     those whose retrieval descriptors are most similar to the query's (0: every point of the map)."""
+    retrieval_min_points: int = 20000
+    """Structure maps of fewer points are matched whole, without retrieval: on the quick suite's 3,222-point map
+    retrieval of 3 clusters lost 2.5 points of recall and saved 6 % of the query time (docs/BENCHMARKS.md)."""
 
 
 @dataclass

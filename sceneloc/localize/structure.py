@@ -40,10 +40,11 @@ class StructureMapPredictor:
     def __init__(self, structure_map: StructureMap, config: LocalizeConfig):
         self.map = structure_map
         settings = structure_map.triangulation
-        self.sift = SiftConfig(settings.max_num_features, settings.first_octave)
+        self.max_features = settings.max_num_features
         self.max_ratio, self.max_distance = settings.match_max_ratio, settings.match_max_distance
         self.retrieval_clusters = config.retrieval_clusters
-        self._extractor = None
+        self.retrieval_min_points = config.retrieval_min_points
+        self._extractors: dict[int, object] = {}
         self._candidate_points = 0
         words = structure_map.cluster_words.astype(np.float32)
         # tf-idf weights of the visual words: words seen in every cluster tell clusters apart least.
@@ -53,11 +54,12 @@ class StructureMapPredictor:
 
     def encode(self, images: list[np.ndarray], cameras: list[Camera], device: torch.device, precision: str
                ) -> list[EncodedImage]:
-        if self._extractor is None:
-            self._extractor = make_extractor(self.sift)
         out = []
         for image, camera in zip(images, cameras):
-            keypoints, descriptors = extract_sift(self._extractor, image)
+            octave = -1 if camera.height < self.map.query_upsample_below_px else 0
+            if octave not in self._extractors:
+                self._extractors[octave] = make_extractor(SiftConfig(self.max_features, octave))
+            keypoints, descriptors = extract_sift(self._extractors[octave], image)
             # COLMAP's keypoints put the top-left pixel's centre at (0.5, 0.5); the solver uses OpenCV's (0, 0).
             pixels = keypoints[:, :2].astype(np.float64).reshape(-1, 2) - 0.5
             sift = unit_rows(descriptors.data.reshape(len(pixels), -1))  # (0, 128) for an image without features
@@ -66,7 +68,8 @@ class StructureMapPredictor:
 
     def candidates(self, encoded: EncodedImage) -> tuple[list, dict]:
         clusters = self.map.n_clusters
-        if self.retrieval_clusters <= 0 or self.retrieval_clusters >= clusters:
+        if (self.retrieval_clusters <= 0 or self.retrieval_clusters >= clusters
+                or len(self.map.points) < self.retrieval_min_points):
             return [None], {"clusters": clusters}
         t0 = time.perf_counter()
         counts = np.bincount(nearest_words(encoded.features, self.vocabulary), minlength=len(self.vocabulary))

@@ -72,6 +72,9 @@ class StructureMap:
     metadata: dict = field(default_factory=dict)
     triangulation: TriangulationConfig = field(default_factory=TriangulationConfig)
     """The SIFT and matching settings the map was made with (metadata config.triangulation), which queries use."""
+    query_upsample_below_px: int = 200
+    """Query images less high than this get SIFT with first octave -1, others 0 (metadata
+    config.query_upsample_below_px)."""
 
     @property
     def n_clusters(self) -> int:
@@ -143,4 +146,4 @@ class StructureMap:
         except (KeyError, ValueError, IndexError) as e:
             raise InputError(path, f"structure map codec {kind!r} cannot be read ({e})") from None
         return StructureMap(grid, origin, step, codes, codec, offsets.astype(np.int64), members, words, vocabulary,
-                            meta, triangulation)
+                            meta, triangulation, metadata_field(path, meta, "config.query_upsample_below_px", int))

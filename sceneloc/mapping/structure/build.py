@@ -68,6 +68,11 @@ class StructureMapConfig:
     tau / the cluster's budget): 1 weighs a score difference of 1 like one neighbour closer than kernel_sigma_m."""
     smo_iterations: int = 20000
     """SMO iterations per cluster (the paper's max_iter)."""
+    query_upsample_below_px: int = 200
+    """Query images less high than this are upsampled once for SIFT (first octave -1, as the mapping images are);
+    higher ones are not (first octave 0): about 3x faster with a third of the matches, on the quick suite (240 px)
+    0.27 cm instead of 0.13 cm median error at the same recall (docs/BENCHMARKS.md); on 120-px images too few
+    features are left. 100000 for the most accurate poses at any size."""
     vocabulary_words: int = 256
     """Visual words of the cluster retrieval descriptors."""
     seed: int = 0
@@ -234,4 +239,5 @@ def build_structure_map(scene: Scene, config: StructureMapConfig, show_progress:
                           "timings": {"triangulate_s": t1 - t0, "select_s": t2 - t1, "codec_s": t3 - t2,
                                       "retrieval_s": t4 - t3, "total_s": t4 - t0}}}
     return StructureMap(grid, origin, step, codes, codec, offsets.astype(np.int64), pairs[:, 0].astype(np.int64),
-                        cluster_words, vocabulary_points.astype(np.int64), metadata, config.triangulation)
+                        cluster_words, vocabulary_points.astype(np.int64), metadata, config.triangulation,
+                        config.query_upsample_below_px)
