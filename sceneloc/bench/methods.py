@@ -129,25 +129,31 @@ class ScrMethod(_SceneLocMethod):
         return localize_scene(SceneMap.load(map_path, dev), scene, config, dev, show_progress)
 
 
-class ColmapSiftMethod:
-    """The structure-based peer (sceneloc.peers.colmap_sift), CPU only whatever the device."""
+class _StructureMethod:
+    """A structure-based method: one scene per map, CPU only whatever the device (SIFT, matching and PnP are
+    pycolmap/numpy), no precision setting; its settings are a dataclass config (_config)."""
 
-    name = "colmap-sift"
-    map_suffix = ".sift.safetensors"
     cpu_only = True
     multi_scene = False
     precision_key = None
-
-    def _config(self, overrides: list[str]):
-        from sceneloc.peers.colmap_sift import ColmapSiftConfig
-
-        return apply_overrides(ColmapSiftConfig(), overrides)
 
     def settings(self, overrides: list[str]) -> dict:
         return asdict(self._config(overrides))
 
     def can_extend(self, settings: dict, base_settings: dict) -> bool:
         return False
+
+
+class ColmapSiftMethod(_StructureMethod):
+    """The structure-based peer (sceneloc.peers.colmap_sift)."""
+
+    name = "colmap-sift"
+    map_suffix = ".sift.safetensors"
+
+    def _config(self, overrides: list[str]):
+        from sceneloc.peers.colmap_sift import ColmapSiftConfig
+
+        return apply_overrides(ColmapSiftConfig(), overrides)
 
     def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
                   show_progress: bool, base_map: Path | None = None) -> dict:
@@ -165,14 +171,11 @@ class ColmapSiftMethod:
         return localize_scene(SiftMap.load(map_path), scene, self._config(overrides), show_progress)
 
 
-class SqueezeMethod:
+class SqueezeMethod(_StructureMethod):
     """sceneloc's compressed structure-based map (SceneSqueezer; mapping/structure), localized through the one
-    loop (localize/structure.py). CPU only: SIFT, SMO and matching are numpy/pycolmap."""
+    loop (localize/structure.py)."""
 
     map_suffix = ".smap"
-    cpu_only = True
-    multi_scene = False
-    precision_key = None
 
     def __init__(self, name: str = "squeeze", variant: tuple[str, ...] = ()):
         self.name = name
@@ -184,12 +187,6 @@ class SqueezeMethod:
         config = apply_overrides(StructureMapConfig(), self.variant + overrides)
         config.validate()
         return config
-
-    def settings(self, overrides: list[str]) -> dict:
-        return asdict(self._config(overrides))
-
-    def can_extend(self, settings: dict, base_settings: dict) -> bool:
-        return False
 
     def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
                   show_progress: bool, base_map: Path | None = None) -> dict:
