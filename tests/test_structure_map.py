@@ -98,3 +98,27 @@ def test_bad_structure_map_files_give_one_line_errors(built, tmp_path):
         StructureMap.load(peer)
     code, out = run_cli("map", path, "-o", tmp_path / "x.smap", "--type", "structure", "--multi")
     assert code == 2 and "--multi are for scr maps" in out
+
+
+def test_budget_mb_bounds_the_file_and_a_budget_below_the_fixed_cost_is_refused(built, tmp_path):
+    rendered, _, path = built
+    small = tmp_path / "small.smap"
+    code, out = run_cli("map", rendered.root, "-o", small, "--type", "structure", "--budget-mb", "0.04")
+    assert code == 0, out
+    assert small.stat().st_size <= 40_000
+    points = [StructureMap.load(p).metadata["build"]["n_points"] for p in (small, path)]
+    assert points[0] < points[1]
+    code, out = run_cli("map", rendered.root, "-o", tmp_path / "tiny.smap", "--type", "structure",
+                        "--budget-mb", "0.001")
+    assert code == 2 and "is below the map's fixed" in out and "Traceback" not in out
+    assert not (tmp_path / "tiny.smap").exists()
+
+
+def test_an_image_without_features_fails_cleanly(built):
+    rendered, _, path = built
+    frame = read_scene(rendered.root, split="test").frames[0]
+    localizer = sceneloc.Localizer(StructureMap.load(path))
+    blank = np.zeros((frame.camera.height, frame.camera.width, 3), np.uint8)
+    estimate = localizer.localize(blank, frame.camera)
+    assert estimate.cam_from_world is None and estimate.num_inliers == 0
+    assert localizer.localize(frame.load_rgb(), frame.camera).cam_from_world is not None  # the same localizer goes on

@@ -31,6 +31,9 @@ from sceneloc.maps.structure_map import StructureMap
 from sceneloc.solve import PnPResult
 
 
+SIFT_DIMS = 128
+
+
 class StructureMapPredictor:
     """2D-3D matches of a query's SIFT features against a StructureMap's points (one candidate: the union of the
     retrieved clusters)."""
@@ -62,7 +65,8 @@ class StructureMapPredictor:
             keypoints, descriptors = extract_sift(self._extractors[octave], image)
             # COLMAP's keypoints put the top-left pixel's centre at (0.5, 0.5); the solver uses OpenCV's (0, 0).
             pixels = keypoints[:, :2].astype(np.float64).reshape(-1, 2) - 0.5
-            sift = unit_rows(descriptors.data.reshape(len(pixels), -1))  # (0, 128) for an image without features
+            data = np.asarray(descriptors.data)
+            sift = unit_rows(data) if len(data) else np.zeros((0, SIFT_DIMS), np.float32)  # an image without features
             out.append(EncodedImage(self.map.codec.encode_query(sift), pixels, camera))
         return out
 
