@@ -427,7 +427,8 @@ app.add_typer(export_app, name="export")
 @export_app.command("points")
 def export_points_command(
     map_file: Path = typer.Argument(..., help="Map file from `sceneloc map`"),
-    scene_dir: Path = typer.Argument(..., help="The posed mapping images (any supported layout)"),
+    scene_dir: Optional[Path] = typer.Argument(None, help="The posed mapping images (any supported layout); not "
+                                                          "needed for structure maps, which hold their points"),
     output: Path = typer.Option(..., "-o", "--output", help="PLY file to write (xyz float32 + rgb uint8)"),
     split: str = typer.Option("train", help="Split to export when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
@@ -446,12 +447,15 @@ def export_points_command(
                                                                       "--set consistency_max_distance=0.05"),
 ):
     """Point cloud of a scene from its map: scene coordinates of every cell of every mapping frame, coloured from
-    the image, filtered as in the keypoint paper (keypoint probability, rotation consistency, depth bounds)."""
+    the image, filtered as in the keypoint paper (keypoint probability, rotation consistency, depth bounds). For a
+    structure map: its points, coloured by co-visible cluster."""
     from sceneloc.runtime.config_overrides import apply_overrides
     from sceneloc.data import read_scene
     from sceneloc.evaluate.cloud import render_cloud_png, up_from_cameras
-    from sceneloc.export.points import PointExportConfig, export_points, write_ply
+    from sceneloc.export.points import PointExportConfig, export_points, structure_points, write_ply
+    from sceneloc.maps.files import read_map_metadata
     from sceneloc.maps.scene_map import SceneMap
+    from sceneloc.maps.structure_map import FORMAT as STRUCTURE_FORMAT, StructureMap
 
     config = PointExportConfig(use_keypoints=keypoints, consistency=consistency)
     for name, value in [("frame_stride", stride), ("min_depth", min_depth), ("max_depth", max_depth)]:
@@ -463,9 +467,20 @@ def export_points_command(
     except ValueError as e:
         _fail(str(e))
     dev = _device(device)
-    check_writable(output, [map_file, scene_dir])
+    inputs = [map_file, *([] if scene_dir is None else [scene_dir])]
+    check_writable(output, inputs)
     if png is not None:
-        check_writable(png, [map_file, scene_dir, output])
+        check_writable(png, [*inputs, output])
+    if read_map_metadata(map_file).get("format") == STRUCTURE_FORMAT:
+        cloud = structure_points(StructureMap.load(map_file))
+        write_ply(output, cloud)
+        console.print(f"wrote {output}: {len(cloud.xyz):,} points in {cloud.counts['clusters']} clusters")
+        if png is not None:
+            render_cloud_png(cloud, png, title=f"{map_file.name}: {len(cloud.xyz):,} points")
+            console.print(f"wrote {png}")
+        return
+    if scene_dir is None:
+        _fail(f"{map_file}: a scene-coordinate map: give the posed mapping images (SCENE_DIR) to export its points")
     scene_map = SceneMap.load(map_file, dev)
     scene = read_scene(scene_dir, split=split, images=images)
     cloud = export_points(scene_map, scene, config, dev)

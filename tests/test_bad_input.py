@@ -427,3 +427,9 @@ def test_readers_still_read_what_they_read(tmp_path):
     assert [f.name for f in read_scene(_colmap_model(tmp_path / "colmap").parents[1]).frames] == ["a", "b"]
     frame = read_scene(tmp_path / "ace").frames[0]
     assert frame.load_rgb().shape == (48, 64, 3) and frame.load_depth().shape == (48, 64)
+
+
+def test_export_points_of_a_scene_coordinate_map_needs_its_images(tmp_path):
+    code, out = run_cli("export", "points", MAPS / "single_v1.map", "-o", tmp_path / "cloud.ply")
+    assert code == 2 and "single_v1.map: a scene-coordinate map: give the posed mapping images" in out
+    assert not (tmp_path / "cloud.ply").exists()

@@ -11,6 +11,7 @@ from conftest import run_cli
 import sceneloc
 from sceneloc.data import read_scene
 from sceneloc.evaluate import evaluate_poses
+from sceneloc.export.points import read_ply
 from sceneloc.localize.loop import LocalizeConfig
 from sceneloc.localize.structure import localize_structure_scene
 from sceneloc.maps.structure_map import StructureMap
@@ -122,3 +123,15 @@ def test_an_image_without_features_fails_cleanly(built):
     estimate = localizer.localize(blank, frame.camera)
     assert estimate.cam_from_world is None and estimate.num_inliers == 0
     assert localizer.localize(frame.load_rgb(), frame.camera).cam_from_world is not None  # the same localizer goes on
+
+
+def test_export_points_writes_the_maps_points_coloured_by_cluster(built, tmp_path):
+    _, _, path = built
+    ply, png = tmp_path / "points.ply", tmp_path / "points.png"
+    code, out = run_cli("export", "points", path, "-o", ply, "--png", png)
+    assert code == 0, out
+    structure_map = StructureMap.load(path)
+    cloud = read_ply(ply)
+    np.testing.assert_array_equal(cloud.xyz, structure_map.points)
+    assert len(np.unique(cloud.rgb, axis=0)) == min(structure_map.n_clusters, 20)  # one colour per cluster
+    assert png.stat().st_size > 0

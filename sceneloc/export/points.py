@@ -193,6 +193,20 @@ def export_points(scene_map: SceneMap, scene: Scene, config: PointExportConfig, 
     return PointCloud(xyz_all, rgb_all, counts)
 
 
+def structure_points(structure_map) -> PointCloud:
+    """A StructureMap's points, each coloured by the first co-visible cluster it belongs to (matplotlib's tab20
+    colours, in cluster order). counts: kept (points), clusters."""
+    from matplotlib import colormaps
+
+    first = np.full(len(structure_map.points), -1)
+    for c in range(structure_map.n_clusters - 1, -1, -1):  # backwards: the lowest cluster index wins
+        first[structure_map.cluster_points(c)] = c
+    palette = (np.array(colormaps["tab20"].colors) * 255).round().astype(np.uint8)
+    rgb = np.where(first[:, None] >= 0, palette[np.maximum(first, 0) % len(palette)], 128).astype(np.uint8)
+    return PointCloud(structure_map.points.astype(np.float32), rgb,
+                      {"kept": len(structure_map.points), "clusters": structure_map.n_clusters})
+
+
 def write_ply(path: str | Path, cloud: PointCloud) -> None:
     """Binary PLY (x, y, z float32; red, green, blue uint8), written atomically. Raises InputError for an empty
     cloud (PLY readers reject it) or when the file cannot be written."""
