@@ -48,7 +48,7 @@ class StructureMapPredictor:
         self.retrieval_clusters = config.retrieval_clusters
         self.retrieval_min_points = config.retrieval_min_points
         self._extractors: dict[int, object] = {}
-        self._candidate_points = 0
+        self._every_point = np.arange(len(structure_map.points))
         words = structure_map.cluster_words.astype(np.float32)
         # tf-idf weights of the visual words: words seen in every cluster tell clusters apart least.
         self.idf = np.log((1 + len(words)) / (1 + (words > 0).sum(0))).astype(np.float32) + 1
@@ -71,29 +71,29 @@ class StructureMapPredictor:
         return out
 
     def candidates(self, encoded: EncodedImage) -> tuple[list, dict]:
+        """One candidate: (the map points to match against, (K,) int64: every point, or those of the retrieved
+        clusters), with n_candidate_points (and retrieved_clusters, retrieve_ms) in the details."""
         clusters = self.map.n_clusters
         if (self.retrieval_clusters <= 0 or self.retrieval_clusters >= clusters
                 or len(self.map.points) < self.retrieval_min_points):
-            return [None], {"clusters": clusters}
+            return [self._every_point], {"clusters": clusters, "n_candidate_points": len(self._every_point)}
         t0 = time.perf_counter()
         counts = np.bincount(nearest_words(encoded.features, self.vocabulary), minlength=len(self.vocabulary))
         scores = self.cluster_vectors @ unit_rows((counts * self.idf)[None])[0]
         chosen = np.argsort(-scores, kind="stable")[:self.retrieval_clusters]
-        return [tuple(int(c) for c in chosen)], {"retrieved_clusters": [int(c) for c in chosen],
-                                                 "retrieve_ms": (time.perf_counter() - t0) * 1e3}
+        points = np.unique(np.concatenate([self.map.cluster_points(c) for c in chosen]))
+        return [points], {"retrieved_clusters": [int(c) for c in chosen], "n_candidate_points": len(points),
+                          "retrieve_ms": (time.perf_counter() - t0) * 1e3}
 
-    def predict(self, encoded: EncodedImage, scene) -> tuple[np.ndarray, None]:
-        points = (np.arange(len(self.map.points)) if scene is None
-                  else np.unique(np.concatenate([self.map.cluster_points(c) for c in scene])))
+    def predict(self, encoded: EncodedImage, points: np.ndarray) -> tuple[np.ndarray, None]:
         query_idx, point_idx = match_descriptors(encoded.features, self.map.descriptors[points], self.max_ratio,
                                                  self.max_distance)
         coords = np.full((len(encoded.pixels), 3), np.nan)
         coords[query_idx] = self.map.points[points[point_idx]]
-        self._candidate_points = len(points)
         return coords, None
 
     def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
-        details["n_candidate_points"] = self._candidate_points
+        pass  # the candidates' details say all there is (the loop's pipeline may run finish after later images)
 
 
 def structure_solver_config(config: LocalizeConfig) -> LocalizeConfig:
