@@ -135,3 +135,12 @@ def test_export_points_writes_the_maps_points_coloured_by_cluster(built, tmp_pat
     np.testing.assert_array_equal(cloud.xyz, structure_map.points)
     assert len(np.unique(cloud.rgb, axis=0)) == min(structure_map.n_clusters, 20)  # one colour per cluster
     assert png.stat().st_size > 0
+
+
+def test_the_relative_default_budget_still_maps_a_scene_too_small_for_it(built, tmp_path):
+    rendered, _, path = built
+    small = tmp_path / "small.smap"
+    code, out = run_cli("map", rendered.root, "-o", small, "--type", "structure", "--set", "budget_fraction=0.05")
+    assert code == 0, out  # 0.05 x 140 B x ~1,850 points = 13 KB: below the fixed part alone
+    build = StructureMap.load(small).metadata["build"]
+    assert small.stat().st_size <= build["budget_bytes"] and build["n_points"] >= 4

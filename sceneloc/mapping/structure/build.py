@@ -49,7 +49,9 @@ class StructureMapConfig:
     """Largest map file, megabytes (1e6 bytes); None: budget_fraction of the uncompressed map."""
     budget_fraction: float = 0.1
     """Map bytes when budget_mb is None, as a fraction of the uncompressed map of every triangulated point (float32
-    xyz + 128-byte SIFT descriptor each, what colmap-sift stores): 0.1 compresses ten times."""
+    xyz + 128-byte SIFT descriptor each, what colmap-sift stores): 0.1 compresses ten times. Where the map's fixed
+    part (codec, cluster descriptors, header: 20-70 KB) would take more than half of that (scenes of a few thousand
+    points), the budget is the fixed part plus half the fraction instead, so small scenes still get a map."""
     codec: str = "uint8"
     """Descriptor quantisation: "uint8" (PCA + per-dimension 8-bit), "pq" (product quantisation) or "dsq" (the
     paper's auto-encoder with differentiable soft quantisation)."""
@@ -195,6 +197,11 @@ def build_structure_map(scene: Scene, config: StructureMapConfig, show_progress:
     limit = budget_bytes(config, len(model.points))
     n_words = config.vocabulary_words
     fixed = map_bytes(0, 0, config.descriptor_bytes, codec_bytes, n_clusters, n_words)
+    if config.budget_mb is None and fixed > 0.5 * limit:
+        # A small scene (a few thousand points, e.g. weak texture): the codec and cluster descriptors would take
+        # most of a tenth of it. The relative default then lets the map be the fixed part plus half the fraction
+        # (build.budget_bytes records it); an absolute --budget-mb stays a hard limit.
+        limit = fixed + 0.5 * limit
     if fixed >= limit:
         raise InputError(scene.root, f"a structure map budget of {limit / 1e6:.3f} MB is below the map's fixed "
                                      f"{fixed / 1e6:.3f} MB (codec, cluster descriptors): raise --budget-mb or "
