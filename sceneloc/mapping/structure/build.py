@@ -143,14 +143,16 @@ def select_in_clusters(model: Triangulation, seen: csr_matrix, clusters: np.ndar
         order = points[np.argsort(-scores[points], kind="stable")][:min(share * config.candidates_per_slot,
                                                                         MAX_QP_POINTS)]
         share = min(share, len(order))
+        if task is not None:
+            progress.update(task, advance=1, info=f"{share} of {len(points)}")
+        if share == 0:  # a cluster of frames without triangulated points (weak texture)
+            continue
         kernel = proximity_kernel(model.points[order].astype(np.float64), config.kernel_sigma_m)
         # α sums to 1 over about `share` points, so the quadratic term is O(1 / share^2) per pair of neighbours and
         # the linear one O(tau / share): tau / share puts a score difference of 1 on a par with one neighbour.
         chosen = select_points(scores[order], kernel, share, config.tau / share, config.smo_iterations,
                                config.seed + c)
         kept.append(order[chosen])
-        if task is not None:
-            progress.update(task, advance=1, info=f"{share} of {len(points)}")
     kept = np.unique(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
     if len(kept) < budget:
         rest = np.setdiff1d(np.arange(len(scores)), kept)
