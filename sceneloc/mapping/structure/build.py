@@ -208,9 +208,11 @@ def build_structure_map(scene: Scene, config: StructureMapConfig, show_progress:
         raise InputError(scene.root, f"a structure map budget of {limit / 1e6:.3f} MB is below the map's fixed "
                                      f"{fixed / 1e6:.3f} MB (codec, cluster descriptors): raise --budget-mb or "
                                      f"budget_fraction, or use fewer descriptor_bytes")
-    every = memberships(seen, clusters, np.arange(len(model.points)))
-    per_point = map_bytes(1000, round(1000 * len(every) / len(model.points)), config.descriptor_bytes, 0, 0, 0)
-    budget = int(np.clip((limit - fixed) * 1000 // (per_point - HEADER_BYTES - 48 - 8), 4, len(model.points)))
+    # Bytes per kept point: its grid xyz, its code and a 2-byte index per cluster membership (the triangulation's
+    # mean; the trim below corrects for the kept points' longer tracks).
+    memberships_per_point = len(memberships(seen, clusters, np.arange(len(model.points)))) / len(model.points)
+    per_point = POINT_BYTES + config.descriptor_bytes + 2 * memberships_per_point
+    budget = int(np.clip((limit - fixed) // per_point, 4, len(model.points)))
     with make_progress(show_progress) as progress:
         kept = select_in_clusters(model, seen, clusters, scores, budget, config, progress)
     # The kept points' memberships are only known now (they see more clusters than the average point): drop the
