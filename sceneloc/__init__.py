@@ -21,6 +21,8 @@ _PUBLIC = {
     "PoseEstimate": "sceneloc.localize.estimate",
     "SceneMap": "sceneloc.maps.scene_map",
     "MultiSceneMap": "sceneloc.maps.multi_scene_map",
+    "StructureMap": "sceneloc.maps.structure_map",
+    "HybridMap": "sceneloc.maps.hybrid_map",
     "map_scene": "sceneloc.api",
     "load_map": "sceneloc.api",
     "Localizer": "sceneloc.api",

@@ -24,16 +24,19 @@ from sceneloc.runtime.device import resolve_device
 from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera
 from sceneloc.localize.estimate import PoseEstimate
-from sceneloc.localize.loop import LocalizeConfig, localize_image, localize_scene
-from sceneloc.localize.multi_scene import AUTO, localize_multi_image, localize_multi_scene
-from sceneloc.localize.structure import StructureMapPredictor, localize_structure_image, localize_structure_scene
+from sceneloc.localize.hybrid import HybridPredictor
+from sceneloc.localize.loop import (LocalizeConfig, Predictor, SceneMapPredictor, localize_rgb,
+                                    localize_with_progress)
+from sceneloc.localize.multi_scene import MultiScenePredictor
+from sceneloc.localize.structure import StructureMapPredictor
 from sceneloc.maps.files import read_map_metadata
 from sceneloc.mapping import MappingConfig, build_scene_map
+from sceneloc.maps.hybrid_map import FORMAT as HYBRID_FORMAT, HybridMap
 from sceneloc.maps.scene_map import SceneMap
 from sceneloc.maps.multi_scene_map import FORMAT as MULTI_FORMAT, MultiSceneMap
 from sceneloc.maps.structure_map import FORMAT as STRUCTURE_FORMAT, StructureMap
 
-AnyMap = SceneMap | MultiSceneMap | StructureMap
+AnyMap = SceneMap | MultiSceneMap | StructureMap | HybridMap
 
 
 def map_scene(scene: Scene, config: MappingConfig | None = None, device: str = "auto",
@@ -45,15 +48,37 @@ def map_scene(scene: Scene, config: MappingConfig | None = None, device: str = "
 
 
 def load_map(path: str | Path, device: str = "auto") -> AnyMap:
-    """A map file of any kind: a single-scene SceneMap, a multi-scene MultiSceneMap or a StructureMap (numpy, on
-    the CPU whatever the device)."""
+    """A map file of any kind: a single-scene SceneMap, a multi-scene MultiSceneMap, a StructureMap (numpy, on
+    the CPU whatever the device) or a HybridMap (its head on the device)."""
     dev = resolve_device(device)
     map_format = read_map_metadata(path).get("format")
     if map_format == MULTI_FORMAT:
         return MultiSceneMap.load(path, dev)
     if map_format == STRUCTURE_FORMAT:
         return StructureMap.load(path)
+    if map_format == HYBRID_FORMAT:
+        return HybridMap.load(path, dev)
     return SceneMap.load(path, dev)
+
+
+def predictor_for(scene_map: AnyMap, config: LocalizeConfig, scene: str | None = None) -> Predictor:
+    """What the one localize loop needs of a map of any kind (sceneloc.localize.loop.Predictor); `scene`: for a
+    multi-scene map, the scene the images show or "auto"."""
+    if isinstance(scene_map, HybridMap):
+        return HybridPredictor(scene_map, config)
+    if isinstance(scene_map, StructureMap):
+        return StructureMapPredictor(scene_map, config)
+    if isinstance(scene_map, MultiSceneMap):
+        return MultiScenePredictor(scene_map, scene, config)
+    return SceneMapPredictor(scene_map, config.precision)
+
+
+def map_device(scene_map: AnyMap) -> torch.device:
+    """The device a map's network is on (the CPU for structure maps, which have none)."""
+    if isinstance(scene_map, StructureMap):
+        return torch.device("cpu")
+    head = scene_map.scene_map.head if isinstance(scene_map, HybridMap) else scene_map.head
+    return next(head.parameters()).device
 
 
 class Localizer:
@@ -62,18 +87,16 @@ class Localizer:
 
     def __init__(self, scene_map: AnyMap, config: LocalizeConfig | None = None, scene: str | None = None):
         self.map = scene_map
-        self.structure = isinstance(scene_map, StructureMap)
-        self.device = torch.device("cpu") if self.structure else next(scene_map.head.parameters()).device
+        self.device = map_device(scene_map)
         self.config = config or LocalizeConfig()
-        self._structure_predictor = StructureMapPredictor(scene_map, self.config) if self.structure else None
-        self.multi = isinstance(scene_map, MultiSceneMap)
-        if self.multi and scene is None:
+        multi = isinstance(scene_map, MultiSceneMap)
+        if multi and scene is None:
             raise InputError(None, "a multi-scene map: give scene=NAME or scene='auto'")
-        if not self.multi and scene is not None:
+        if not multi and scene is not None:
             raise InputError(None, "scene= needs a multi-scene map")
-        if self.multi and scene != AUTO:
-            scene_map.scene_index(scene)  # InputError for a scene the map does not hold
         self.scene = scene
+        # Kept across images: SIFT extractors, retrieval weights, the point tree (InputError for an unknown scene).
+        self.predictor = predictor_for(scene_map, self.config, scene)
 
     def localize(self, rgb: np.ndarray, camera: Camera, name: str = "query") -> PoseEstimate:
         """rgb: (H, W, 3) uint8 image taken with `camera` (pixels of that image) -> PoseEstimate, its
@@ -85,16 +108,10 @@ class Localizer:
             raise InputError(None, f"{name}: image is {rgb.shape[1]}x{rgb.shape[0]} but the camera is "
                                    f"{camera.width}x{camera.height}")
         with torch.no_grad():
-            if self.structure:
-                return localize_structure_image(self._structure_predictor, name, rgb, camera, self.config)
-            if self.multi:
-                return localize_multi_image(self.map, name, rgb, camera, self.scene, self.config, self.device)
-            return localize_image(self.map, name, rgb, camera, self.config, self.device)
+            return localize_rgb(self.predictor, name, rgb, camera, self.config, self.device)
 
     def localize_scene(self, scene: Scene, show_progress: bool = False) -> list[PoseEstimate]:
-        """Every frame of `scene` (its poses, if any, are not used)."""
-        if self.structure:
-            return localize_structure_scene(self.map, scene, self.config, show_progress)
-        if self.multi:
-            return localize_multi_scene(self.map, scene, self.scene, self.config, self.device, show_progress)
-        return localize_scene(self.map, scene, self.config, self.device, show_progress)
+        """Every frame of `scene` (its poses, if any, are not used), through the pipelined loop."""
+        with torch.no_grad():
+            return localize_with_progress(self.predictor, scene, self.config, self.device, show_progress,
+                                          "localizing" + (f" in {self.scene}" if self.scene else ""))

@@ -60,10 +60,12 @@ def map_command(
                                                        "transforms.json (several with --multi)"),
     output: Path = typer.Option(..., "-o", "--output", help="Map file to write (.map, safetensors)"),
     map_type: str = typer.Option("scr", "--type", help="scr (scene coordinate regression) | structure (compressed "
-                                                        "structure-based map, SceneSqueezer)"),
-    budget_mb: Optional[float] = typer.Option(None, "--budget-mb", help="--type structure: largest map size in MB "
-                                                                         "(default: a tenth of the uncompressed map, "
-                                                                         "140 bytes per triangulated point)"),
+                                                        "structure-based map, SceneSqueezer) | hybrid (both in one "
+                                                        "map: scene coordinates guide the matching)"),
+    budget_mb: Optional[float] = typer.Option(None, "--budget-mb", help="--type structure or hybrid: largest size "
+                                                                         "of the points in MB (default: a tenth of "
+                                                                         "the uncompressed map, 140 bytes per "
+                                                                         "triangulated point)"),
     multi: bool = typer.Option(False, "--multi", help="Map all the given scenes into one multi-scene model (SCINR)"),
     split: str = typer.Option("train", help="Split to map when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
@@ -89,13 +91,14 @@ def map_command(
     from sceneloc.runtime.config_overrides import apply_overrides
     from sceneloc.data import read_scene
     from sceneloc.mapping import MappingConfig, build_scene_map
+    from sceneloc.mapping.hybrid import HybridMapConfig, build_hybrid_map
     from sceneloc.mapping.multi_scene import (MultiSceneConfig, build_multi_scene_map, check_can_continue,
                                               config_of_map)
     from sceneloc.maps.multi_scene_map import MultiSceneMap
     from sceneloc.nn.encoders import load_encoder
 
-    if map_type not in ("scr", "structure"):
-        _fail(f"unknown --type {map_type!r} (use scr or structure)")
+    if map_type not in ("scr", "structure", "hybrid"):
+        _fail(f"unknown --type {map_type!r} (use scr, structure or hybrid)")
     if len(scene_dirs) > 1 and not multi:
         _fail(f"{len(scene_dirs)} scene folders given: pass --multi to map them into one model")
     if map_type == "structure":
@@ -107,17 +110,23 @@ def map_command(
             _fail(f"--type structure maps one scene from SIFT points: {', '.join(given)} are for scr maps")
         _map_structure(scene_dirs[0], output, split, images, budget_mb, seed, overrides)
         return
-    if budget_mb is not None:
-        _fail("--budget-mb is for --type structure")
+    hybrid = map_type == "hybrid"
+    if budget_mb is not None and not hybrid:
+        _fail("--budget-mb is for --type structure or hybrid")
+    if hybrid and (multi or start_from is not None):
+        _fail("--type hybrid maps one scene: --multi and --init are for scr maps")
     if start_from is not None and not multi:
         _fail("--init continues a multi-scene map: pass --multi")
     dev = _device(device)
     start = None if start_from is None else MultiSceneMap.load(start_from, dev)
     if start is not None:
         config = config_of_map(start_from, start)
+    elif hybrid:
+        config = HybridMapConfig()
+        config.structure.budget_mb, config.structure.seed = budget_mb, seed
     else:
         config = MultiSceneConfig() if multi else MappingConfig()
-    mapping = config.mapping if multi else config
+    mapping = config.mapping if multi else config.scr if hybrid else config
     mapping.seed = seed
     mapping.keypoints.enabled = keypoints
     for name, value in [("encoder", encoder), ("iterations", iterations), ("buffer_size", buffer_size),
@@ -139,6 +148,14 @@ def map_command(
     scenes = [read_scene(d, split=split, images=images) for d in scene_dirs]
     console.print(f"mapping [bold]{', '.join(s.name for s in scenes)}[/]: "
                   f"{sum(len(s.frames) for s in scenes)} frames, encoder {mapping.encoder}, device {dev}")
+    if hybrid:
+        hybrid_map = build_hybrid_map(scenes[0], config, dev)
+        hybrid_map.save(output)
+        build = hybrid_map.metadata["build"]
+        console.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): head in {build['scr_s']:.0f} s, "
+                      f"{build['structure']['n_points']:,} of {build['structure']['n_triangulated']:,} points in "
+                      f"{build['structure_s']:.0f} s")
+        return
     if multi:
         scene_map, summary = build_multi_scene_map(scenes, config, dev, start=start)
     else:
@@ -254,12 +271,10 @@ def localize(
     from sceneloc.data.query_images import read_query_images
     from sceneloc.export.pose_formats import FORMATS, write_pose_file
     from sceneloc.export.poses import check_image_name, write_pose_details_json
-    from sceneloc.localize.loop import LocalizeConfig, localize_scene
-    from sceneloc.localize.multi_scene import localize_multi_scene
+    from sceneloc.api import Localizer, load_map
+    from sceneloc.localize.loop import LocalizeConfig
     from sceneloc.maps.files import read_map_metadata
-    from sceneloc.maps.scene_map import SceneMap
-    from sceneloc.maps.multi_scene_map import FORMAT as MULTI_FORMAT, MultiSceneMap
-    from sceneloc.maps.structure_map import FORMAT as STRUCTURE_FORMAT, StructureMap
+    from sceneloc.maps.multi_scene_map import FORMAT as MULTI_FORMAT
 
     config = LocalizeConfig(precision=_precision(precision))
     config.solver.backend = backend
@@ -291,14 +306,7 @@ def localize(
         scene = read_scene(query_dir, split=split, images=images)
     for frame in scene.frames:  # before localizing: a name the poses file cannot hold must not fail at the end
         check_image_name(output, frame.name)
-    if is_multi:
-        estimates = localize_multi_scene(MultiSceneMap.load(map_file, dev), scene, scene_name, config, dev)
-    elif map_format == STRUCTURE_FORMAT:
-        from sceneloc.localize.structure import localize_structure_scene
-
-        estimates = localize_structure_scene(StructureMap.load(map_file), scene, config)
-    else:
-        estimates = localize_scene(SceneMap.load(map_file, dev), scene, config, dev)
+    estimates = Localizer(load_map(map_file, str(dev)), config, scene_name).localize_scene(scene, show_progress=True)
     write_pose_file(output, estimates, fmt, image_names={f.name: f.rgb_path.name for f in scene.frames})
     write_pose_details_json(details_json, estimates)
     ok = sum(e.cam_from_world is not None for e in estimates)
@@ -428,7 +436,9 @@ app.add_typer(export_app, name="export")
 def export_points_command(
     map_file: Path = typer.Argument(..., help="Map file from `sceneloc map`"),
     scene_dir: Optional[Path] = typer.Argument(None, help="The posed mapping images (any supported layout); not "
-                                                          "needed for structure maps, which hold their points"),
+                                                          "needed for structure maps, which hold their points (a "
+                                                          "hybrid map: its points without it, its head's cloud "
+                                                          "with it)"),
     output: Path = typer.Option(..., "-o", "--output", help="PLY file to write (xyz float32 + rgb uint8)"),
     split: str = typer.Option("train", help="Split to export when the folder has train/test splits"),
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
@@ -454,6 +464,7 @@ def export_points_command(
     from sceneloc.evaluate.cloud import render_cloud_png, up_from_cameras
     from sceneloc.export.points import PointExportConfig, export_points, structure_points, write_ply
     from sceneloc.maps.files import read_map_metadata
+    from sceneloc.maps.hybrid_map import FORMAT as HYBRID_FORMAT, HybridMap
     from sceneloc.maps.scene_map import SceneMap
     from sceneloc.maps.structure_map import FORMAT as STRUCTURE_FORMAT, StructureMap
 
@@ -471,8 +482,10 @@ def export_points_command(
     check_writable(output, inputs)
     if png is not None:
         check_writable(png, [*inputs, output])
-    if read_map_metadata(map_file).get("format") == STRUCTURE_FORMAT:
-        cloud = structure_points(StructureMap.load(map_file))
+    map_format = read_map_metadata(map_file).get("format")
+    hybrid_map = HybridMap.load(map_file, dev) if map_format == HYBRID_FORMAT else None
+    if map_format == STRUCTURE_FORMAT or (hybrid_map is not None and scene_dir is None):
+        cloud = structure_points(StructureMap.load(map_file) if hybrid_map is None else hybrid_map.structure_map)
         write_ply(output, cloud)
         console.print(f"wrote {output}: {len(cloud.xyz):,} points in {cloud.counts['clusters']} clusters")
         if png is not None:
@@ -481,7 +494,7 @@ def export_points_command(
         return
     if scene_dir is None:
         _fail(f"{map_file}: a scene-coordinate map: give the posed mapping images (SCENE_DIR) to export its points")
-    scene_map = SceneMap.load(map_file, dev)
+    scene_map = SceneMap.load(map_file, dev) if hybrid_map is None else hybrid_map.scene_map
     scene = read_scene(scene_dir, split=split, images=images)
     cloud = export_points(scene_map, scene, config, dev)
     write_ply(output, cloud)

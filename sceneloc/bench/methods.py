@@ -205,6 +205,58 @@ class SqueezeMethod(_StructureMethod):
         return localize_structure_scene(StructureMap.load(map_path), scene, LocalizeConfig(), show_progress)
 
 
+class HybridMethod(_SceneLocMethod):
+    """sceneloc's hybrid map (mapping/hybrid.py, localize/hybrid.py): the scr method's map plus compressed points;
+    it extends the run's scr map of the same scene when that was made with the same scr settings."""
+
+    map_suffix = ".map"
+    multi_scene = False
+    precision_key = "scr.precision"
+
+    def __init__(self, name: str = "hybrid", variant: tuple[str, ...] = ()):
+        super().__init__(name, variant)
+
+    def _default_config(self):
+        from sceneloc.mapping.hybrid import HybridMapConfig
+
+        return HybridMapConfig()
+
+    def _config(self, overrides: list[str]):
+        config = super()._config(overrides)
+        config.validate()
+        return config
+
+    def can_extend(self, settings: dict, base_settings: dict) -> bool:
+        """A scene-coordinate map made with this hybrid's scr settings (build_map then adds the points to it)."""
+        return base_settings == settings["scr"]
+
+    def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
+                  show_progress: bool, base_map: Path | None = None) -> dict:
+        import torch
+
+        from sceneloc.mapping.hybrid import build_hybrid_map
+        from sceneloc.maps.scene_map import SceneMap
+
+        dev = torch.device(device)
+        scene_map = None if base_map is None else SceneMap.load(base_map, dev)
+        hybrid_map = build_hybrid_map(scenes[0], self._config(overrides), dev, show_progress, scene_map)
+        hybrid_map.save(map_path)
+        return hybrid_map.metadata["build"]
+
+    def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
+                 show_progress: bool, scene_name: str | None = None) -> list[PoseEstimate]:
+        import torch
+
+        from sceneloc.localize.hybrid import HybridPredictor
+        from sceneloc.localize.loop import LocalizeConfig, localize_with_progress
+        from sceneloc.maps.hybrid_map import HybridMap
+
+        dev = torch.device(device)
+        config = LocalizeConfig(precision=self._config(overrides).scr.precision)
+        return localize_with_progress(HybridPredictor(HybridMap.load(map_path, dev), config), scene, config, dev,
+                                      show_progress, "localizing (hybrid map)")
+
+
 class ScinrMethod(_SceneLocMethod):
     """sceneloc's multi-scene model: every scene of a suite mapped into one SCINR map (MultiSceneConfig), each
     scene's queries localized with its name."""
@@ -269,6 +321,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     ScinrMethod("scinr-modulation", ("model.use_position=true", "model.use_modulation=true")),
     SqueezeMethod(),
     SqueezeMethod("squeeze-no-selection", ("candidates_per_slot=1",)),
+    HybridMethod(),
     ColmapSiftMethod(),
 )}
 """The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
@@ -276,8 +329,8 @@ variants of it (encoder choices; the ACE-style and the deeper residual head, eac
 selection and keypoint-guided fine-tuning); `scinr` maps all scenes of a suite into one model (`scinr-no-*`: one
 of its modules switched off; `scinr-position`, `-raw-position`, `-modulation`: the thesis' pixel-position input,
 encoded or raw, and its modulation module switched on); `squeeze` is the compressed structure-based map
-(`squeeze-no-selection`: the best-scored points without the QP);
-`colmap-sift` is the structure-based peer."""
+(`squeeze-no-selection`: the best-scored points without the QP); `hybrid` holds an scr map and compressed points,
+the head's coordinates guiding the matching; `colmap-sift` is the structure-based peer."""
 
 
 def map_in_this_process(method: str, scene_roots: list[str], scene_names: list[str], map_path: str,

@@ -37,8 +37,8 @@ from sceneloc.runtime.progress import make_progress
 from sceneloc.solve import PnPResult, SolverConfig, solve_pnp
 
 __all__ = ["REFERENCE_HEIGHT", "PoseEstimate", "LocalizeConfig", "Prediction", "Predictor", "CellPredictor",
-           "SceneMapPredictor", "head_coordinates", "encode_query", "predict_scene_coordinates", "solve_image",
-           "most_probable", "select_keypoints", "localize_encoded", "localize_frames", "working_image",
+           "SceneMapPredictor", "most_inliers", "head_coordinates", "encode_query", "predict_scene_coordinates",
+           "solve_image", "most_probable", "select_keypoints", "localize_encoded", "localize_frames", "working_image",
            "localize_rgb", "localize_image", "localize_scene"]
 
 REFERENCE_HEIGHT = 480
@@ -89,6 +89,12 @@ class LocalizeConfig:
     retrieval_min_points: int = 20000
     """Structure maps of fewer points are matched whole, without retrieval: on the quick suite's 3,222-point map
     retrieval of 3 clusters lost 2.5 points of recall and saved 6 % of the query time (docs/BENCHMARKS.md)."""
+    hybrid_radius_m: float = 0.3
+    """Hybrid maps: a keypoint is matched only against the map points within this many metres of the scene
+    coordinate the head predicts for its cell (localize/hybrid.py)."""
+    hybrid_min_inliers: int = 20
+    """Hybrid maps: the guided matches' pose is taken when it has at least this many inliers, else the scene
+    coordinates' pose."""
 
 
 @dataclass
@@ -103,11 +109,14 @@ class Prediction:
     """The working image's camera."""
     keypoint_prob: np.ndarray | None
     """(N,) float32 keypoint probabilities, None when the map has no keypoint network."""
+    inlier_threshold_px: float | None = None
+    """RANSAC's inlier threshold for these correspondences, in pixels at REFERENCE_HEIGHT; None: the config's
+    (LocalizeConfig.solver). Local features located to a pixel get a tighter one than regression cells."""
 
 
 class Predictor(Protocol):
     """What a map kind gives the loop: its working height, its encoding of images, the scenes to try for an image,
-    and the 3D points of one of them for the encoded image's pixels."""
+    the 2D-3D correspondences of each, and the choice among their poses."""
 
     image_height: int | None
     """Height images are resized to before encoding (None: kept as they are)."""
@@ -119,9 +128,13 @@ class Predictor(Protocol):
     def candidates(self, encoded: EncodedImage) -> tuple[list, dict]:
         """(scene keys to try, in order, details to record), from the image's features."""
 
-    def predict(self, encoded: EncodedImage, scene) -> tuple[np.ndarray, np.ndarray | None]:
-        """(world points (N, 3) float64, keypoint probabilities (N,) float32 or None) of every pixel of `encoded`,
-        for scene key `scene`; NaN rows where the map has no point for a pixel (RANSAC ignores them)."""
+    def predict(self, encoded: EncodedImage, scene) -> Prediction:
+        """The correspondences of scene key `scene`: pixels (usually encoded.pixels) in a camera (usually
+        encoded.camera) with world points (N, 3) float64, NaN rows where the map has no point for a pixel (RANSAC
+        ignores them), keypoint probabilities or None, and the inlier threshold they need (None: the config's)."""
+
+    def choose(self, results: list[PnPResult]) -> int:
+        """The index of the pose to return, one result per candidate (most_inliers for most map kinds)."""
 
     def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
         """Record in `details` what the predictor's choice of scenes gave (scene names, scores)."""
@@ -144,14 +157,23 @@ def head_coordinates(head: torch.nn.Module, encoded: EncodedImage, scene: int = 
     return coords.float().cpu().numpy().astype(np.float64), None if prob is None else prob.float().cpu().numpy()
 
 
+def most_inliers(results: list[PnPResult]) -> int:
+    """The index of the result with a pose and the most inliers (the first on ties; 0 when none has a pose)."""
+    return max(range(len(results)), key=lambda i: results[i].num_inliers if results[i].cam_from_world else -1)
+
+
 class CellPredictor:
-    """The encoding of scene-coordinate maps: the map's frozen encoder, per-cell features (encode.encode_batch)."""
+    """The encoding of scene-coordinate maps: the map's frozen encoder, per-cell features (encode.encode_batch);
+    of the candidate scenes' poses the one with the most inliers."""
 
     encoder_name: str
 
     def encode(self, images: list[np.ndarray], cameras: list[Camera], device: torch.device, precision: str
                ) -> list[EncodedImage]:
         return encode_batch(self.encoder_name, images, cameras, device, precision)
+
+    def choose(self, results: list[PnPResult]) -> int:
+        return most_inliers(results)
 
 
 class SceneMapPredictor(CellPredictor):
@@ -166,8 +188,9 @@ class SceneMapPredictor(CellPredictor):
     def candidates(self, encoded: EncodedImage) -> tuple[list, dict]:
         return [0], {}
 
-    def predict(self, encoded: EncodedImage, scene: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-        return head_coordinates(self.map.head, encoded, scene, self.precision, self.map.keypoint_net)
+    def predict(self, encoded: EncodedImage, scene: int = 0) -> Prediction:
+        coords, prob = head_coordinates(self.map.head, encoded, scene, self.precision, self.map.keypoint_net)
+        return Prediction(encoded.pixels, coords, encoded.camera, prob)
 
     def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
         pass
@@ -179,14 +202,15 @@ def predict_scene_coordinates(scene_map: SceneMap, rgb: np.ndarray, camera: Came
     """rgb: (H, W, 3) uint8 of `camera` -> Prediction for every stride-8 cell of the working image."""
     features, pixels, work_cam = encode_query(scene_map.encoder_name, scene_map.image_height, rgb, camera, device,
                                               precision)
-    coords, prob = SceneMapPredictor(scene_map, precision).predict(EncodedImage(features, pixels, work_cam))
-    return Prediction(pixels, coords, work_cam, prob)
+    return SceneMapPredictor(scene_map, precision).predict(EncodedImage(features, pixels, work_cam))
 
 
-def solve_image(pixels: np.ndarray, coords: np.ndarray, work_cam: Camera, config: LocalizeConfig) -> PnPResult:
-    """RANSAC-PnP of (N, 2) working-image pixels and (N, 3) scene coordinates, with config's inlier threshold
-    scaled from REFERENCE_HEIGHT to the working image."""
-    threshold = config.solver.inlier_threshold_px * work_cam.height / REFERENCE_HEIGHT
+def solve_image(pixels: np.ndarray, coords: np.ndarray, work_cam: Camera, config: LocalizeConfig,
+                threshold_px: float | None = None) -> PnPResult:
+    """RANSAC-PnP of (N, 2) working-image pixels and (N, 3) scene coordinates, with the inlier threshold
+    threshold_px (None: config.solver's) scaled from REFERENCE_HEIGHT to the working image."""
+    threshold = (config.solver.inlier_threshold_px if threshold_px is None else threshold_px) \
+        * work_cam.height / REFERENCE_HEIGHT
     return solve_pnp(pixels, coords, work_cam, replace(config.solver, inlier_threshold_px=threshold))
 
 
@@ -212,10 +236,9 @@ class _Job:
     """One image between the network and the solver: what RANSAC gets per candidate scene."""
 
     name: str
-    camera: Camera
     scenes: list
-    problems: list[tuple[np.ndarray, np.ndarray]]
-    """(pixels, coords) per candidate scene, after keypoint selection."""
+    problems: list[Prediction]
+    """The correspondences per candidate scene, after keypoint selection."""
     details: dict
 
 
@@ -226,26 +249,27 @@ def _network(predictor: Predictor, name: str, encoded: EncodedImage, config: Loc
     scenes, extra = predictor.candidates(encoded)
     problems = []
     for scene in scenes:
-        coords, prob = predictor.predict(encoded, scene)
-        keep = select_keypoints(Prediction(encoded.pixels, coords, encoded.camera, prob), config)
-        problems.append((encoded.pixels[keep], coords[keep]))
+        prediction = predictor.predict(encoded, scene)
+        keep = select_keypoints(prediction, config)
+        problems.append(replace(prediction, pixels=prediction.pixels[keep], coords=prediction.coords[keep],
+                                keypoint_prob=None))
     details.update(extra)
     details["head_ms"] = (time.perf_counter() - t0) * 1e3
     details["n_cells"] = len(encoded.pixels)
-    return _Job(name, encoded.camera, scenes, problems, details)
+    return _Job(name, scenes, problems, details)
 
 
 def _solve(predictor: Predictor, job: _Job, config: LocalizeConfig) -> PoseEstimate:
-    """The solver stage: RANSAC per candidate scene, the pose with the most inliers."""
+    """The solver stage: RANSAC per candidate scene, the pose the predictor chooses."""
     t0 = time.perf_counter()
-    results = [solve_image(pixels, coords, job.camera, config) for pixels, coords in job.problems]
-    best = max(range(len(results)), key=lambda i: results[i].num_inliers if results[i].cam_from_world else -1)
+    results = [solve_image(p.pixels, p.coords, p.camera, config, p.inlier_threshold_px) for p in job.problems]
+    best = predictor.choose(results)
     result = results[best]
     details = job.details
     details["solver_ms"] = (time.perf_counter() - t0) * 1e3
     details["network_ms"] = details.get("encode_ms", 0.0) + details["head_ms"]
     details["iterations"] = result.iterations
-    details["n_correspondences"] = int(np.isfinite(job.problems[best][1]).all(1).sum())
+    details["n_correspondences"] = int(np.isfinite(job.problems[best].coords).all(1).sum())
     predictor.finish(details, job.scenes, results, best)
     return PoseEstimate(name=job.name, cam_from_world=result.cam_from_world, num_inliers=result.num_inliers,
                         inlier_ratio=result.inlier_ratio, details=details)

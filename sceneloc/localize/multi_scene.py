@@ -17,7 +17,8 @@ from sceneloc.data import Scene
 from sceneloc.encode import EncodedImage
 from sceneloc.geometry import Camera
 from sceneloc.localize.estimate import PoseEstimate
-from sceneloc.localize.loop import CellPredictor, LocalizeConfig, head_coordinates, localize_rgb, localize_with_progress
+from sceneloc.localize.loop import (CellPredictor, LocalizeConfig, Prediction, head_coordinates, localize_rgb,
+                                   localize_with_progress)
 from sceneloc.maps.multi_scene_map import MultiSceneMap
 from sceneloc.solve import PnPResult
 
@@ -62,8 +63,9 @@ class MultiScenePredictor(CellPredictor):
                         "retrieved_scene": names[chosen[0]],
                         "retrieval_scores": {names[i]: round(float(s), 4) for i, s in enumerate(scores)}}
 
-    def predict(self, encoded: EncodedImage, scene: int) -> tuple[np.ndarray, None]:
-        return head_coordinates(self.map.head, encoded, scene, self.config.precision)
+    def predict(self, encoded: EncodedImage, scene: int) -> Prediction:
+        coords, _ = head_coordinates(self.map.head, encoded, scene, self.config.precision)
+        return Prediction(encoded.pixels, coords, encoded.camera, None)
 
     def finish(self, details: dict, scenes: list[int], results: list[PnPResult], best: int) -> None:
         names = self.map.scene_names

@@ -14,7 +14,6 @@ loses little (a co-visible cluster's points are mostly seen by its neighbours to
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -23,7 +22,7 @@ from sceneloc.data import Scene
 from sceneloc.encode import EncodedImage
 from sceneloc.geometry import Camera
 from sceneloc.localize.estimate import PoseEstimate
-from sceneloc.localize.loop import LocalizeConfig, localize_rgb, localize_with_progress
+from sceneloc.localize.loop import LocalizeConfig, Prediction, localize_with_progress, most_inliers
 from sceneloc.mapping.structure.features import (SiftConfig, extract_sift, make_extractor, match_descriptors,
                                                  nearest_words)
 from sceneloc.mapping.structure.quantise import unit_rows
@@ -47,6 +46,7 @@ class StructureMapPredictor:
         self.max_ratio, self.max_distance = settings.match_max_ratio, settings.match_max_distance
         self.retrieval_clusters = config.retrieval_clusters
         self.retrieval_min_points = config.retrieval_min_points
+        self.threshold_px = config.structure_threshold_px
         self._extractors: dict[int, object] = {}
         self._every_point = np.arange(len(structure_map.points))
         words = structure_map.cluster_words.astype(np.float32)
@@ -57,18 +57,27 @@ class StructureMapPredictor:
 
     def encode(self, images: list[np.ndarray], cameras: list[Camera], device: torch.device, precision: str
                ) -> list[EncodedImage]:
-        out = []
-        for image, camera in zip(images, cameras):
-            octave = -1 if camera.height < self.map.query_upsample_below_px else 0
-            if octave not in self._extractors:
-                self._extractors[octave] = make_extractor(SiftConfig(self.max_features, octave))
-            keypoints, descriptors = extract_sift(self._extractors[octave], image)
-            # COLMAP's keypoints put the top-left pixel's centre at (0.5, 0.5); the solver uses OpenCV's (0, 0).
-            pixels = keypoints[:, :2].astype(np.float64).reshape(-1, 2) - 0.5
-            data = np.asarray(descriptors.data)
-            sift = unit_rows(data) if len(data) else np.zeros((0, SIFT_DIMS), np.float32)  # an image without features
-            out.append(EncodedImage(self.map.codec.encode_query(sift), pixels, camera))
-        return out
+        return [self.encode_one(image, camera) for image, camera in zip(images, cameras)]
+
+    def encode_one(self, image: np.ndarray, camera: Camera) -> EncodedImage:
+        """(H, W, 3) uint8 image of `camera` -> its SIFT keypoints (N, 2) (OpenCV pixels) and descriptors (N, D')
+        in the map's descriptor space (codec.encode_query)."""
+        octave = -1 if camera.height < self.map.query_upsample_below_px else 0
+        if octave not in self._extractors:
+            self._extractors[octave] = make_extractor(SiftConfig(self.max_features, octave))
+        keypoints, descriptors = extract_sift(self._extractors[octave], image)
+        # COLMAP's keypoints put the top-left pixel's centre at (0.5, 0.5); the solver uses OpenCV's (0, 0).
+        pixels = keypoints[:, :2].astype(np.float64).reshape(-1, 2) - 0.5
+        data = np.asarray(descriptors.data)
+        sift = unit_rows(data) if len(data) else np.zeros((0, SIFT_DIMS), np.float32)  # an image without features
+        return EncodedImage(self.map.codec.encode_query(sift), pixels, camera)
+
+    def points_prediction(self, encoded: EncodedImage, query_idx: np.ndarray, point_idx: np.ndarray) -> Prediction:
+        """The correspondences of matches (query keypoint indices, map point indices): a point per matched
+        keypoint, NaN for the others, at the structure threshold."""
+        coords = np.full((len(encoded.pixels), 3), np.nan)
+        coords[query_idx] = self.map.points[point_idx]
+        return Prediction(encoded.pixels, coords, encoded.camera, None, self.threshold_px)
 
     def candidates(self, encoded: EncodedImage) -> tuple[list, dict]:
         """One candidate: (the map points to match against, (K,) int64: every point, or those of the retrieved
@@ -85,34 +94,21 @@ class StructureMapPredictor:
         return [points], {"retrieved_clusters": [int(c) for c in chosen], "n_candidate_points": len(points),
                           "retrieve_ms": (time.perf_counter() - t0) * 1e3}
 
-    def predict(self, encoded: EncodedImage, points: np.ndarray) -> tuple[np.ndarray, None]:
+    def predict(self, encoded: EncodedImage, points: np.ndarray) -> Prediction:
         query_idx, point_idx = match_descriptors(encoded.features, self.map.descriptors[points], self.max_ratio,
                                                  self.max_distance)
-        coords = np.full((len(encoded.pixels), 3), np.nan)
-        coords[query_idx] = self.map.points[points[point_idx]]
-        return coords, None
+        return self.points_prediction(encoded, query_idx, points[point_idx])
+
+    def choose(self, results: list[PnPResult]) -> int:
+        return most_inliers(results)
 
     def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
         pass  # the candidates' details say all there is (the loop's pipeline may run finish after later images)
-
-
-def structure_solver_config(config: LocalizeConfig) -> LocalizeConfig:
-    """`config` with RANSAC's inlier threshold set to config.structure_threshold_px (SIFT keypoints are located to a
-    pixel or better, the regression's cells are not: the scene-coordinate threshold would admit loose inliers)."""
-    return replace(config, solver=replace(config.solver, inlier_threshold_px=config.structure_threshold_px))
-
-
-def localize_structure_image(predictor: StructureMapPredictor, name: str, rgb: np.ndarray, camera: Camera,
-                             config: LocalizeConfig) -> PoseEstimate:
-    """One image -> PoseEstimate (details as localize.loop.localize_rgb); the predictor is kept across images (its
-    SIFT extractor and retrieval weights)."""
-    return localize_rgb(predictor, name, rgb, camera, structure_solver_config(config), torch.device("cpu"))
 
 
 def localize_structure_scene(structure_map: StructureMap, scene: Scene, config: LocalizeConfig,
                              show_progress: bool = True) -> list[PoseEstimate]:
     """Localize every frame of `scene` through the one loop (details as localize.loop.localize_frames, plus
     n_candidate_points: the map points matched against, those of the retrieved clusters)."""
-    return localize_with_progress(StructureMapPredictor(structure_map, config), scene,
-                                  structure_solver_config(config), torch.device("cpu"), show_progress,
-                                  "localizing (structure map)")
+    return localize_with_progress(StructureMapPredictor(structure_map, config), scene, config, torch.device("cpu"),
+                                  show_progress, "localizing (structure map)")

@@ -21,6 +21,7 @@ METADATA_KEY = "sceneloc"
 KNOWN_FORMATS = {"sceneloc-map": "a single-scene sceneloc map (from `sceneloc map`)",
                  "sceneloc-multimap": "a multi-scene sceneloc map (from `sceneloc map --multi`)",
                  "sceneloc-structure-map": "a compressed structure-based map (from `sceneloc map --type structure`)",
+                 "sceneloc-hybrid-map": "a hybrid map (from `sceneloc map --type hybrid`)",
                  "sceneloc-colmap-sift": "a colmap-sift peer map (from `sceneloc bench`)"}
 """The "format" of every map kind, in words: a map of one kind given where another is needed is named for what it
 is, not "not a sceneloc map"."""

@@ -34,9 +34,9 @@ class SceneMap:
     metadata: dict
     keypoint_net: KeypointNet | None = None
 
-    def save(self, path: str | Path) -> None:
-        """Weights in float16 (the head's mean offset in float32), written to a temporary file and renamed into
-        place."""
+    def file_contents(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, metadata) as the map file holds them: weights in float16 (the head's mean offset in float32),
+        the keypoint network's under KEYPOINT_PREFIX."""
         weights = dict(self.head.state_dict())
         metadata = dict(self.metadata)
         metadata.pop("keypoint_net", None)
@@ -45,6 +45,11 @@ class SceneMap:
             metadata["keypoint_net"] = self.keypoint_net.config.to_dict()
         tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() and k != "mean" else v.dtype).cpu()
                    .contiguous() for k, v in weights.items()}
+        return tensors, metadata
+
+    def save(self, path: str | Path) -> None:
+        """file_contents, written to a temporary file and renamed into place."""
+        tensors, metadata = self.file_contents()
         save_map_file(path, tensors, metadata, save_file)
 
     @staticmethod
@@ -52,6 +57,12 @@ class SceneMap:
         """Raises InputError for a missing, truncated or foreign file, an unknown format version, or a map made
         with different encoder weights than the ones installed."""
         tensors, meta = load_map_file(path, "sceneloc", FORMAT, FORMAT_VERSION, load_file)
+        return SceneMap.from_contents(path, tensors, meta, device)
+
+    @staticmethod
+    def from_contents(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict,
+                      device: torch.device = torch.device("cpu")) -> "SceneMap":
+        """The map of file_contents read from the file at `path` (named in InputErrors), on `device`."""
         head_config, keypoint_config, image_height = _checked_metadata(path, meta)
         encoder = installed_encoder(path, meta)
         parts = {KEYPOINT_PREFIX: {}, "": {}}

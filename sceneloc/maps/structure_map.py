@@ -94,8 +94,8 @@ class StructureMap:
         """Point indices of one cluster."""
         return self.cluster_members[self.cluster_offsets[cluster]:self.cluster_offsets[cluster + 1]]
 
-    def save(self, path: str | Path) -> None:
-        """One safetensors file, written atomically."""
+    def file_contents(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(tensors, metadata) as the map file holds them (the codec's parameters under CODEC_PREFIX)."""
         member_type = np.uint16 if len(self.codes) <= np.iinfo(np.uint16).max + 1 else np.int32
         tensors = {"points_grid": np.ascontiguousarray(self.points_grid, np.uint16),
                    "points_origin": np.asarray(self.points_origin, np.float64),
@@ -106,13 +106,22 @@ class StructureMap:
                    "cluster_words": np.ascontiguousarray(self.cluster_words, np.uint8),
                    "vocabulary_points": np.ascontiguousarray(self.vocabulary_points, member_type)}
         tensors.update({CODEC_PREFIX + k: np.ascontiguousarray(v) for k, v in self.codec.tensors().items()})
-        save_map_file(path, tensors, self.metadata, save_file)
+        return tensors, self.metadata
+
+    def save(self, path: str | Path) -> None:
+        """One safetensors file, written atomically."""
+        save_map_file(path, *self.file_contents(), save_file)
 
     @staticmethod
     def load(path: str | Path) -> "StructureMap":
         """Raises InputError for a missing, truncated or foreign file, an unknown format version, or tensors of
         inconsistent shapes."""
         tensors, meta = load_map_file(path, "sceneloc", FORMAT, FORMAT_VERSION, load_file)
+        return StructureMap.from_contents(path, tensors, meta)
+
+    @staticmethod
+    def from_contents(path: str | Path, tensors: dict[str, np.ndarray], meta: dict) -> "StructureMap":
+        """The map of file_contents read from the file at `path` (named in InputErrors)."""
         kind = metadata_field(path, meta, "codec.kind", str)
         triangulation = config_from_metadata(path, TriangulationConfig,
                                              metadata_field(path, meta, "config.triangulation", dict),

@@ -18,6 +18,8 @@ from sceneloc.geometry import Camera
 
 MATCH_CHUNK = 1024
 """Query descriptors per matrix product in 2D-3D matching: bounds the similarity block to 1024 x n_points."""
+PAIR_CHUNK = 65536
+"""Candidate pairs per gathered block in guided matching (bounds its memory to a few MB)."""
 
 
 @dataclass
@@ -85,3 +87,26 @@ def match_descriptors(query: np.ndarray, reference: np.ndarray, max_ratio: float
     d2 = np.arccos(np.clip(np.concatenate(second), -1.0, 1.0))
     keep = np.flatnonzero((d1 <= max_distance) & (d1 < max_ratio * d2))
     return keep, np.concatenate(best)[keep]
+
+
+def match_candidates(query: np.ndarray, reference: np.ndarray, pair_query: np.ndarray, pair_reference: np.ndarray,
+                     max_ratio: float, max_distance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Matching restricted to candidate pairs (guided matching: each query descriptor is compared only with the
+    references a prior allows, e.g. points near where a scene-coordinate head puts its pixel). query (M, D) and
+    reference (P, D) float32 unit rows, pair_query / pair_reference (K,) int indices of the allowed pairs ->
+    (query indices, reference indices) of the matches passing COLMAP's rule among each query's candidates (a query
+    with a single candidate needs only the distance bound)."""
+    if len(pair_query) == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    sim = np.concatenate([np.einsum("kd,kd->k", query[pair_query[s:s + PAIR_CHUNK]],
+                                    reference[pair_reference[s:s + PAIR_CHUNK]])
+                          for s in range(0, len(pair_query), PAIR_CHUNK)])
+    order = np.lexsort((-sim, pair_query))  # by query, most similar first
+    q, r, sim = pair_query[order], pair_reference[order], sim[order]
+    first = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
+    has_second = np.r_[first[1:], len(q)] - first > 1
+    second = np.where(has_second, sim[np.minimum(first + 1, len(q) - 1)], -1.0)
+    d1 = np.arccos(np.clip(sim[first], -1.0, 1.0))
+    d2 = np.arccos(np.clip(second, -1.0, 1.0))
+    keep = first[(d1 <= max_distance) & (~has_second | (d1 < max_ratio * d2))]
+    return q[keep], r[keep]
