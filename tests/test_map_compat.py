@@ -43,10 +43,11 @@ def test_multi_scene_map_computes_what_it_did(features):
 
 
 def test_single_scene_map_localizes_as_it_did():
-    """The first five mapping frames (frames/, as rendered then) localize where that commit put them. bfloat16
-    differs slightly between CPUs (AMX, AVX512-BF16, emulated): the bound is a centimetre and half a degree, far
-    below what a changed head, decoder or camera convention gives; the map itself is about 1 cm off on these views
-    (230-260 inliers each), so RANSAC does not flip between solutions."""
+    """The first five mapping frames (frames/, as rendered then) localize as well against their true poses as that
+    commit's poses did (bfloat16 there). Not pose against pose: the map is 1-3 cm off on these views, and the
+    rounding of another CPU's bfloat16 (AMX, AVX512-BF16, emulated) or of float32 moves a RANSAC pose by up to 5 cm
+    (measured: 2 cm on one frame between an AMD and an Intel CPU). A changed head, decoder or camera convention
+    costs decimetres or the pose."""
     from sceneloc.data import read_scene
 
     scene = read_scene(DATA / "frames")
@@ -54,8 +55,11 @@ def test_single_scene_map_localizes_as_it_did():
     assert sorted(f.name for f in scene.frames) == sorted(expected)
     scene_map = sceneloc.load_map(DATA / "single_v1.map", device="cpu")
     estimates = localize_scene(scene_map, scene, LocalizeConfig(precision="bf16"), torch.device("cpu"), False)
-    for estimate in estimates:
-        q_t = np.array(expected[estimate.name])
-        before = Rigid3.from_qvec_tvec(q_t[:4], q_t[4:])
-        t_err, r_err = pose_errors(estimate.cam_from_world, before)
-        assert t_err < 0.01 and r_err < 0.5, (estimate.name, t_err, r_err)
+    truth = {f.name: f.cam_from_world for f in scene.frames}
+    then = np.array([pose_errors(Rigid3.from_qvec_tvec(np.array(expected[n])[:4], np.array(expected[n])[4:]),
+                                 truth[n]) for n in sorted(expected)])
+    assert all(e.cam_from_world is not None for e in estimates)
+    now = np.array([pose_errors(e.cam_from_world, truth[e.name]) for e in estimates])
+    t_then, r_then = np.median(then, 0)
+    t_now, r_now = np.median(now, 0)
+    assert t_now < t_then + 0.02 and r_now < r_then + 1.0, (t_now, r_now, t_then, r_then)

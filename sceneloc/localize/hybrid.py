@@ -1,18 +1,19 @@
 """Localization with a HybridMap: scene coordinates guide 2D-3D matching against compressed points, and stand in
 for them where the points do not hold a pose.
 
-    image ──map's encoder (resized)──▶ cells ──head──▶ scene coordinates per cell ─────────────────┐
-      └──SIFT (as it is)──▶ keypoints ──the coordinate of each keypoint's cell──▶ map points within  │
-        LocalizeConfig.hybrid_radius_m of it ──descriptor matching among them only (COLMAP's rule)──▶ │
-        a 3D point per matched keypoint                                                              │
-    two candidates for the loop's solver: the guided matches (structure threshold) and the cells ◀──┘
-    (scene-coordinate threshold) ──▶ the matches' pose when it has hybrid_min_inliers inliers, else the cells'
+    image ──map's encoder (resized)──▶ cells ──head──▶ scene coordinates per cell ───────────────────┐
+      └──SIFT (as it is)──▶ keypoints ──the structure map's own matching (localize/structure.py)──▶    │
+        matched keypoints; each keypoint it left unmatched ──the coordinate of its cell──▶ map points   │
+        within LocalizeConfig.hybrid_radius_m of it ──descriptor matching among them only (COLMAP's   │
+        rule)──▶ more matched keypoints                                                                │
+    two candidates for the loop's solver: the points' matches (structure threshold) and the cells ◀───┘
+    (scene-coordinate threshold) ──▶ the points' pose when it has hybrid_min_inliers inliers, else the cells'
 
 The guidance is per keypoint, not a first pose: it needs no RANSAC before matching, so both solves run in the
-loop's solver stage (pipelined like any map's), and a keypoint whose cell the head got wrong only loses its match.
-Restricting each descriptor to the points near where it should be makes the ratio test decide among a few
-neighbours instead of the whole map: more keypoints keep a match than with the structure map alone, and textureless
-images, where SIFT finds little, fall back to the regression."""
+loop's solver stage (pipelined like any map's). It only adds matches: a keypoint the whole map's ratio test
+matched keeps that match (so a poor head cannot cost the points their own pose); one it rejected as ambiguous is
+matched again among the few points near where the head puts it, where the ratio test compares neighbours, not the
+whole map. Textureless images, where SIFT finds little, fall back to the regression."""
 
 from __future__ import annotations
 
@@ -71,11 +72,19 @@ class HybridPredictor:
                 for c, image, camera in zip(cells, images, cameras)]
 
     def candidates(self, encoded: HybridEncoded) -> tuple[list[Prediction], dict]:
+        """[the points' correspondences, the cells'], with n_keypoints, n_matches (the structure map's own
+        matching) and n_guided_matches (keypoints it left unmatched that guided matching matched) in the details."""
         cells = self.cells.predict(encoded.cells)
-        guide = keypoint_coordinates(cells, encoded.keypoints.pixels, encoded.keypoints.camera)
-        query, point = self.guided_matches(encoded.keypoints.features, guide)
-        points = self.points.points_prediction(encoded.keypoints, query, point)
-        return [points, cells], {"n_keypoints": len(encoded.keypoints.pixels), "n_guided_matches": len(query)}
+        keypoints = encoded.keypoints
+        retrieved, details = self.points.candidates(keypoints)
+        points = self.points.predict(keypoints, retrieved[0])
+        unmatched = np.flatnonzero(np.isnan(points.coords[:, 0]))
+        guide = keypoint_coordinates(cells, keypoints.pixels[unmatched], keypoints.camera)
+        query, point = self.guided_matches(keypoints.features[unmatched], guide)
+        points.coords[unmatched[query]] = self.map.structure_map.points[point]
+        details.update({"n_keypoints": len(keypoints.pixels), "n_matches": len(keypoints.pixels) - len(unmatched),
+                        "n_guided_matches": len(query)})
+        return [points, cells], details
 
     def guided_matches(self, descriptors: np.ndarray, guide: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """descriptors (M, D') of the keypoints in the map's space, guide (M, 3) world coordinates the head gives
