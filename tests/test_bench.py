@@ -93,7 +93,7 @@ def test_report_has_a_scene_row_and_method_columns(first_run):
 
 def test_plots_and_poses_are_written(first_run):
     base, _ = first_run
-    for name in ("tiny_tiny-room_cdf.png", "tiny_tiny-room_scr_trajectory.png",
+    for name in ("tiny_tiny-room_cdf.png", "tiny_tiny-room_size.png", "tiny_tiny-room_scr_trajectory.png",
                  "tiny_tiny-room_colmap-sift_trajectory.png"):
         data = (base / "out" / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

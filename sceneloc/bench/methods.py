@@ -303,6 +303,9 @@ RESIDUAL_HEAD = ("head.num_blocks=6", "head.layers_per_block=3", "head.num_outpu
 """The keypoint paper's deeper head: six residual blocks of three layers, a five-layer output MLP."""
 KEYPOINTS = ("keypoints.enabled=true", "keypoints.fine_tune_iterations=2000")
 """Keypoint network plus keypoint-guided fine-tuning of the head."""
+BUDGET_FRACTIONS = (0.03, 0.05, 0.2, 0.4)
+"""Point budgets (fractions of the uncompressed map) of the squeeze and hybrid variants beside the default 0.1:
+the recall-against-size curve."""
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     ScrMethod(),
@@ -322,6 +325,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     SqueezeMethod(),
     SqueezeMethod("squeeze-no-selection", ("candidates_per_slot=1",)),
     HybridMethod(),
+    *(SqueezeMethod(f"squeeze-budget-{f:g}", (f"budget_fraction={f:g}",)) for f in BUDGET_FRACTIONS),
+    *(HybridMethod(f"hybrid-budget-{f:g}", (f"structure.budget_fraction={f:g}",)) for f in BUDGET_FRACTIONS),
     ColmapSiftMethod(),
 )}
 """The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
@@ -330,7 +335,8 @@ selection and keypoint-guided fine-tuning); `scinr` maps all scenes of a suite i
 of its modules switched off; `scinr-position`, `-raw-position`, `-modulation`: the thesis' pixel-position input,
 encoded or raw, and its modulation module switched on); `squeeze` is the compressed structure-based map
 (`squeeze-no-selection`: the best-scored points without the QP); `hybrid` holds an scr map and compressed points,
-the head's coordinates guiding the matching; `colmap-sift` is the structure-based peer."""
+the head's coordinates guiding the matching (`squeeze-budget-F`, `hybrid-budget-F`: F of the uncompressed bytes for
+the points, BUDGET_FRACTIONS); `colmap-sift` is the structure-based peer."""
 
 
 def map_in_this_process(method: str, scene_roots: list[str], scene_names: list[str], map_path: str,

@@ -80,6 +80,7 @@ def _suite_section(suite: str, rows: list[dict]) -> list[str]:
                      + " | ".join(f"{r['recall'][k] * 100:.1f} %" for k in keys) + f" | {r['n_failed']} |")
     for s in scenes:
         lines += ["", f"![{s}: error CDF of every method](plots/{suite}_{s}_cdf.png)", "",
+                  f"![{s}: recall against map size](plots/{suite}_{s}_size.png)", "",
                   f"{s} trajectories (top-down): " + ", ".join(
                       f"[{m}](plots/{suite}_{s}_{m}_trajectory.png)" for m in methods if (s, m) in by_key)]
     return lines + [""]

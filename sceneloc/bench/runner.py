@@ -3,7 +3,8 @@ child process (time and peak memory are that process's own), localize the query 
 results.json, report.md, the plots, the maps and the poses files.
 
 Output folder: results.json (one row per (suite, scene, method), keys in RESULT_KEYS plus extras), report.md,
-plots/<suite>_<scene>_cdf.png (every method's error CDF), plots/<suite>_<scene>_<method>_trajectory.png,
+plots/<suite>_<scene>_cdf.png (every method's error CDF), plots/<suite>_<scene>_size.png (recall against map size;
+budget variants as curves), plots/<suite>_<scene>_<method>_trajectory.png,
 maps/<suite>_<scene>_<method>.<ext> (each with <map>.build.json: the method's settings and how the map was built),
 poses/<suite>_<scene>_<method>.txt (the poses file format).
 
@@ -36,7 +37,7 @@ from sceneloc.bench.scenes import PreparedScene, default_cache_dir, default_data
 from sceneloc.bench.suites import SUITES
 from sceneloc.data import read_scene
 from sceneloc.runtime.errors import InputError
-from sceneloc.evaluate import evaluate_poses, plot_error_cdf, plot_trajectory
+from sceneloc.evaluate import evaluate_poses, plot_error_cdf, plot_recall_against_size, plot_trajectory
 from sceneloc.export.poses import write_poses
 from sceneloc.localize.estimate import PoseEstimate
 
@@ -435,5 +436,7 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message
             _run_multi_scene(run, suite_name, prepared_scenes, multi)
     for (suite_name, name), by_method in run.evaluations.items():
         plot_error_cdf(by_method, out / "plots" / f"{suite_name}_{name}_cdf.png")
+        rows = [r for r in run.rows if (r["suite"], r["scene"]) == (suite_name, name)]
+        plot_recall_against_size(rows, out / "plots" / f"{suite_name}_{name}_size.png")
     write_markdown_report(out / "report.md", run.rows)
     return run.rows

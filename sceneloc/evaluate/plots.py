@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from sceneloc.runtime.errors import InputError
 from sceneloc.runtime.atomic import atomic_output
@@ -124,4 +125,29 @@ def plot_trajectory(truth: dict[str, Rigid3], estimates: list[PoseEstimate], pat
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_recall_against_size(rows: list[dict], path: str | Path, family_marker: str = "-budget-") -> None:
+    """Recall at (5 cm, 5 deg) against map size (MB, log axis) of one scene's benchmark rows (bench result dicts:
+    method, map_bytes, recall). Methods named "<family><family_marker><setting>" join their family's plain method
+    in one line, ordered by size (the budget curve); every other method is a lone labelled point."""
+    families: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        family = row["method"].split(family_marker)[0]
+        families.setdefault(family, []).append((row["map_bytes"] / 1e6, row["recall"]["5cm5deg"] * 100.0))
+    fig = Figure(figsize=(6.5, 4.2), dpi=120, layout="constrained")
+    ax = fig.subplots()
+    for family, points in families.items():
+        size, recall = np.array(sorted(points)).T
+        ax.plot(size, recall, marker="o", linewidth=1.6 if len(points) > 1 else 0, label=family)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(0, 102)
+    ax.set_xlabel("map size (MB, log scale)")
+    ax.set_ylabel("recall at (5 cm, 5°) (%)")
+    ax.grid(True, which="major", alpha=0.4)
+    ax.grid(True, which="minor", alpha=0.12)
+    ax.legend(loc="lower right", fontsize=8)
     save_figure(fig, path)
