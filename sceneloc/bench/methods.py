@@ -324,6 +324,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     ScinrMethod("scinr-modulation", ("model.use_position=true", "model.use_modulation=true")),
     SqueezeMethod(),
     SqueezeMethod("squeeze-no-selection", ("candidates_per_slot=1",)),
+    SqueezeMethod("squeeze-no-quantisation", ("descriptor_bytes=128",)),
     HybridMethod(),
     *(SqueezeMethod(f"squeeze-budget-{f:g}", (f"budget_fraction={f:g}",)) for f in BUDGET_FRACTIONS),
     *(HybridMethod(f"hybrid-budget-{f:g}", (f"structure.budget_fraction={f:g}",)) for f in BUDGET_FRACTIONS),
@@ -334,7 +335,8 @@ variants of it (encoder choices; the ACE-style and the deeper residual head, eac
 selection and keypoint-guided fine-tuning); `scinr` maps all scenes of a suite into one model (`scinr-no-*`: one
 of its modules switched off; `scinr-position`, `-raw-position`, `-modulation`: the thesis' pixel-position input,
 encoded or raw, and its modulation module switched on); `squeeze` is the compressed structure-based map
-(`squeeze-no-selection`: the best-scored points without the QP); `hybrid` holds an scr map and compressed points,
+(`squeeze-no-selection`: the best-scored points without the QP; `squeeze-no-quantisation`: SIFT's own 128 bytes per
+descriptor, no PCA, at the same byte budget); `hybrid` holds an scr map and compressed points,
 the head's coordinates guiding the matching (`squeeze-budget-F`, `hybrid-budget-F`: F of the uncompressed bytes for
 the points, BUDGET_FRACTIONS); `colmap-sift` is the structure-based peer."""
 
