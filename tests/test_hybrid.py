@@ -58,13 +58,14 @@ def _result(inliers: int, pose: bool = True) -> PnPResult:
 
 
 @pytest.mark.parametrize("points, cells, want", [((40, True), (300, True), POINTS),
-                                                  ((19, True), (300, True), CELLS),
+                                                  ((10, True), (300, True), POINTS),
+                                                  ((9, True), (300, True), CELLS),
                                                   ((5, True), (0, False), POINTS),
                                                   ((0, False), (50, True), CELLS)])
 def test_the_points_pose_is_taken_from_enough_inliers_else_the_cells(points, cells, want):
     predictor = HybridPredictor.__new__(HybridPredictor)
     predictor.min_inliers = LocalizeConfig().hybrid_min_inliers
-    assert predictor.min_inliers == 20
+    assert predictor.min_inliers == 10
     assert predictor.choose([_result(*points), _result(*cells)]) == want
 
 

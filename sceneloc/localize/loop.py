@@ -92,9 +92,11 @@ class LocalizeConfig:
     hybrid_radius_m: float = 0.3
     """Hybrid maps: a keypoint is matched only against the map points within this many metres of the scene
     coordinate the head predicts for its cell (localize/hybrid.py)."""
-    hybrid_min_inliers: int = 20
-    """Hybrid maps: the guided matches' pose is taken when it has at least this many inliers, else the scene
-    coordinates' pose."""
+    hybrid_min_inliers: int = 10
+    """Hybrid maps: the points' pose is taken when it has at least this many inliers, else the scene coordinates'
+    pose. On lowtex every wrong points pose had at most 9 inliers and right ones had from 4; 10 gives 61 % at
+    (5 cm, 5 deg) there (20: 57 %, 8: 63 % with some wrong poses taken) and 100 % on quick-room (20: 97 %)
+    (docs/BENCHMARKS.md)."""
 
 
 @dataclass
