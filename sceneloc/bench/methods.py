@@ -328,6 +328,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     HybridMethod(),
     *(SqueezeMethod(f"squeeze-budget-{f:g}", (f"budget_fraction={f:g}",)) for f in BUDGET_FRACTIONS),
     *(HybridMethod(f"hybrid-budget-{f:g}", (f"structure.budget_fraction={f:g}",)) for f in BUDGET_FRACTIONS),
+    *(SqueezeMethod(f"squeeze-codes-{b}", (f"descriptor_bytes={b}",)) for b in (16, 32)),
+    *(HybridMethod(f"hybrid-codes-{b}", (f"structure.descriptor_bytes={b}",)) for b in (16, 32)),
     ColmapSiftMethod(),
 )}
 """The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
@@ -336,9 +338,10 @@ selection and keypoint-guided fine-tuning); `scinr` maps all scenes of a suite i
 of its modules switched off; `scinr-position`, `-raw-position`, `-modulation`: the thesis' pixel-position input,
 encoded or raw, and its modulation module switched on); `squeeze` is the compressed structure-based map
 (`squeeze-no-selection`: the best-scored points without the QP; `squeeze-no-quantisation`: SIFT's own 128 bytes per
-descriptor, no PCA, at the same byte budget); `hybrid` holds an scr map and compressed points,
-the head's coordinates guiding the matching (`squeeze-budget-F`, `hybrid-budget-F`: F of the uncompressed bytes for
-the points, BUDGET_FRACTIONS); `colmap-sift` is the structure-based peer."""
+descriptor, no PCA, at the same byte budget); `hybrid` holds an scr map and compressed points, the head's
+coordinates guiding the matching (`squeeze-budget-F`, `hybrid-budget-F`: F of the uncompressed bytes for the points,
+BUDGET_FRACTIONS; `-codes-B`: B-byte descriptor codes, more points in the same bytes); `colmap-sift` is the
+structure-based peer."""
 
 
 def map_in_this_process(method: str, scene_roots: list[str], scene_names: list[str], map_path: str,
