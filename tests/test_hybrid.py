@@ -14,7 +14,7 @@ from sceneloc.encode import cell_centres
 from sceneloc.evaluate import evaluate_poses
 from sceneloc.export.points import read_ply
 from sceneloc.geometry import Camera, Rigid3
-from sceneloc.localize.hybrid import CELLS, POINTS, HybridPredictor, keypoint_coordinates
+from sceneloc.localize.hybrid import CELLS, POINTS, HybridPredictor, keypoint_coordinates, pose_support
 from sceneloc.localize.loop import LocalizeConfig, Prediction
 from sceneloc.mapping.structure.features import match_candidates, match_descriptors
 from sceneloc.mapping.structure.quantise import unit_rows
@@ -53,20 +53,47 @@ def test_matching_among_all_pairs_is_exact_matching_and_candidates_restrict_it()
     assert set(near[0]) <= set(np.flatnonzero(query @ reference[want[1][0]] >= np.cos(0.7)))
 
 
-def _result(inliers: int, pose: bool = True) -> PnPResult:
-    return PnPResult(Rigid3.identity() if pose else None, inliers, inliers / 100, 10, np.zeros(100, bool))
+TRUE = Rigid3.identity()
+WRONG = Rigid3(np.eye(3), np.array([0.5, 0.0, 0.0]))  # half a metre off: every cell reprojects far away
 
 
-@pytest.mark.parametrize("points, cells, want", [((40, True), (300, True), POINTS),
-                                                  ((10, True), (300, True), POINTS),
-                                                  ((9, True), (300, True), CELLS),
-                                                  ((5, True), (0, False), POINTS),
-                                                  ((0, False), (50, True), CELLS)])
-def test_the_points_pose_is_taken_from_enough_inliers_else_the_cells(points, cells, want):
+def _result(inliers: int, pose: Rigid3 | None = TRUE) -> PnPResult:
+    return PnPResult(pose, inliers, inliers / 100, 10, np.zeros(100, bool))
+
+
+def _cells(n: int = 300) -> Prediction:
+    """Cells of a 64x48 view at the identity pose whose coordinates reproject exactly onto their pixels."""
+    camera = Camera(64, 48, 50.0, 50.0, 31.5, 23.5)
+    rng = np.random.default_rng(2)
+    pixels = rng.uniform([0, 0], [64, 48], (n, 2))
+    depth = rng.uniform(2, 4, n)
+    coords = np.column_stack([(pixels - [31.5, 23.5]) / 50.0 * depth[:, None], depth])
+    return Prediction(pixels, coords, camera, None)
+
+
+@pytest.mark.parametrize("points, cells, want", [((40, WRONG), (300, TRUE), POINTS),  # enough inliers
+                                                  ((10, TRUE), (300, TRUE), POINTS),
+                                                  ((9, TRUE), (300, TRUE), POINTS),  # the cells agree
+                                                  ((9, WRONG), (300, TRUE), CELLS),  # they do not
+                                                  ((5, WRONG), (0, None), POINTS),  # no other pose
+                                                  ((0, None), (50, TRUE), CELLS)])
+def test_the_points_pose_is_taken_from_enough_inliers_or_the_cells_agreement(points, cells, want):
     predictor = HybridPredictor.__new__(HybridPredictor)
-    predictor.min_inliers = LocalizeConfig().hybrid_min_inliers
+    config = LocalizeConfig()
+    predictor.min_inliers, predictor.min_support = config.hybrid_min_inliers, config.hybrid_min_support
+    predictor.cells_threshold_px = config.solver.inlier_threshold_px
     assert predictor.min_inliers == 10
-    assert predictor.choose([_result(*points), _result(*cells)]) == want
+    problems = [Prediction(np.zeros((0, 2)), np.zeros((0, 3)), Camera(64, 48, 50.0, 50.0, 31.5, 23.5), None),
+                _cells()]
+    assert predictor.choose(problems, [_result(*points), _result(*cells)]) == want
+
+
+def test_pose_support_counts_the_cells_that_reproject_under_a_pose():
+    cells = _cells()
+    assert pose_support(TRUE, cells, 1.0) == 300
+    assert pose_support(WRONG, cells, 1.0) == 0
+    cells.coords[:100] = np.nan  # no prediction: not counted
+    assert pose_support(TRUE, cells, 1.0) == 200
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ for them where the points do not hold a pose.
         within LocalizeConfig.hybrid_radius_m of it ──descriptor matching among them only (COLMAP's   │
         rule)──▶ more matched keypoints                                                                │
     two candidates for the loop's solver: the points' matches (structure threshold) and the cells ◀───┘
-    (scene-coordinate threshold) ──▶ the points' pose when it has hybrid_min_inliers inliers, else the cells'
+    (scene-coordinate threshold) ──▶ the points' pose when it has hybrid_min_inliers inliers or the cells' own
+    inliers agree with it (hybrid_min_support), else the cells'
 
 The guidance is per keypoint, not a first pose: it needs no RANSAC before matching, so both solves run in the
 loop's solver stage (pipelined like any map's). It only adds matches: a keypoint the whole map's ratio test
@@ -24,8 +25,8 @@ import torch
 from scipy.spatial import cKDTree
 
 from sceneloc.encode import EncodedImage
-from sceneloc.geometry import Camera
-from sceneloc.localize.loop import LocalizeConfig, Prediction, SceneMapPredictor, working_image
+from sceneloc.geometry import Camera, Rigid3
+from sceneloc.localize.loop import REFERENCE_HEIGHT, LocalizeConfig, Prediction, SceneMapPredictor, working_image
 from sceneloc.localize.structure import StructureMapPredictor
 from sceneloc.mapping.structure.features import match_candidates
 from sceneloc.maps.hybrid_map import HybridMap
@@ -63,6 +64,8 @@ class HybridPredictor:
         self.tree = cKDTree(hybrid_map.structure_map.points)
         self.radius_m = config.hybrid_radius_m
         self.min_inliers = config.hybrid_min_inliers
+        self.min_support = config.hybrid_min_support
+        self.cells_threshold_px = config.solver.inlier_threshold_px
 
     def encode(self, images: list[np.ndarray], cameras: list[Camera], device: torch.device, precision: str
                ) -> list[HybridEncoded]:
@@ -102,18 +105,33 @@ class HybridPredictor:
     def predict(self, encoded: HybridEncoded, candidate: Prediction) -> Prediction:
         return candidate
 
-    def choose(self, results: list[PnPResult]) -> int:
-        """The guided matches' pose when it has min_inliers inliers or the cells found none, else the cells'."""
+    def choose(self, problems: list[Prediction], results: list[PnPResult]) -> int:
+        """The points' pose when it has min_inliers inliers, or when min_support of the cells' inliers agree with
+        it, or when the cells found none; else the cells'."""
         points, cells = results[POINTS], results[CELLS]
-        if points.cam_from_world is not None and (points.num_inliers >= self.min_inliers
-                                                  or cells.cam_from_world is None):
+        if points.cam_from_world is None:
+            return CELLS if cells.cam_from_world is not None else POINTS
+        if cells.cam_from_world is None or points.num_inliers >= self.min_inliers:
             return POINTS
-        return CELLS
+        camera = problems[CELLS].camera
+        support = pose_support(points.cam_from_world, problems[CELLS],
+                               self.cells_threshold_px * camera.height / REFERENCE_HEIGHT)
+        return POINTS if support >= self.min_support * cells.num_inliers else CELLS
 
     def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
         details["pose_from"] = "points" if best == POINTS else "cells"
         details["points_inliers"] = results[POINTS].num_inliers
         details["cells_inliers"] = results[CELLS].num_inliers
+
+
+def pose_support(cam_from_world: Rigid3, cells: Prediction, threshold_px: float) -> int:
+    """How many of the cells' correspondences (finite ones) reproject within threshold_px (pixels of their camera)
+    under cam_from_world."""
+    finite = np.isfinite(cells.coords).all(1)
+    in_camera = cam_from_world.apply(cells.coords[finite])
+    front = in_camera[:, 2] > 0
+    error = np.linalg.norm(cells.camera.project(in_camera[front]) - cells.pixels[finite][front], axis=1)
+    return int((error < threshold_px).sum())
 
 
 def keypoint_coordinates(cells: Prediction, keypoints: np.ndarray, camera: Camera) -> np.ndarray:

@@ -93,10 +93,15 @@ class LocalizeConfig:
     """Hybrid maps: a keypoint is matched only against the map points within this many metres of the scene
     coordinate the head predicts for its cell (localize/hybrid.py)."""
     hybrid_min_inliers: int = 10
-    """Hybrid maps: the points' pose is taken when it has at least this many inliers, else the scene coordinates'
-    pose. On lowtex every wrong points pose had at most 9 inliers and right ones had from 4; 10 gives 61 % at
-    (5 cm, 5 deg) there (20: 57 %, 8: 63 % with some wrong poses taken) and 100 % on quick-room (20: 97 %)
+    """Hybrid maps: the points' pose is taken when it has at least this many inliers (or agrees with the cells,
+    hybrid_min_support), else the scene coordinates' pose. On lowtex every wrong points pose had at most 9
+    inliers; 10 alone gives 61 % at (5 cm, 5 deg) there (20: 57 %) and 100 % on quick-room (20: 97 %)
     (docs/BENCHMARKS.md)."""
+    hybrid_min_support: float = 0.9
+    """Hybrid maps: a points pose with fewer than hybrid_min_inliers inliers is still taken when at least this
+    fraction of the cells' own RANSAC inliers reproject within the cells' threshold under it (two independent
+    correspondence sets agreeing). On lowtex right poses of 4-9 inliers had 0.92-0.99, wrong ones mostly below
+    0.3 (docs/BENCHMARKS.md)."""
 
 
 @dataclass
@@ -135,8 +140,9 @@ class Predictor(Protocol):
         encoded.camera) with world points (N, 3) float64, NaN rows where the map has no point for a pixel (RANSAC
         ignores them), keypoint probabilities or None, and the inlier threshold they need (None: the config's)."""
 
-    def choose(self, results: list[PnPResult]) -> int:
-        """The index of the pose to return, one result per candidate (most_inliers for most map kinds)."""
+    def choose(self, problems: list[Prediction], results: list[PnPResult]) -> int:
+        """The index of the pose to return, from each candidate's correspondences (after keypoint selection) and
+        RANSAC result (most_inliers for most map kinds)."""
 
     def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
         """Record in `details` what the predictor's choice of scenes gave (scene names, scores)."""
@@ -174,7 +180,7 @@ class CellPredictor:
                ) -> list[EncodedImage]:
         return encode_batch(self.encoder_name, images, cameras, device, precision)
 
-    def choose(self, results: list[PnPResult]) -> int:
+    def choose(self, problems: list[Prediction], results: list[PnPResult]) -> int:
         return most_inliers(results)
 
 
@@ -265,7 +271,7 @@ def _solve(predictor: Predictor, job: _Job, config: LocalizeConfig) -> PoseEstim
     """The solver stage: RANSAC per candidate scene, the pose the predictor chooses."""
     t0 = time.perf_counter()
     results = [solve_image(p.pixels, p.coords, p.camera, config, p.inlier_threshold_px) for p in job.problems]
-    best = predictor.choose(results)
+    best = predictor.choose(job.problems, results)
     result = results[best]
     details = job.details
     details["solver_ms"] = (time.perf_counter() - t0) * 1e3

@@ -99,7 +99,7 @@ class StructureMapPredictor:
                                                  self.max_distance)
         return self.points_prediction(encoded, query_idx, points[point_idx])
 
-    def choose(self, results: list[PnPResult]) -> int:
+    def choose(self, problems: list[Prediction], results: list[PnPResult]) -> int:
         return most_inliers(results)
 
     def finish(self, details: dict, scenes: list, results: list[PnPResult], best: int) -> None:
