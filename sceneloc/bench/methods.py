@@ -325,6 +325,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     SqueezeMethod(),
     SqueezeMethod("squeeze-no-selection", ("candidates_per_slot=1",)),
     SqueezeMethod("squeeze-no-quantisation", ("descriptor_bytes=128",)),
+    SqueezeMethod("squeeze-pq", ("codec=pq",)),
+    SqueezeMethod("squeeze-dsq", ("codec=dsq",)),
     HybridMethod(),
     *(SqueezeMethod(f"squeeze-budget-{f:g}", (f"budget_fraction={f:g}",)) for f in BUDGET_FRACTIONS),
     *(HybridMethod(f"hybrid-budget-{f:g}", (f"structure.budget_fraction={f:g}",)) for f in BUDGET_FRACTIONS),
@@ -338,7 +340,8 @@ selection and keypoint-guided fine-tuning); `scinr` maps all scenes of a suite i
 of its modules switched off; `scinr-position`, `-raw-position`, `-modulation`: the thesis' pixel-position input,
 encoded or raw, and its modulation module switched on); `squeeze` is the compressed structure-based map
 (`squeeze-no-selection`: the best-scored points without the QP; `squeeze-no-quantisation`: SIFT's own 128 bytes per
-descriptor, no PCA, at the same byte budget); `hybrid` holds an scr map and compressed points, the head's
+descriptor, no PCA, at the same byte budget; `squeeze-pq`, `squeeze-dsq`: product quantisation, the paper's DSQ
+auto-encoder); `hybrid` holds an scr map and compressed points, the head's
 coordinates guiding the matching (`squeeze-budget-F`, `hybrid-budget-F`: F of the uncompressed bytes for the points,
 BUDGET_FRACTIONS; `-codes-B`: B-byte descriptor codes, more points in the same bytes); `colmap-sift` is the
 structure-based peer."""
