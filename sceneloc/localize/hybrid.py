@@ -98,9 +98,8 @@ class HybridPredictor:
         counts = np.fromiter((len(n) for n in near), np.int64, len(valid))
         pair_query = np.repeat(valid, counts)
         pair_point = np.fromiter((p for n in near for p in n), np.int64, int(counts.sum()))
-        settings = self.map.structure_map.triangulation
         return match_candidates(descriptors, self.map.structure_map.descriptors, pair_query, pair_point,
-                                settings.match_max_ratio, settings.match_max_distance)
+                                self.points.max_ratio, self.points.max_distance)
 
     def predict(self, encoded: HybridEncoded, candidate: Prediction) -> Prediction:
         return candidate

@@ -17,11 +17,6 @@ from sceneloc.maps.hybrid_map import HybridMap
 from sceneloc.maps.scene_map import SceneMap
 
 
-def hybrid_structure_config() -> StructureMapConfig:
-    """The structure part's defaults: those of a structure map (docs/BENCHMARKS.md section 12 compares others)."""
-    return StructureMapConfig()
-
-
 @dataclass
 class HybridMapConfig:
     """How a hybrid map is built: the settings of each part (`--set scr.iterations=...`,
@@ -29,8 +24,9 @@ class HybridMapConfig:
 
     scr: MappingConfig = field(default_factory=MappingConfig)
     """The scene-coordinate map (its head guides the matching and localizes where the points cannot)."""
-    structure: StructureMapConfig = field(default_factory=hybrid_structure_config)
-    """The compressed points the guided matching refines with."""
+    structure: StructureMapConfig = field(default_factory=StructureMapConfig)
+    """The compressed points the guided matching refines with: a structure map's defaults (docs/BENCHMARKS.md
+    section 13 compares budgets and harder-quantised codes)."""
 
     def to_dict(self) -> dict:
         return {"scr": self.scr.to_dict(), "structure": asdict(self.structure)}
