@@ -9,7 +9,7 @@ DEMO := demo-out
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml scripts/setup.sh
+$(STAMP): requirements.txt pyproject.toml scripts/setup.sh viewer/package-lock.json viewer/src/viewer.js
 	bash scripts/setup.sh
 
 demo: $(STAMP)

@@ -259,18 +259,22 @@ def localize(
                                                          "(default 20; structure maps 12)"),
     scene_name: Optional[str] = typer.Option(None, "--scene", help="Multi-scene maps: the scene the queries show, "
                                                                      "or 'auto' to identify it per image"),
+    server: Optional[str] = typer.Option(None, "--server", help="Localize through a running `sceneloc serve` at "
+                                                                  "this URL; MAP_FILE is then the map's name there"),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="With --server: file holding the token "
+                                                                          "(default: $SCENELOC_TOKEN)"),
     device: str = DeviceOption,
     precision: str = PrecisionOption,
     overrides: Optional[list[str]] = SetOption,
 ):
-    """Localize query images against a map; writes a poses file and <output>.json with per-image details."""
-    import numpy as np
+    """Localize query images against a map (or a server's map, --server); writes a poses file and <output>.json with
+    per-image details."""
 
     from sceneloc.runtime.config_overrides import apply_overrides
     from sceneloc.data import read_scene
     from sceneloc.data.query_images import read_query_images
-    from sceneloc.export.pose_formats import FORMATS, write_pose_file
-    from sceneloc.export.poses import check_image_name, write_pose_details_json
+    from sceneloc.export.pose_formats import FORMATS
+    from sceneloc.export.poses import check_image_name
     from sceneloc.api import Localizer, load_map
     from sceneloc.localize.loop import LocalizeConfig
     from sceneloc.maps.files import read_map_metadata
@@ -293,7 +297,15 @@ def localize(
     dev = _device(device)
     details_json = output.with_suffix(output.suffix + ".json")
     for path in (output, details_json):
-        check_writable(path, [map_file, query_dir, *([intrinsics] if intrinsics is not None else [])])
+        check_writable(path, [*([] if server else [map_file]), query_dir, *([intrinsics] if intrinsics else [])])
+    if server is not None:
+        if overrides or threshold is not None or backend != "poselib":
+            _fail("--server: the server's settings apply (sceneloc serve --set localize.*), not --set/--threshold/"
+                  "--backend")
+        scene, estimates = _localize_on_server(server, token_file, str(map_file), query_dir, intrinsics, split,
+                                               images, scene_name, output)
+        _write_poses(output, details_json, fmt, scene, estimates, f"on {server}")
+        return
     map_format = read_map_metadata(map_file).get("format")
     is_multi = map_format == MULTI_FORMAT
     if is_multi and scene_name is None:
@@ -307,12 +319,62 @@ def localize(
     for frame in scene.frames:  # before localizing: a name the poses file cannot hold must not fail at the end
         check_image_name(output, frame.name)
     estimates = Localizer(load_map(map_file, str(dev)), config, scene_name).localize_scene(scene, show_progress=True)
+    _write_poses(output, details_json, fmt, scene, estimates, "")
+
+
+def _write_poses(output: Path, details_json: Path, fmt: str, scene, estimates: list, where: str) -> None:
+    """The poses file and its details JSON of `sceneloc localize`, and its summary line."""
+    import numpy as np
+
+    from sceneloc.export.pose_formats import write_pose_file
+    from sceneloc.export.poses import write_pose_details_json
+
     write_pose_file(output, estimates, fmt, image_names={f.name: f.rgb_path.name for f in scene.frames})
     write_pose_details_json(details_json, estimates)
     ok = sum(e.cam_from_world is not None for e in estimates)
     ms = np.median([e.details["time_ms"] for e in estimates]) if estimates else float("nan")
-    console.print(f"localized {ok}/{len(estimates)} images, median {ms:.0f} ms/image ({1000 / ms:.1f} img/s); "
-                  f"wrote {output}")
+    console.print(f"localized {ok}/{len(estimates)} images{' ' + where if where else ''}, median {ms:.0f} ms/image "
+                  f"({1000 / ms:.1f} img/s); wrote {output}")
+
+
+def _localize_on_server(server: str, token_file: Path | None, map_name: str, query_dir: Path,
+                        intrinsics: Path | None, split: str, images: Path | None, scene_name: str | None,
+                        output: Path) -> tuple:
+    """`sceneloc localize --server`: every query frame through the server's localize endpoint, in order."""
+    from sceneloc.client import Client, ServiceError
+    from sceneloc.data import read_scene
+    from sceneloc.data.query_images import read_query_images
+    from sceneloc.export.poses import check_image_name
+    from sceneloc.runtime.progress import make_progress
+    from sceneloc.serve.auth import read_token
+
+    token = read_token(token_file)
+    scene = read_query_images(query_dir, intrinsics) if intrinsics is not None else read_scene(query_dir, split=split,
+                                                                                               images=images)
+    for frame in scene.frames:
+        check_image_name(output, frame.name)
+    estimates = []
+    with Client(server, token) as client:
+        try:
+            served = {m["name"]: m for m in client.maps()}
+        except ServiceError as e:
+            _fail(f"{server}: {e.message}")
+        except Exception as e:  # connection refused, DNS, TLS: one line, not a traceback
+            _fail(f"{server}: cannot reach the server ({e.__class__.__name__}: {e})")
+        if map_name not in served:
+            _fail(f"{server}: no map named {map_name!r} (maps: {', '.join(served)})")
+        if served[map_name]["scenes"] is not None and scene_name is None:
+            _fail(f"{server}: {map_name} is a multi-scene map: pass --scene NAME or --scene auto")
+        with make_progress(True) as progress:
+            task = progress.add_task(f"localizing on {server}", total=len(scene.frames), info="")
+            for frame in scene.frames:
+                try:
+                    estimate = client.localize_frame(map_name, frame, scene_name)
+                except ServiceError as e:
+                    _fail(f"{frame.rgb_path}: {server} refused it: {e.message}")
+                estimates.append(estimate)
+                progress.update(task, advance=1)
+    return scene, estimates
 
 
 @app.command()
@@ -426,6 +488,47 @@ def bench(
     rows = run_bench(options, log=lambda message: console.print(escape(message), soft_wrap=True))
     Console().print(format_results_table(rows))
     console.print(f"wrote {out / 'results.json'}, {out / 'report.md'} and {out / 'plots'}")
+
+
+@app.command()
+def serve(
+    map_files: list[Path] = typer.Argument(..., help="Map files to serve (any kind); each is named by its file's "
+                                                     "stem: office.map -> /v1/maps/office"),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told otherwise)"),
+    port: int = typer.Option(8700, help="TCP port"),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the bearer token clients "
+                                                                          "must send (default: $SCENELOC_TOKEN)"),
+    workers: int = typer.Option(1, help="Server processes, each with the maps loaded"),
+    threads: int = typer.Option(0, help="Localization threads per process (0: one per core)"),
+    queue_size: Optional[int] = typer.Option(None, "--queue-size", help="Requests admitted beyond the running ones "
+                                                                         "before 503 (default 8)"),
+    device: str = DeviceOption,
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override any ServeConfig field, e.g. --set "
+                                                                      "max_body_bytes=8000000 --set "
+                                                                      "localize.solver.max_iterations=2000"),
+):
+    """Serve maps to AR clients over HTTP and WebSocket: localize, stream, metrics and a browser viewer
+    (docs/SERVICE.md). Stops gracefully on Ctrl-C / SIGTERM."""
+    from sceneloc.runtime.config_overrides import apply_overrides
+    from sceneloc.serve.config import ServeConfig
+    from sceneloc.serve.server import describe, serve as run_server
+
+    config = ServeConfig(host=host, port=port, workers=workers, threads=threads, device=device)
+    if queue_size is not None:
+        config.queue_size = queue_size
+    try:
+        apply_overrides(config, overrides or [])
+        config.validate()
+    except ValueError as e:
+        _fail(str(e))
+    _device(config.device)
+
+    def ready(maps) -> None:
+        where = f"http://{config.host}:{config.port}"
+        console.print(f"serving {len(maps)} map(s) on {where} ({config.workers} process(es)):\n{describe(maps)}\n"
+                      f"viewer: {where}/viewer?token=<token>   stop: Ctrl-C")
+
+    run_server(config, map_files, token_file, ready)
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Export what a map knows about its scene.")

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Creates .venv with every Python package pinned in requirements.txt and the Debian libraries Open3D needs.
-# Idempotent; `make` calls it whenever requirements.txt or pyproject.toml change.
+# Creates .venv with every Python package pinned in requirements.txt, the Debian libraries Open3D needs, Chromium
+# for the browser tests, and builds the service's viewer (viewer/ -> sceneloc/serve/static/viewer.js).
+# Idempotent; `make` calls it whenever requirements.txt, pyproject.toml or the viewer's lock file or source change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES="libusb-1.0-0 libgomp1 libgl1"
+# Open3D's libraries; Chromium and its WebDriver for the viewer's browser test (tests/browser.py).
+DEBIAN_PACKAGES="libusb-1.0-0 libgomp1 libgl1 chromium chromium-driver"
+# Node.js and npm build the viewer: Debian's, unless an npm is already installed (e.g. with NodeSource's nodejs).
+command -v npm >/dev/null 2>&1 || DEBIAN_PACKAGES="$DEBIAN_PACKAGES nodejs npm"
 missing=""
 for p in $DEBIAN_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -18,6 +22,16 @@ if [ -n "$missing" ]; then
     exit 1
   fi
 fi
+
+# The viewer: its npm packages exactly as viewer/package-lock.json pins them (again only when the lock file is newer
+# than node_modules), then one esbuild bundle, sceneloc/serve/static/viewer.js (a build output, not committed).
+if [ ! -d viewer/node_modules ] || [ viewer/package-lock.json -nt viewer/node_modules ]; then
+  echo "setup: installing the viewer's npm packages (npm ci)"
+  (cd viewer && npm ci --no-audit --no-fund --loglevel=error)
+  touch viewer/node_modules
+fi
+(cd viewer && npm run --silent build)
+[ -s sceneloc/serve/static/viewer.js ] || { echo "setup: the viewer build wrote no sceneloc/serve/static/viewer.js" >&2; exit 1; }
 
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

@@ -72,7 +72,11 @@ def loaded_size(path: Path) -> tuple[int, int]:
     return (height, width) if _orientation(path) in _TRANSPOSING else (width, height)
 
 
-def _pinhole(source: Path, colmap_camera: pycolmap.Camera, where: str) -> tuple[Camera, Undistortion | None]:
+def camera_from_colmap(source: Path | None, colmap_camera: pycolmap.Camera, where: str
+                       ) -> tuple[Camera, Undistortion | None]:
+    """A COLMAP camera (a model the readers support) -> (the pinhole Camera of its undistorted image, the
+    Undistortion or None); InputError naming `source` and `where` for another model or intrinsics that cannot
+    describe the image."""
     model = colmap_camera.model.name
     if model not in _PARAM_LAYOUT:
         raise InputError(source, f"{where}camera model {model} is not supported "
@@ -117,7 +121,7 @@ def read_intrinsics_list(path: str | Path) -> dict[str, tuple[int, pycolmap.Came
 
 
 def _listed_frame(intrinsics: Path, lineno: int, name: str, image: Path, colmap_camera: pycolmap.Camera) -> Frame:
-    camera, undistortion = _pinhole(intrinsics, colmap_camera, f"line {lineno}: ")
+    camera, undistortion = camera_from_colmap(intrinsics, colmap_camera, f"line {lineno}: ")
     size = loaded_size(image)
     if size != (camera.width, camera.height):
         raw = image_size(image)
@@ -136,7 +140,7 @@ def _exif_frame(name: str, image: Path) -> Frame:
     if not colmap_camera.has_prior_focal_length:
         raise InputError(image, "no camera: its EXIF gives no focal length (to localize plain images, pass "
                                 f"--intrinsics FILE, hloc's queries_with_intrinsics.txt: '{INTRINSICS_LAYOUT}')")
-    camera, undistortion = _pinhole(image, colmap_camera, "EXIF ")
+    camera, undistortion = camera_from_colmap(image, colmap_camera, "EXIF ")
     if _orientation(image) in _TRANSPOSING:
         if undistortion is not None:
             raise InputError(image, "EXIF orientation rotates a distorted camera: pass --intrinsics FILE")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -45,8 +46,9 @@ def image_size(path: Path) -> tuple[int, int]:
         raise _unreadable(path, error, "image header") from None
 
 
-def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file, EXIF orientation applied (as OpenCV's imread does). Raises InputError
+def read_image(path: Path | BinaryIO, name: str | Path | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file (or of an open binary stream: the service's uploads; `name` is what
+    messages call it, default the path), EXIF orientation applied (as OpenCV's imread does). Raises InputError
     for a missing, unreadable, too large or truncated file: Pillow refuses truncated files
     (ImageFile.LOAD_TRUNCATED_IMAGES is False), where OpenCV returns the decoded part padded with grey."""
     try:
@@ -58,7 +60,7 @@ def read_image(path: Path) -> np.ndarray:
                 pass
             rgb = np.array(image.convert("RGB"))
     except _PIL_ERRORS as error:
-        raise _unreadable(path, error, "image") from None
+        raise _unreadable(path if name is None else name, error, "image") from None
     return rgb
 
 
@@ -88,6 +90,14 @@ class Undistortion:
     coeffs: np.ndarray
 
 
+def undistort(rgb: np.ndarray, camera: Camera, undistortion: Undistortion | None) -> np.ndarray:
+    """(H, W, 3) image of a distorted source camera -> the same size image of the pinhole `camera` (unchanged
+    without an undistortion)."""
+    if undistortion is None:
+        return rgb
+    return cv2.undistort(rgb, undistortion.K, undistortion.coeffs, None, camera.K)
+
+
 @dataclass
 class Frame:
     """One posed image. `camera` describes the image returned by `load_rgb()` (undistorted, full size).
@@ -111,9 +121,7 @@ class Frame:
         if (w, h) != (self.camera.width, self.camera.height):
             raise InputError(self.rgb_path, f"image is {w}x{h} but its intrinsics are for "
                                             f"{self.camera.width}x{self.camera.height}")
-        if self.undistortion is not None:
-            rgb = cv2.undistort(rgb, self.undistortion.K, self.undistortion.coeffs, None, self.camera.K)
-        return rgb
+        return undistort(rgb, self.camera, self.undistortion)
 
     def load_depth(self) -> np.ndarray | None:
         """(H, W) float32 metres (0 = invalid), or None when the frame has no depth. Raises InputError on an

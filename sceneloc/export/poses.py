@@ -106,23 +106,27 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def estimate_json(est: PoseEstimate) -> dict:
+    """One estimate as strict JSON: {name, cam_from_world: {qvec_wxyz, tvec} | null, world_from_cam_center:
+    [x, y, z] | null, num_inliers, inlier_ratio, details}; non-finite floats become null. The details file and the
+    service's replies hold it."""
+    pose = est.cam_from_world
+    return {
+        "name": est.name,
+        "cam_from_world": None if pose is None else {"qvec_wxyz": pose.qvec_wxyz.tolist(),
+                                                     "tvec": pose.translation.tolist()},
+        "world_from_cam_center": None if pose is None else pose.center.tolist(),
+        "num_inliers": int(est.num_inliers),
+        "inlier_ratio": _finite_or_none(float(est.inlier_ratio)),
+        "details": json.loads(json.dumps(est.details, default=_json_default), parse_constant=lambda _: None),
+    }
+
+
+POSE_CONVENTION = ("cam_from_world (COLMAP: x_cam = R(q) x_world + t, quaternion w first), OpenCV camera axes, "
+                   "metres; world_from_cam_center = camera centre in world; null = not localised")
+
+
 def write_pose_details_json(path: str | Path, estimates: list[PoseEstimate]) -> None:
-    """Writes the per-image details as JSON, atomically: {"convention": ..., "images": [{name, cam_from_world:
-    {qvec_wxyz, tvec} | null, world_from_cam_center: [x, y, z] | null, num_inliers, inlier_ratio, details}]}.
-    Non-finite floats in `details` are written as null (strict JSON)."""
-    images = []
-    for est in estimates:
-        pose = est.cam_from_world
-        images.append({
-            "name": est.name,
-            "cam_from_world": None if pose is None else {"qvec_wxyz": pose.qvec_wxyz.tolist(),
-                                                         "tvec": pose.translation.tolist()},
-            "world_from_cam_center": None if pose is None else pose.center.tolist(),
-            "num_inliers": int(est.num_inliers),
-            "inlier_ratio": _finite_or_none(float(est.inlier_ratio)),
-            "details": json.loads(json.dumps(est.details, default=_json_default), parse_constant=lambda _: None),
-        })
-    doc = {"convention": "cam_from_world (COLMAP: x_cam = R(q) x_world + t, quaternion w first), OpenCV camera "
-                         "axes, metres; world_from_cam_center = camera centre in world; null = not localised",
-           "images": images}
+    """Writes the per-image details as JSON, atomically: {"convention": ..., "images": [estimate_json of each]}."""
+    doc = {"convention": POSE_CONVENTION, "images": [estimate_json(est) for est in estimates]}
     write_text_atomic(path, json.dumps(doc, indent=1) + "\n")

@@ -1,0 +1,66 @@
+"""ServeConfig: every setting of the localization service, with its default and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sceneloc.localize.loop import LocalizeConfig
+
+
+@dataclass
+class ServeConfig:
+    """How `sceneloc serve` listens, how much load it admits and how it localizes. `--set field=value` reaches
+    every field (`--set localize.solver.max_iterations=2000` the localize loop's)."""
+
+    host: str = "127.0.0.1"
+    """Address to bind. Loopback unless told otherwise: exposing the service is a decision (put it behind TLS)."""
+    port: int = 8700
+    """TCP port."""
+    workers: int = 1
+    """Server processes (uvicorn workers), each with the maps loaded and its own localization threads. Requests
+    are stateless, so more processes (or machines behind a load balancer) add throughput; metrics are per process."""
+    threads: int = 0
+    """Localization threads per process; 0: one per core the process may use. Each runs torch with
+    localize.network_threads threads (1 by default here), so images overlap as the pipelined CLI loop's stages do."""
+    queue_size: int = 8
+    """Requests admitted beyond the ones running (per process). When full, HTTP requests get 503 with Retry-After
+    and stream frames a drop notice: memory stays bounded whatever the load."""
+    request_timeout_s: float = 30.0
+    """Longest a request may take from its first byte to its reply (reading the body, waiting, localizing); an
+    expired one gets 408 (body too slow) or 504 (localization too slow)."""
+    header_timeout_s: float = 10.0
+    """A connection whose request headers are not complete this long after it opened (or after its last
+    reply) is answered 408 and closed: a slow-loris client cannot hold connections open."""
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request body (and WebSocket message); larger ones get 413 before they are read."""
+    max_image_pixels: int = 50_000_000
+    """Largest image (width x height) decoded; larger ones get 413 from their header alone, so a small file that
+    claims a huge image (a decompression bomb) costs nothing."""
+    rate_per_s: float = 200.0
+    """Requests per second a client (its IP address) may make on average; more get 429 with Retry-After."""
+    rate_burst: int = 400
+    """Requests a client may make at once before rate_per_s applies (the token bucket's size)."""
+    max_connections: int = 512
+    """Open connections and tasks the server accepts (uvicorn's limit_concurrency); beyond it, 503."""
+    stream_backlog: int = 2
+    """Frames a stream holds while one is being localized; a newer frame pushes out the oldest (the client is told)."""
+    viewer_points: int = 200_000
+    """Most points of a map's cloud the viewer gets (a random subset of larger clouds)."""
+    device: str = "auto"
+    """Device the maps' networks run on: auto | cpu | cuda."""
+    localize: LocalizeConfig = field(default_factory=lambda: LocalizeConfig(network_threads=1))
+    """The localize loop's settings, as `sceneloc localize` has them, with one torch thread per localization thread."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that cannot work."""
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        for name in ("workers", "queue_size", "max_body_bytes", "max_image_pixels", "rate_burst", "max_connections",
+                     "stream_backlog", "viewer_points"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be 0 (one per core) or more, got {self.threads}")
+        for name in ("request_timeout_s", "header_timeout_s", "rate_per_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
