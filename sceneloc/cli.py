@@ -509,6 +509,9 @@ def serve(
 ):
     """Serve maps to AR clients over HTTP and WebSocket: localize, stream, metrics and a browser viewer
     (docs/SERVICE.md). Stops gracefully on Ctrl-C / SIGTERM."""
+    from sceneloc.serve.auth import read_token
+
+    read_token(token_file)  # a missing token fails now, before the seconds of importing torch below
     from sceneloc.runtime.config_overrides import apply_overrides
     from sceneloc.serve.config import ServeConfig
     from sceneloc.serve.server import describe, serve as run_server
@@ -529,6 +532,43 @@ def serve(
                       f"viewer: {where}/viewer?token=<token>   stop: Ctrl-C")
 
     run_server(config, map_files, token_file, ready)
+
+
+@app.command("load-test")
+def load_test_command(
+    map_file: Path = typer.Argument(..., help="Map file to serve"),
+    query_dir: Path = typer.Argument(..., help="Query images with cameras (any supported layout)"),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for results.json, report.md, load.png"),
+    clients: str = typer.Option("1,4,16", help="Concurrent clients of each HTTP phase, comma-separated"),
+    seconds: float = typer.Option(60.0, help="Length of each HTTP phase"),
+    stream_seconds: float = typer.Option(30.0, "--stream-seconds", help="Length of the stream phase (0: none)"),
+    stream_fps: float = typer.Option(30.0, "--stream-fps", help="Frames per second the stream client sends"),
+    split: str = typer.Option("test", help="Split to use when the folder has train/test splits"),
+    serve_args: Optional[list[str]] = typer.Option(None, "--serve-arg", help="An extra argument of `sceneloc "
+                                                                             "serve` (repeat: --serve-arg=--threads "
+                                                                             "--serve-arg=1)"),
+):
+    """Load-test `sceneloc serve` on a loopback port: throughput, latency percentiles, server memory, every
+    request counted (answered, refused, lost), then a WebSocket stream at a fixed frame rate; against the
+    in-process localize loop's throughput on the same cores."""
+    from sceneloc.api import load_map
+    from sceneloc.bench.service_load import LoadTestConfig, format_report, run_load_test
+    from sceneloc.data import read_scene
+
+    try:
+        counts = [int(c) for c in clients.split(",")]
+    except ValueError:
+        _fail(f"--clients: expected comma-separated counts, got {clients!r}")
+    if not counts or min(counts) < 1 or seconds <= 0 or stream_seconds < 0 or stream_fps <= 0:
+        _fail("--clients must be positive counts, --seconds and --stream-fps positive, --stream-seconds >= 0")
+    check_writable(output / "results.json", [map_file, query_dir])
+    load_map(map_file, "cpu")  # a bad map fails here, in one line, before any server starts
+    scene = read_scene(query_dir, split=split)
+    config = LoadTestConfig(clients=counts, seconds=seconds, stream_seconds=stream_seconds, stream_fps=stream_fps,
+                            serve_args=serve_args or [])
+    results = run_load_test(map_file, scene, output, config)
+    console.print(format_report(results))
+    console.print(f"wrote {output / 'results.json'}, {output / 'report.md'}, {output / 'load.png'}")
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Export what a map knows about its scene.")

@@ -133,16 +133,21 @@ class Client:
 
 
 class Stream:
-    """One WebSocket stream: send frames, receive poses, drop notices and errors as JSON dicts."""
+    """One WebSocket stream, open inside `with`: send frames, receive poses, drop notices and errors as JSON dicts.
+    Entering it makes the handshake (websockets.exceptions.InvalidStatus when the server refuses it)."""
 
-    def __init__(self, connection: ClientConnection):
-        self.connection = connection
+    def __init__(self, opener):
+        self._opener = opener
+        """websockets' connect(...), not yet entered."""
+        self.connection: ClientConnection | None = None
 
     def __enter__(self) -> "Stream":
+        self.connection = self._opener.__enter__()
         return self
 
-    def __exit__(self, *_) -> None:
-        self.close()
+    def __exit__(self, *exc) -> None:
+        self._opener.__exit__(*exc)
+        self.connection = None
 
     def send(self, image: bytes, camera: Camera | dict | None = None, timestamp: float | None = None,
              frame: str | None = None, scene: str | None = None) -> None:
@@ -158,6 +163,4 @@ class Stream:
         """The next message from the server (TimeoutError when none comes within timeout_s)."""
         return json.loads(self.connection.recv(timeout_s))
 
-    def close(self) -> None:
-        self.connection.close()
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +90,77 @@ def tiny_room_sift(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-room")
     rendered = render_scene_to_folder(PRESETS["tiny-room"], root, progress=False)
     return rendered, build_sift_map(read_scene(root, split="train"), ColmapSiftConfig(), show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_room_structure(tmp_path_factory):
+    """(the rendered tiny-room preset, its structure map file `squeeze.smap`): rendered and mapped once per test run
+    through the command line (`sceneloc map --type structure`, default settings), for the service's and the
+    viewer's tests."""
+    from sceneloc.data.synthetic import PRESETS, render_scene_to_folder
+
+    root = tmp_path_factory.mktemp("served")
+    rendered = render_scene_to_folder(PRESETS["tiny-room"], root / "tiny-room", progress=False)
+    with torch_threads(1):
+        code, out = run_cli("map", rendered.root, "-o", root / "squeeze.smap", "--type", "structure")
+    assert code == 0, out
+    return rendered, root / "squeeze.smap"
+
+
+SERVE_TOKEN = "serve-test-token-7f3a"
+"""The bearer token of the servers `serving` starts."""
+
+
+@dataclass
+class RunningServer:
+    """A server `serving` started: its URL and port, its application (RequestLimits around FastAPI), its settings."""
+
+    url: str
+    port: int
+    app: object
+    config: object
+    """Its ServeConfig."""
+
+    @property
+    def pool(self):
+        """Its LocalizationPool."""
+        return self.app.app.state.pool
+
+
+@contextmanager
+def serving(maps: dict, timeout_s: float = 60.0, **settings):
+    """`maps` (name -> ServedMap, from sceneloc.serve.maps.load_served_maps) served with ServeConfig(**settings) and
+    token SERVE_TOKEN by uvicorn in a thread of this process, as `sceneloc serve` serves them (GuardedH11Protocol
+    with this server's header timeout, websockets-sansio, the same limits), on a free port of 127.0.0.1; stopped
+    gracefully when the block ends. Starting and stopping are bounded by timeout_s."""
+    import uvicorn
+
+    from sceneloc.serve.app import create_app
+    from sceneloc.serve.config import ServeConfig
+    from sceneloc.serve.limits import GuardedH11Protocol
+
+    config = ServeConfig(**settings)
+    config.validate()
+    app = create_app(config, maps, SERVE_TOKEN)
+    # A subclass per server: `sceneloc serve` sets the header timeout on the class (one server per process).
+    protocol = type("TestH11Protocol", (GuardedH11Protocol,), {"header_timeout_s": config.header_timeout_s})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=protocol, ws="websockets-sansio", lifespan="on",
+        limit_concurrency=config.max_connections, timeout_graceful_shutdown=int(config.request_timeout_s + 5),
+        ws_max_size=config.max_body_bytes, access_log=False, log_level="warning", server_header=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the in-process server did not start"
+        time.sleep(0.01)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", port, app, config)
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
+        sock.close()
+        assert not thread.is_alive(), "the in-process server did not stop"

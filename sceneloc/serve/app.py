@@ -26,6 +26,7 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.datastructures import UploadFile
 
@@ -98,6 +99,11 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
     @api.exception_handler(RequestError)
     async def request_error(_: Request, error: RequestError):
         return JSONResponse({"error": error.message}, error.status, headers=error.headers)
+
+    @api.exception_handler(HTTPException)  # the router's own: an unknown path (404), a wrong method (405)
+    async def routing_error(request: Request, error: HTTPException):
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {error.detail}"}, error.status_code,
+                            headers=error.headers)
 
     def require_token(request: Request | WebSocket) -> None:
         if not authorized(request.headers, request.cookies, token):
@@ -185,23 +191,27 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise RequestError(415, "content-type: send multipart/form-data with fields image, camera[, scene]")
         try:
-            form = await request.form(max_files=1, max_fields=4, max_part_size=64 * 1024)
-            image = form.get("image")
-            data = await image.read() if isinstance(image, UploadFile) else None
+            async with request.form(max_files=1, max_fields=4, max_part_size=64 * 1024) as form:
+                image = form.get("image")
+                data = await image.read() if isinstance(image, UploadFile) else None
+                filename = (image.filename if isinstance(image, UploadFile) else None) or "query"
+                camera_text, scene_text = _text_field(form, "camera"), _text_field(form, "scene")
         except BodyTooLarge:
             metrics.rejects.labels("too_large").inc()
-            raise RequestError(413, f"request body over the limit of {config.max_body_bytes:,} bytes") from None
+            # Closed after the reply, as RequestLimits does: the client may still be sending a body nobody reads.
+            raise RequestError(413, f"request body over the limit of {config.max_body_bytes:,} bytes",
+                               {"connection": "close"}) from None
         except BodyTimeout:
             metrics.rejects.labels("slow_body").inc()
-            raise RequestError(408, f"request body not received within {config.request_timeout_s:g} s") from None
-        except MultiPartException as e:
-            raise RequestError(400, f"multipart body: {e.message}") from None
+            raise RequestError(408, f"request body not received within {config.request_timeout_s:g} s",
+                               {"connection": "close"}) from None
+        except (MultiPartException, HTTPException) as e:  # Starlette raises the parser's error as HTTPException(400)
+            raise RequestError(400, f"multipart body: {getattr(e, 'message', None) or e.detail}") from None
         if data is None:
             raise RequestError(422, "image: field required (a JPEG or PNG file)")
-        scene = scene_of(served_map, _text_field(form, "scene"))
+        scene = scene_of(served_map, scene_text)
         client = request.client.host if request.client else "unknown"
-        return await localize_image(served_map, scene, data, _text_field(form, "camera"),
-                                    image.filename or "query", received, "http", client, None)
+        return await localize_image(served_map, scene, data, camera_text, filename, received, "http", client, None)
 
     @api.websocket("/v1/maps/{name}/stream")
     async def stream(websocket: WebSocket, name: str):
@@ -260,7 +270,7 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
                     await send({"type": "error", "frame": frame.meta["frame"], "error": e.message})
                 return
             metrics.stream_frames.labels("localized").inc()
-            await send({"type": "pose", **reply, "backlog": len(backlog)})
+            await send({"type": "pose", "frame": frame.meta["frame"], **reply, "backlog": len(backlog)})
 
         async def localize_frames() -> None:
             # As many frames in flight as the pool has threads, so one stream can use the whole server; the rest

@@ -67,10 +67,10 @@ class RequestLimits:
         wait = self.limiter.retry_after(client)
         if wait > 0:
             self.on_reject("rate_limited")
-            if scope["type"] == "websocket":
-                return await send({"type": "websocket.close", "code": 1013, "reason": "rate limited"})
+            # A WebSocket handshake gets the same 429 (ASGI's denial response; a close before accepting would be 403).
             return await _refuse(send, 429, f"rate limit: over {self.limiter.rate:g} requests/s from {client}",
-                                 {"retry-after": str(max(1, round(wait)))})
+                                 {"retry-after": str(max(1, round(wait)))},
+                                 "websocket.http.response" if scope["type"] == "websocket" else "http.response")
         if scope["type"] == "websocket":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
@@ -110,15 +110,16 @@ class RequestLimits:
         return limited_receive
 
 
-async def _refuse(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+async def _refuse(send, status: int, message: str, headers: dict[str, str] | None = None,
+                  kind: str = "http.response") -> None:
     """A JSON error reply {"error": message} sent straight through ASGI, closing the connection (the client may
-    still be sending a body nobody will read)."""
+    still be sending a body nobody will read). kind: "websocket.http.response" refuses a WebSocket handshake."""
     body = json.dumps({"error": message}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
            (b"connection", b"close")]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{kind}.start", "status": status, "headers": raw})
+    await send({"type": f"{kind}.body", "body": body})
 
 
 class GuardedH11Protocol(H11Protocol):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import os
 import pickle
+import signal
+import sys
 from pathlib import Path
 
 import uvicorn
@@ -47,6 +49,10 @@ def serve(config: ServeConfig, map_paths: list[Path], token_file: Path | None, o
     common = dict(host=config.host, port=config.port, http=GuardedH11Protocol, ws="websockets-sansio",
                   limit_concurrency=config.max_connections, timeout_graceful_shutdown=int(config.request_timeout_s + 5),
                   ws_max_size=config.max_body_bytes, access_log=False, log_level="warning", server_header=False)
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then restores the handlers it found and raises the signal again;
+    # these make that last step a clean exit 0 (not Python's KeyboardInterrupt, or death by the signal).
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, lambda *_: sys.exit(0))
     if config.workers == 1:
         uvicorn.run(app, **common)
         return

@@ -365,7 +365,8 @@ function inlierColour(numInliers) {
   const n = Math.max(1, Number(numInliers) || 0);
   const t = THREE.MathUtils.clamp(
     (Math.log(n) - Math.log(INLIERS_RED)) / (Math.log(INLIERS_GREEN) - Math.log(INLIERS_RED)), 0, 1);
-  return new THREE.Color().setHSL((t * 120) / 360, 1.0, 0.5);
+  // In sRGB, as the legend's CSS gradient: three.js would read HSL in its linear working space (hues shift).
+  return new THREE.Color().setHSL((t * 120) / 360, 1.0, 0.5, THREE.SRGBColorSpace);
 }
 
 const frustums = []; // oldest first
