@@ -298,26 +298,26 @@ def localize(
     details_json = output.with_suffix(output.suffix + ".json")
     for path in (output, details_json):
         check_writable(path, [*([] if server else [map_file]), query_dir, *([intrinsics] if intrinsics else [])])
-    if server is not None:
-        if overrides or threshold is not None or backend != "poselib":
-            _fail("--server: the server's settings apply (sceneloc serve --set localize.*), not --set/--threshold/"
-                  "--backend")
-        scene, estimates = _localize_on_server(server, token_file, str(map_file), query_dir, intrinsics, split,
-                                               images, scene_name, output)
-        _write_poses(output, details_json, fmt, scene, estimates, f"on {server}")
-        return
-    map_format = read_map_metadata(map_file).get("format")
-    is_multi = map_format == MULTI_FORMAT
-    if is_multi and scene_name is None:
-        _fail(f"{map_file}: a multi-scene map: pass --scene NAME or --scene auto")
-    if not is_multi and scene_name is not None:
-        _fail(f"{map_file}: --scene needs a multi-scene map (from `sceneloc map --multi`)")
+    if server is not None and (overrides or threshold is not None or backend != "poselib"):
+        _fail("--server: the server's settings apply (sceneloc serve --set localize.*), not --set/--threshold/"
+              "--backend")
+    if server is None:
+        map_format = read_map_metadata(map_file).get("format")
+        is_multi = map_format == MULTI_FORMAT
+        if is_multi and scene_name is None:
+            _fail(f"{map_file}: a multi-scene map: pass --scene NAME or --scene auto")
+        if not is_multi and scene_name is not None:
+            _fail(f"{map_file}: --scene needs a multi-scene map (from `sceneloc map --multi`)")
     if intrinsics is not None:
         scene = read_query_images(query_dir, intrinsics)
     else:
         scene = read_scene(query_dir, split=split, images=images)
     for frame in scene.frames:  # before localizing: a name the poses file cannot hold must not fail at the end
         check_image_name(output, frame.name)
+    if server is not None:
+        estimates = _localize_on_server(server, token_file, str(map_file), scene, scene_name)
+        _write_poses(output, details_json, fmt, scene, estimates, f"on {server}")
+        return
     estimates = Localizer(load_map(map_file, str(dev)), config, scene_name).localize_scene(scene, show_progress=True)
     _write_poses(output, details_json, fmt, scene, estimates, "")
 
@@ -337,22 +337,13 @@ def _write_poses(output: Path, details_json: Path, fmt: str, scene, estimates: l
                   f"({1000 / ms:.1f} img/s); wrote {output}")
 
 
-def _localize_on_server(server: str, token_file: Path | None, map_name: str, query_dir: Path,
-                        intrinsics: Path | None, split: str, images: Path | None, scene_name: str | None,
-                        output: Path) -> tuple:
+def _localize_on_server(server: str, token_file: Path | None, map_name: str, scene, scene_name: str | None) -> list:
     """`sceneloc localize --server`: every query frame through the server's localize endpoint, in order."""
     from sceneloc.client import Client, ServiceError
-    from sceneloc.data import read_scene
-    from sceneloc.data.query_images import read_query_images
-    from sceneloc.export.poses import check_image_name
     from sceneloc.runtime.progress import make_progress
     from sceneloc.serve.auth import read_token
 
     token = read_token(token_file)
-    scene = read_query_images(query_dir, intrinsics) if intrinsics is not None else read_scene(query_dir, split=split,
-                                                                                               images=images)
-    for frame in scene.frames:
-        check_image_name(output, frame.name)
     estimates = []
     with Client(server, token) as client:
         try:
@@ -374,7 +365,7 @@ def _localize_on_server(server: str, token_file: Path | None, map_name: str, que
                     _fail(f"{frame.rgb_path}: {server} refused it: {e.message}")
                 estimates.append(estimate)
                 progress.update(task, advance=1)
-    return scene, estimates
+    return estimates
 
 
 @app.command()

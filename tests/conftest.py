@@ -130,27 +130,23 @@ class RunningServer:
 @contextmanager
 def serving(maps: dict, timeout_s: float = 60.0, **settings):
     """`maps` (name -> ServedMap, from sceneloc.serve.maps.load_served_maps) served with ServeConfig(**settings) and
-    token SERVE_TOKEN by uvicorn in a thread of this process, as `sceneloc serve` serves them (GuardedH11Protocol
-    with this server's header timeout, websockets-sansio, the same limits), on a free port of 127.0.0.1; stopped
+    token SERVE_TOKEN by uvicorn in a thread of this process with `sceneloc serve`'s settings (serve.server.
+    uvicorn_settings), on a free port of 127.0.0.1; stopped
     gracefully when the block ends. Starting and stopping are bounded by timeout_s."""
     import uvicorn
 
     from sceneloc.serve.app import create_app
     from sceneloc.serve.config import ServeConfig
-    from sceneloc.serve.limits import GuardedH11Protocol
+    from sceneloc.serve.server import uvicorn_settings
 
     config = ServeConfig(**settings)
     config.validate()
     app = create_app(config, maps, SERVE_TOKEN)
-    # A subclass per server: `sceneloc serve` sets the header timeout on the class (one server per process).
-    protocol = type("TestH11Protocol", (GuardedH11Protocol,), {"header_timeout_s": config.header_timeout_s})
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=protocol, ws="websockets-sansio", lifespan="on",
-        limit_concurrency=config.max_connections, timeout_graceful_shutdown=int(config.request_timeout_s + 5),
-        ws_max_size=config.max_body_bytes, access_log=False, log_level="warning", server_header=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
+                                           **uvicorn_settings(config)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

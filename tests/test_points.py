@@ -21,7 +21,7 @@ from sceneloc.runtime.errors import InputError
 from sceneloc.evaluate.cloud import (CloudEvalConfig, evaluate_cloud, read_mesh, render_cloud_png,
                                      up_from_cameras, write_cloud_report)
 from sceneloc.export.points import (PointCloud, PointExportConfig, consistency_mask, depth_mask, export_points,
-                                    lookup_coordinates, read_ply, rotation_homography, write_ply)
+                                    lookup_coordinates, ply_bytes, read_ply, rotation_homography, write_ply)
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.localize.loop import Prediction
 from sceneloc.mapping import MappingConfig, build_scene_map
@@ -55,6 +55,19 @@ def test_ply_round_trip_is_exact(tmp_path):
     assert np.array_equal(back.xyz, xyz)
     assert np.array_equal(back.rgb, rgb)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cloud.ply"]  # no temporary file left
+
+
+def test_ply_bytes_are_the_file_write_ply_writes(tmp_path):
+    """The service's in-memory PLY: byte for byte what write_ply (Open3D) writes, read back exactly."""
+    rng = np.random.default_rng(1)
+    cloud = PointCloud(rng.normal(size=(300, 3)).astype(np.float32), rng.integers(0, 256, (300, 3), dtype=np.uint8))
+    (tmp_path / "mem.ply").write_bytes(ply_bytes(cloud))
+    back = read_ply(tmp_path / "mem.ply")
+    assert np.array_equal(back.xyz, cloud.xyz) and np.array_equal(back.rgb, cloud.rgb)
+    write_ply(tmp_path / "o3d.ply", cloud)
+    assert (tmp_path / "o3d.ply").read_bytes()[-300 * 15:] == ply_bytes(cloud)[-300 * 15:]  # the same vertex rows
+    empty = ply_bytes(PointCloud(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)))
+    assert b"element vertex 0\n" in empty and empty.endswith(b"end_header\n")
 
 
 def test_ply_errors_name_the_file(tmp_path):

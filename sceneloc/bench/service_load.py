@@ -5,7 +5,7 @@ the throughput of the in-process localize loop (what `sceneloc localize` runs) o
 Every request is counted: answered (200), refused (503 busy, 429 rate, 504 timeout, other codes) or lost (no
 HTTP answer at all: a connection error or a client timeout); the server's resident memory is sampled throughout.
 Clients honour Retry-After (capped at retry_cap_s), as a real client would. Writes results.json, report.md and
-load.png (latency CDF per client count, server memory over time).
+load.png (latency CDF per client count, server memory over time) and server.log.
 """
 
 from __future__ import annotations
@@ -219,6 +219,7 @@ def run_load_test(map_path: Path, scene: Scene, out_dir: Path, config: LoadTestC
 
     from sceneloc.client import frame_upload
     from sceneloc.runtime.progress import make_progress
+    from sceneloc.serve.pool import available_cores
 
     out_dir.mkdir(parents=True, exist_ok=True)
     uploads = []
@@ -230,7 +231,7 @@ def run_load_test(map_path: Path, scene: Scene, out_dir: Path, config: LoadTestC
         Image.fromarray(frame.load_rgb()).save(buffer, format="JPEG", quality=90)
         jpegs.append((buffer.getvalue(), camera))
     results: dict = {"map": str(map_path), "queries": len(scene.frames), "config": asdict(config),
-                     "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+                     "cores": available_cores()}
     results["baseline"] = baseline_throughput(map_path, scene, config.baseline_images)
 
     token = os.urandom(16).hex()
@@ -239,11 +240,15 @@ def run_load_test(map_path: Path, scene: Scene, out_dir: Path, config: LoadTestC
     with tempfile.TemporaryDirectory() as tmp:
         token_file = Path(tmp) / "token"
         token_file.write_text(token)
+        # On the CPU, as the baseline; its output goes to a file (a pipe nobody reads could fill and stall it).
         command = [sys.executable, "-m", "sceneloc", "serve", str(map_path), "--port", str(port),
-                   "--token-file", str(token_file), *config.serve_args]
-        server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                   "--token-file", str(token_file), "--device", "cpu", *config.serve_args]
+        server_log = out_dir / "server.log"
+        with open(server_log, "w") as log_file:
+            server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, text=True)
         try:
-            results.update(_drive(server, url, token, map_path.stem, uploads, jpegs, config, make_progress))
+            results.update(_drive(server, url, token, map_path.stem, uploads, jpegs, config, server_log,
+                                  make_progress))
         finally:
             if server.poll() is None:
                 server.send_signal(signal.SIGTERM)
@@ -252,7 +257,6 @@ def run_load_test(map_path: Path, scene: Scene, out_dir: Path, config: LoadTestC
             except subprocess.TimeoutExpired:
                 server.kill()
                 results["server_exit"] = "killed after 60 s"
-            results["server_log"] = (server.stdout.read() if server.stdout else "")[-2000:]
     write_text_atomic(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
     write_text_atomic(out_dir / "report.md", format_report(results))
     plot_load(results, out_dir / "load.png")
@@ -260,14 +264,14 @@ def run_load_test(map_path: Path, scene: Scene, out_dir: Path, config: LoadTestC
 
 
 def _drive(server: subprocess.Popen, url: str, token: str, map_name: str, uploads: list, jpegs: list,
-           config: LoadTestConfig, make_progress) -> dict:
+           config: LoadTestConfig, server_log: Path, make_progress) -> dict:
     from sceneloc.client import Client
 
     with Client(url, token) as client:
         deadline = time.monotonic() + 180
         while not client.healthy():
             if server.poll() is not None or time.monotonic() > deadline:
-                raise InputError(None, f"the server did not start: {(server.stdout.read() or '')[-500:]}")
+                raise InputError(server_log, f"the server did not start: {server_log.read_text()[-300:]}")
             time.sleep(0.5)
         for k in range(config.warmup_requests):
             image, camera, name = uploads[k % len(uploads)]

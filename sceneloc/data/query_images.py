@@ -32,14 +32,13 @@ from PIL import Image
 
 from sceneloc.data.ace_folder import IMAGE_EXTENSIONS
 from sceneloc.data.colmap_model import _PARAM_LAYOUT, _camera
-from sceneloc.data.scene import Frame, Scene, Undistortion, check_camera, image_size
+from sceneloc.data.scene import (TRANSPOSING_ORIENTATIONS, Frame, Scene, Undistortion, check_camera,
+                                 exif_orientation, image_size)
 from sceneloc.runtime.errors import InputError, read_text_file
 from sceneloc.geometry import Camera
 
 MODEL_NAMES = frozenset(name for name in pycolmap.CameraModelId.__members__ if name != "INVALID")
 INTRINSICS_LAYOUT = "name MODEL width height params..."
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSING = (5, 6, 7, 8)
 
 
 def is_image_file(path: Path) -> bool:
@@ -61,15 +60,15 @@ def has_images(folder: Path) -> bool:
 def _orientation(path: Path) -> int:
     try:
         with Image.open(path) as image:
-            return int(image.getexif().get(_EXIF_ORIENTATION, 1))
-    except Exception:  # a broken EXIF block is no orientation; unreadable images fail in image_size
+            return exif_orientation(image)
+    except Exception:  # unreadable images fail in image_size
         return 1
 
 
 def loaded_size(path: Path) -> tuple[int, int]:
     """(width, height) of the image as Frame.load_rgb returns it (EXIF orientation applied), from the header."""
     width, height = image_size(path)
-    return (height, width) if _orientation(path) in _TRANSPOSING else (width, height)
+    return (height, width) if _orientation(path) in TRANSPOSING_ORIENTATIONS else (width, height)
 
 
 def camera_from_colmap(source: Path | None, colmap_camera: pycolmap.Camera, where: str
@@ -141,7 +140,7 @@ def _exif_frame(name: str, image: Path) -> Frame:
         raise InputError(image, "no camera: its EXIF gives no focal length (to localize plain images, pass "
                                 f"--intrinsics FILE, hloc's queries_with_intrinsics.txt: '{INTRINSICS_LAYOUT}')")
     camera, undistortion = camera_from_colmap(image, colmap_camera, "EXIF ")
-    if _orientation(image) in _TRANSPOSING:
+    if _orientation(image) in TRANSPOSING_ORIENTATIONS:
         if undistortion is not None:
             raise InputError(image, "EXIF orientation rotates a distorted camera: pass --intrinsics FILE")
         camera = Camera(camera.height, camera.width, camera.fy, camera.fx, camera.cy, camera.cx)

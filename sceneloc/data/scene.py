@@ -36,6 +36,29 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 ValueError (damaged headers, e.g. a broken PNG chunk), DecompressionBombError (too many pixels)."""
 
 
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag of the orientation."""
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+"""EXIF orientations that swap width and height (read_image applies them)."""
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an opened image, 1 when it has none or a broken one, read without decoding a pixel:
+    Pillow's getexif() decodes a whole PNG to look for an EXIF chunk after its image data (a decompression bomb
+    would be decoded before any size check), so a PNG's orientation comes only from an eXIf chunk before the data."""
+    try:
+        if image.format == "PNG":
+            raw = image.info.get("exif")
+            if raw is None:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            return int(exif.get(EXIF_ORIENTATION, 1))
+        return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block is no orientation (OpenCV ignores it too)
+        return 1
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image, from its header only. Raises InputError when it is not a readable image or is too
     large to decode."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import deque
 from contextlib import asynccontextmanager
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException
@@ -39,12 +39,18 @@ from sceneloc.serve.limits import BodyTimeout, BodyTooLarge, RateLimiter, Reques
 from sceneloc.serve.maps import ServedMap
 from sceneloc.serve.metrics import ServiceMetrics
 from sceneloc.serve.pool import Expired, LocalizationPool, LocalizeJob, available_cores
-from sceneloc.serve.wire import RequestError, check_camera_fits, check_image, failure_reason, parse_camera
+from sceneloc.serve.wire import (RequestError, check_camera_fits, check_image, failure_reason, finite_number,
+                                 parse_camera, parse_json)
 
 STATIC = Path(__file__).with_name("static")
 """The viewer's page and its bundle (viewer.js, built from viewer/ by `make setup`)."""
 EVENT_QUEUE = 64
 """Events a slow viewer may fall behind by before the oldest are dropped for it."""
+MAX_TEXT_MESSAGE = 64 * 1024
+"""Largest stream text message (metadata: a camera, a timestamp, names), as the HTTP camera field."""
+MAX_NAME = 200
+"""Longest frame or file name kept (replies and viewer events repeat it)."""
+log = logging.getLogger("sceneloc.serve")
 
 
 @dataclass
@@ -53,7 +59,7 @@ class StreamFrame:
 
     image: bytes
     meta: dict
-    """The text message before it: camera (parsed), timestamp, frame name."""
+    """What the text messages before it set: camera (parse_camera's pair), timestamp, frame and scene names."""
     received: float
     """time.monotonic() when its last byte arrived."""
 
@@ -82,7 +88,7 @@ class EventHub:
 
 def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
     """The ASGI application serving `maps` (name -> ServedMap) to clients that hold `token`."""
-    threads = config.threads or available_cores()
+    threads = config.threads or max(1, available_cores() // config.workers)
     pool = LocalizationPool({name: m.map for name, m in maps.items()}, config.localize, threads, config.queue_size)
     metrics = ServiceMetrics(lambda: pool.waiting, lambda: pool.running)
     hub = EventHub()
@@ -90,7 +96,7 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
     @asynccontextmanager
     async def lifespan(_):
         yield
-        # uvicorn has answered or refused every request by now; finish what the pool still holds (stream frames).
+        # uvicorn has answered every HTTP request by now and closed the streams: stop the pool.
         await asyncio.to_thread(pool.shutdown)
 
     api = FastAPI(title="sceneloc", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -128,11 +134,11 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
                                     f"(scenes: {', '.join(served_map.scenes)})")
         return scene
 
-    async def localize_image(served_map: ServedMap, scene: str | None, image: bytes, camera_text: str | None,
+    async def localize_image(served_map: ServedMap, scene: str | None, image: bytes, parsed_camera: tuple,
                              name: str, received: float, source: str, client: str, timestamp) -> dict:
-        """Check, queue and localize one image; the reply (and the viewer's event) as a dict. RequestError for
-        what the client must change or retry."""
-        camera, undistortion = parse_camera(camera_text)
+        """Check, queue and localize one image (parsed_camera: parse_camera's (Camera, Undistortion)); the reply
+        (and the viewer's event) as a dict. RequestError for what the client must change or retry."""
+        camera, undistortion = parsed_camera
         check_camera_fits(check_image(image, config.max_image_pixels), camera)
         job = LocalizeJob(served_map.name, scene, image, camera, undistortion, name,
                           deadline=received + config.request_timeout_s)
@@ -149,6 +155,9 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
             raise RequestError(504, f"timeout: not localized within {config.request_timeout_s:g} s") from None
         except InputError as e:  # an image whose header was fine and whose data is not (truncated)
             raise RequestError(422, f"image: {e.problem}") from None
+        except Exception:  # a defect, not the client's: logged once, answered (a stream frame gets its message too)
+            log.exception("localizing %s on %s failed", name, served_map.name)
+            raise RequestError(500, "internal error while localizing (logged on the server)") from None
         done = time.monotonic()
         time_ms = estimate.details.get("time_ms", 0.0)
         metrics.localize_seconds.labels(served_map.name).observe(time_ms / 1e3)
@@ -190,11 +199,14 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
         served_map = served(name)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise RequestError(415, "content-type: send multipart/form-data with fields image, camera[, scene]")
+        if pool.full:  # refused before its body is read: waiting bodies are memory the queue does not bound
+            metrics.rejects.labels("queue_full").inc()
+            raise RequestError(503, f"busy: {pool.capacity} images admitted; retry", {"retry-after": "1"})
         try:
             async with request.form(max_files=1, max_fields=4, max_part_size=64 * 1024) as form:
                 image = form.get("image")
                 data = await image.read() if isinstance(image, UploadFile) else None
-                filename = (image.filename if isinstance(image, UploadFile) else None) or "query"
+                filename = ((image.filename if isinstance(image, UploadFile) else None) or "query")[:MAX_NAME]
                 camera_text, scene_text = _text_field(form, "camera"), _text_field(form, "scene")
         except BodyTooLarge:
             metrics.rejects.labels("too_large").inc()
@@ -211,7 +223,8 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
             raise RequestError(422, "image: field required (a JPEG or PNG file)")
         scene = scene_of(served_map, scene_text)
         client = request.client.host if request.client else "unknown"
-        return await localize_image(served_map, scene, data, camera_text, filename, received, "http", client, None)
+        return await localize_image(served_map, scene, data, parse_camera(camera_text), filename, received, "http",
+                                    client, None)
 
     @api.websocket("/v1/maps/{name}/stream")
     async def stream(websocket: WebSocket, name: str):
@@ -237,6 +250,8 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
                     return
                 if message.get("text") is not None:
                     try:
+                        if len(message["text"]) > MAX_TEXT_MESSAGE:
+                            raise RequestError(413, f"message: over {MAX_TEXT_MESSAGE:,} characters")
                         meta = {**meta, **_stream_meta(message["text"])}
                     except RequestError as e:
                         await send({"type": "error", "error": e.message})
@@ -260,7 +275,9 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
         async def localize_frame(frame: StreamFrame) -> None:
             try:
                 scene = scene_of(served_map, frame.meta.get("scene"))
-                reply = await localize_image(served_map, scene, frame.image, frame.meta.get("camera"),
+                if "camera" not in frame.meta:
+                    raise RequestError(422, "camera: send it in a text message before the first frame")
+                reply = await localize_image(served_map, scene, frame.image, frame.meta["camera"],
                                              frame.meta["frame"], frame.received, "stream", client,
                                              frame.meta.get("timestamp"))
             except RequestError as e:
@@ -301,6 +318,7 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
             pass
         finally:
             worker.cancel()
+            open_sockets[0] -= 1
             metrics.streams.labels("stream").dec()
 
     @api.websocket("/v1/maps/{name}/events")
@@ -323,17 +341,25 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
         finally:
             closed.cancel()
             hub.unsubscribe(name, queue)
+            open_sockets[0] -= 1
             metrics.streams.labels("viewer").dec()
 
+    open_sockets = [0]
+
     async def _open_socket(websocket: WebSocket, name: str) -> ServedMap | None:
-        """Accept a WebSocket that holds the token and names a map; refuse the handshake with 401 / 404."""
+        """Accept a WebSocket that holds the token and names a map while fewer than max_sockets are open; refuse
+        the handshake with 401 / 404 / 503. The caller must call _close_socket once it is done."""
         try:
             require_token(websocket)
             served_map = served(name)
+            if open_sockets[0] >= config.max_sockets:
+                metrics.rejects.labels("too_many_sockets").inc()
+                raise RequestError(503, f"busy: {config.max_sockets} WebSockets open; retry", {"retry-after": "1"})
         except RequestError as e:
             await websocket.send_denial_response(JSONResponse({"error": e.message}, e.status, headers=e.headers))
             return None
         await websocket.accept()
+        open_sockets[0] += 1
         return served_map
 
     @api.get("/viewer")
@@ -381,10 +407,7 @@ def _text_field(form, name: str) -> str | None:
 def _stream_meta(text: str) -> dict:
     """A stream's text message: {"camera": {...}, "timestamp": number, "frame": name, "scene": name}, each
     optional; the camera and scene hold for later frames too. RequestError 422 for anything else."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RequestError(422, f"message: not JSON ({e.msg})") from None
+    value = parse_json(text, "message")
     if not isinstance(value, dict):
         raise RequestError(422, "message: expected a JSON object (camera, timestamp, frame)")
     unknown = set(value) - {"camera", "timestamp", "frame", "scene"}
@@ -392,17 +415,15 @@ def _stream_meta(text: str) -> dict:
         raise RequestError(422, f"message.{sorted(unknown)[0]}: unknown field (camera, timestamp, frame, scene)")
     meta = {}
     if "camera" in value:
-        camera = json.dumps(value["camera"])
-        parse_camera(camera)  # refused now, not frame after frame
-        meta["camera"] = camera
+        meta["camera"] = parse_camera(json.dumps(value["camera"]))  # parsed once, for every later frame
     if "timestamp" in value:
         stamp = value["timestamp"]
-        if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not np.isfinite(stamp):
-            raise RequestError(422, f"message.timestamp: expected a number, got {stamp!r}")
+        if not finite_number(stamp):
+            raise RequestError(422, f"message.timestamp: expected a number, got {str(stamp)[:40]}")
         meta["timestamp"] = stamp
     for name in ("frame", "scene"):
         if name in value:
-            if not isinstance(value[name], str) or not 0 < len(value[name]) <= 200:
-                raise RequestError(422, f"message.{name}: expected a name of 1 to 200 characters")
+            if not isinstance(value[name], str) or not 0 < len(value[name]) <= MAX_NAME:
+                raise RequestError(422, f"message.{name}: expected a name of 1 to {MAX_NAME} characters")
             meta[name] = value[name]
     return meta

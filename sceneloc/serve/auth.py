@@ -7,9 +7,11 @@ page load or a WebSocket) by the HttpOnly, SameSite=Strict cookie that `GET /vie
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sceneloc.runtime.errors import InputError, read_text_file
 
@@ -46,10 +48,20 @@ def bearer(authorization: str | None) -> str | None:
 
 
 def token_matches(offered: str | None, token: str) -> bool:
-    """Whether `offered` is the token; the comparison takes the same time wherever the two first differ."""
-    return offered is not None and hmac.compare_digest(offered.encode(), token.encode())
+    """Whether `offered` is the token. Their SHA-256 digests are compared in constant time, so the time taken says
+    neither where they first differ nor how long the token is."""
+    if offered is None:
+        return False
+    return hmac.compare_digest(hashlib.sha256(offered.encode()).digest(), hashlib.sha256(token.encode()).digest())
 
 
 def authorized(headers, cookies, token: str) -> bool:
-    """Whether a request (its headers and cookies, Starlette's mappings) carries the token in either form."""
-    return token_matches(bearer(headers.get("authorization")), token) or token_matches(cookies.get(COOKIE), token)
+    """Whether a request (its headers and cookies, Starlette's mappings) carries the token: in the Authorization
+    header, or in the viewer's cookie when the request comes from the server's own pages. A browser adds the
+    cookie to requests that other sites' pages make too (same-site pages on other ports, WebSockets, which have no
+    CORS), so a cookie counts only when the request's Origin, if any, is the server itself."""
+    if token_matches(bearer(headers.get("authorization")), token):
+        return True
+    origin = headers.get("origin")
+    same_origin = origin is None or urlsplit(origin).netloc == headers.get("host")
+    return same_origin and token_matches(cookies.get(COOKIE), token)

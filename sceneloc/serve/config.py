@@ -20,8 +20,9 @@ class ServeConfig:
     """Server processes (uvicorn workers), each with the maps loaded and its own localization threads. Requests
     are stateless, so more processes (or machines behind a load balancer) add throughput; metrics are per process."""
     threads: int = 0
-    """Localization threads per process; 0: one per core the process may use. Each runs torch with
-    localize.network_threads threads (1 by default here), so images overlap as the pipelined CLI loop's stages do."""
+    """Localization threads per process; 0: the cores the process may use shared among the workers (at least one
+    each). Each runs torch with localize.network_threads threads (1 by default here), so images overlap as the
+    pipelined CLI loop's stages do."""
     queue_size: int = 8
     """Requests admitted beyond the ones running (per process). When full, HTTP requests get 503 with Retry-After
     and stream frames a drop notice: memory stays bounded whatever the load."""
@@ -43,7 +44,11 @@ class ServeConfig:
     max_connections: int = 512
     """Open connections and tasks the server accepts (uvicorn's limit_concurrency); beyond it, 503."""
     stream_backlog: int = 2
-    """Frames a stream holds while one is being localized; a newer frame pushes out the oldest (the client is told)."""
+    """Frames a stream holds while its frames in flight (as many as there are threads) are localized; a newer
+    frame pushes out the oldest (the client is told)."""
+    max_sockets: int = 64
+    """Open WebSockets (streams and viewers) per process; more handshakes get 503. uvicorn's max_connections does
+    not count upgraded connections."""
     viewer_points: int = 200_000
     """Most points of a map's cloud the viewer gets (a random subset of larger clouds)."""
     device: str = "auto"
@@ -56,9 +61,13 @@ class ServeConfig:
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         for name in ("workers", "queue_size", "max_body_bytes", "max_image_pixels", "rate_burst", "max_connections",
-                     "stream_backlog", "viewer_points"):
+                     "stream_backlog", "max_sockets", "viewer_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.localize.network_threads < 1:
+            # 0 (the loop's "one less than torch's count") would have every thread set and restore a count the
+            # others are changing; fp32 results depend on it.
+            raise ValueError(f"localize.network_threads must be at least 1, got {self.localize.network_threads}")
         if self.threads < 0:
             raise ValueError(f"threads must be 0 (one per core) or more, got {self.threads}")
         for name in ("request_timeout_s", "header_timeout_s", "rate_per_s"):

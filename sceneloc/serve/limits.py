@@ -30,15 +30,18 @@ class RateLimiter:
         self.burst = float(burst)
         self._buckets: dict[str, tuple[float, float]] = {}
         """client -> (tokens left, time.monotonic() of the last update)."""
+        self._pruned = float("-inf")
 
     def retry_after(self, client: str) -> float:
         """0 when `client` may make a request now (and it is counted), else the seconds until it may."""
         now = time.monotonic()
         tokens, then = self._buckets.get(client, (self.burst, now))
         tokens = min(self.burst, tokens + (now - then) * self.rate)
-        if len(self._buckets) > 10_000:  # forget the clients whose buckets are full again: memory stays bounded
+        if len(self._buckets) > 10_000 and now - self._pruned > 1.0:
+            # Forget the clients whose buckets are full again (at most once a second: the scan costs).
             full_after = self.burst / self.rate
             self._buckets = {c: v for c, v in self._buckets.items() if now - v[1] < full_after}
+            self._pruned = now
         if tokens < 1.0:
             self._buckets[client] = (tokens, now)
             return (1.0 - tokens) / self.rate
@@ -123,8 +126,9 @@ async def _refuse(send, status: int, message: str, headers: dict[str, str] | Non
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus: a connection that has not sent complete request headers within
-    header_timeout_s of opening (or of its last reply) gets 408 and is closed."""
+    """uvicorn's h11 protocol, plus: a connection that has started a request (sent a byte of it) without completing
+    its headers within header_timeout_s of opening, or of its last reply, gets 408 and is closed; one that has sent
+    nothing is closed silently (uvicorn's keep-alive timeout usually closes it first)."""
 
     header_timeout_s = 10.0
     """Set per server by sceneloc.serve.server (uvicorn builds protocols from the class)."""
@@ -134,9 +138,15 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer = None
         self._arm_header_timer()
 
+    def data_received(self, data: bytes) -> None:
+        self._bytes_since_armed = True
+        super().data_received(data)
+
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._arm_header_timer()
+        finished = self.cycle
+        super().on_response_complete()  # may start the next pipelined request, with a cycle of its own
+        if self.cycle is finished:
+            self._arm_header_timer()
 
     def handle_websocket_upgrade(self, event) -> None:
         self._cancel_header_timer()  # the WebSocket protocol owns the connection from here
@@ -148,6 +158,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def _arm_header_timer(self) -> None:
         self._cancel_header_timer()
+        self._bytes_since_armed = False
         if not self.transport.is_closing():
             self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_overdue, self.cycle)
 
@@ -158,7 +169,11 @@ class GuardedH11Protocol(H11Protocol):
 
     def _headers_overdue(self, cycle_when_armed) -> None:
         self._header_timer = None
-        # A new request since the timer was armed has its own cycle: its headers arrived in time.
-        if self.cycle is cycle_when_armed and not self.transport.is_closing():
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            self.transport.close()
+        # A request whose headers arrived since the timer was armed has a cycle of its own: it is being served.
+        if self.cycle is not cycle_when_armed or self.transport.is_closing():
+            return
+        if self._bytes_since_armed:
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"content-length: 43\r\nconnection: close\r\n\r\n"
+                                 b'{"error": "request headers not received"}\r\n')
+        self.transport.close()

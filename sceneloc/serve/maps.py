@@ -26,9 +26,10 @@ class ServedMap:
     map: AnyMap
     cloud: PointCloud
     """What the viewer draws: a structure or hybrid map's own points; for scene-coordinate maps the PLY beside
-    the map file with its stem (office.ply, from `sceneloc export points`), when there is one; else no points."""
+    the map file with its stem (office.ply, from `sceneloc export points`), when there is one; else no points. At
+    most viewer_points of them (a fixed random subset of a larger cloud)."""
     cloud_ply: bytes
-    """The cloud as PLY bytes for the viewer: all of it, or a fixed random subset of viewer_points."""
+    """The cloud as PLY bytes, as GET /v1/maps/{name}/points.ply sends it."""
 
     @property
     def kind(self) -> str:
@@ -61,8 +62,8 @@ def load_served_maps(paths: list[Path], device: str, viewer_points: int) -> dict
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise InputError(path, "a map's name (its file's stem) may hold letters, digits, '-', '_' and '.' only")
         scene_map = load_map(path, device)
-        cloud = _viewer_cloud(path, scene_map)
-        served[name] = ServedMap(name, path, scene_map, cloud, ply_bytes(_subset(cloud, viewer_points)))
+        cloud = _subset(_viewer_cloud(path, scene_map), viewer_points)
+        served[name] = ServedMap(name, path, scene_map, cloud, ply_bytes(cloud))
     return served
 
 

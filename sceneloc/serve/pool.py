@@ -63,10 +63,9 @@ class LocalizationPool:
         self._lock = threading.Lock()
         self._admitted = 0
         self._running = 0
-        if config.network_threads:
-            # The loop sets torch's threads to network_threads around each image and restores the count it found;
-            # starting from the same count keeps concurrent images from restoring each other's.
-            torch.set_num_threads(config.network_threads)
+        # The loop sets torch's threads to network_threads around each image and restores the count it found;
+        # starting from the same count keeps concurrent images from restoring each other's (ServeConfig refuses 0).
+        torch.set_num_threads(config.network_threads)
 
     @property
     def running(self) -> int:
@@ -78,17 +77,26 @@ class LocalizationPool:
         """Jobs admitted and not started yet (the queue depth)."""
         return self._admitted - self._running
 
+    @property
+    def full(self) -> bool:
+        """Whether a job submitted now would be refused."""
+        return self._admitted >= self.capacity
+
     def submit(self, job: LocalizeJob) -> Future | None:
-        """Admit `job` and return the future of its PoseEstimate, or None when the pool is full."""
+        """Admit `job` and return the future of its PoseEstimate, or None when the pool is full (or shut down)."""
         with self._lock:
             if self._admitted >= self.capacity:
                 return None
             self._admitted += 1
-        future = self._executor.submit(self._run, job)
+        try:
+            future = self._executor.submit(self._run, job)
+        except RuntimeError:  # shut down: refused like a full pool, its slot given back
+            self._release(None)
+            return None
         future.add_done_callback(self._release)
         return future
 
-    def _release(self, _: Future) -> None:
+    def _release(self, _: Future | None) -> None:
         with self._lock:
             self._admitted -= 1
 
@@ -112,5 +120,6 @@ class LocalizationPool:
         return localizers[key]
 
     def shutdown(self) -> None:
-        """Finish every admitted job, then stop the threads."""
-        self._executor.shutdown(wait=True)
+        """Stop the threads after the jobs running now; jobs not started are cancelled (at shutdown uvicorn has
+        answered every HTTP request already; what is left belongs to streams it has closed)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -29,13 +29,26 @@ def build_app(config: ServeConfig, map_paths: list[Path], token_file: Path | Non
     """(the ASGI application, its maps); InputError for a bad token source or map file, before anything binds."""
     token = read_token(token_file)
     maps = load_served_maps(map_paths, config.device, config.viewer_points)
-    GuardedH11Protocol.header_timeout_s = config.header_timeout_s
     return create_app(config, maps, token), maps
+
+
+def uvicorn_settings(config: ServeConfig) -> dict:
+    """uvicorn's settings for `config` (host and port aside): the guarded h11 protocol with this server's header
+    deadline, WebSockets, the connection and message limits, the graceful-stop deadline, no access log (it would
+    log query strings) and no proxy headers: X-Forwarded-For is the client's to write, and trusting it would let
+    any client pick the address its rate is counted under."""
+    protocol = type("ServeH11Protocol", (GuardedH11Protocol,), {"header_timeout_s": config.header_timeout_s})
+    return dict(http=protocol, ws="websockets-sansio", limit_concurrency=config.max_connections,
+                timeout_graceful_shutdown=int(config.request_timeout_s + 5), ws_max_size=config.max_body_bytes,
+                proxy_headers=False, access_log=False, log_level="warning", server_header=False)
 
 
 def app_from_environment():
     """The application of one worker process (uvicorn's factory with workers > 1)."""
     config, map_paths, token_file = pickle.loads(base64.b64decode(os.environ[SETTINGS_ENV]))
+    # uvicorn hands its settings to worker processes by pickling, so they get the importable class itself, and
+    # each process (one server each) sets the deadline on it.
+    GuardedH11Protocol.header_timeout_s = config.header_timeout_s
     return build_app(config, map_paths, token_file)[0]
 
 
@@ -46,9 +59,7 @@ def serve(config: ServeConfig, map_paths: list[Path], token_file: Path | None, o
     app, maps = build_app(config, map_paths, token_file)  # with workers too: bad input fails here, once
     if on_ready is not None:
         on_ready(maps)
-    common = dict(host=config.host, port=config.port, http=GuardedH11Protocol, ws="websockets-sansio",
-                  limit_concurrency=config.max_connections, timeout_graceful_shutdown=int(config.request_timeout_s + 5),
-                  ws_max_size=config.max_body_bytes, access_log=False, log_level="warning", server_header=False)
+    common = dict(host=config.host, port=config.port, **uvicorn_settings(config))
     # uvicorn stops gracefully on SIGINT/SIGTERM, then restores the handlers it found and raises the signal again;
     # these make that last step a clean exit 0 (not Python's KeyboardInterrupt, or death by the signal).
     for stop in (signal.SIGINT, signal.SIGTERM):
@@ -58,7 +69,8 @@ def serve(config: ServeConfig, map_paths: list[Path], token_file: Path | None, o
         return
     del app, maps
     os.environ[SETTINGS_ENV] = base64.b64encode(pickle.dumps((config, map_paths, token_file))).decode()
-    uvicorn.run("sceneloc.serve.server:app_from_environment", factory=True, workers=config.workers, **common)
+    uvicorn.run("sceneloc.serve.server:app_from_environment", factory=True, workers=config.workers,
+                **{**common, "http": GuardedH11Protocol})
 
 
 def describe(maps: dict[str, ServedMap]) -> str:

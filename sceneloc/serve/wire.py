@@ -12,15 +12,13 @@ import pycolmap
 from PIL import Image, UnidentifiedImageError
 
 from sceneloc.data.query_images import MODEL_NAMES, camera_from_colmap
-from sceneloc.data.scene import Undistortion
+from sceneloc.data.scene import TRANSPOSING_ORIENTATIONS, Undistortion, exif_orientation
 from sceneloc.geometry import Camera
 from sceneloc.localize.estimate import PoseEstimate
 from sceneloc.runtime.errors import InputError
 
 IMAGE_FORMATS = ("JPEG", "PNG")
 """Image formats accepted (Pillow's names): what phones and browsers send."""
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
-"""EXIF orientations that swap width and height (read_image applies them)."""
 
 
 class RequestError(Exception):
@@ -40,10 +38,7 @@ def parse_camera(text: str | None) -> tuple[Camera, Undistortion | None]:
     naming the field otherwise."""
     if text is None:
         raise RequestError(422, "camera: field required (JSON: model, width, height, params)")
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(422, f"camera: not JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    value = parse_json(text, "camera")
     if not isinstance(value, dict):
         raise RequestError(422, "camera: expected a JSON object with model, width, height, params")
     for name in ("model", "width", "height", "params"):
@@ -57,8 +52,7 @@ def parse_camera(text: str | None) -> tuple[Camera, Undistortion | None]:
         if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 100_000:
             raise RequestError(422, f"camera.{name}: expected a positive integer, got {size!r}")
     params = value["params"]
-    if (not isinstance(params, list) or
-            not all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) for p in params)):
+    if not isinstance(params, list) or not all(finite_number(p) for p in params):
         raise RequestError(422, f"camera.params: expected a list of finite numbers, got {str(params)[:80]}")
     colmap_camera = pycolmap.Camera(model=model, width=value["width"], height=value["height"],
                                     params=[float(p) for p in params])
@@ -71,6 +65,27 @@ def parse_camera(text: str | None) -> tuple[Camera, Undistortion | None]:
         raise RequestError(422, f"camera: {e.problem}") from None
 
 
+def parse_json(text: str, field: str):
+    """A JSON field's value; RequestError 422 naming `field` for text that is not JSON, nested too deeply or
+    holds numbers Python refuses (integers of thousands of digits)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestError(422, f"{field}: not JSON ({e.msg})") from None
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise RequestError(422, f"{field}: not JSON that can be read (too deep or too large numbers)") from None
+
+
+def finite_number(value) -> bool:
+    """Whether a JSON value is a finite number (not a bool; huge integers count as not finite)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def camera_json(camera: Camera) -> dict:
     """A pinhole Camera as the camera field's JSON (PINHOLE, COLMAP's principal-point convention)."""
     return {"model": "PINHOLE", "width": camera.width, "height": camera.height,
@@ -78,24 +93,22 @@ def camera_json(camera: Camera) -> dict:
 
 
 def check_image(data: bytes, max_pixels: int) -> tuple[int, int]:
-    """The (width, height) an uploaded image decodes to (EXIF orientation applied), read from its header only:
-    RequestError 415 when it is not a JPEG or PNG, 413 when it has more than max_pixels pixels."""
+    """The (width, height) an uploaded image decodes to (EXIF orientation applied), read from its header without
+    decoding a pixel: RequestError 415 when it is not a JPEG or PNG, 413 when it has more than max_pixels pixels."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt, (width, height) = image.format, image.size
-            try:
-                orientation = int(image.getexif().get(0x0112, 1))
-            except Exception:  # a damaged EXIF block is no orientation, as for read_image
-                orientation = 1
+            if fmt not in IMAGE_FORMATS:
+                raise RequestError(415, f"image: {fmt} images are not accepted ({' or '.join(IMAGE_FORMATS)} "
+                                        f"expected)")
+            if width * height > max_pixels:
+                raise RequestError(413, f"image: {width}x{height} is over the limit of {max_pixels:,} pixels")
+            orientation = exif_orientation(image)
     except Image.DecompressionBombError:
         raise RequestError(413, f"image: over {max_pixels:,} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise RequestError(415, f"image: not an image ({' or '.join(IMAGE_FORMATS)} expected)") from None
-    if fmt not in IMAGE_FORMATS:
-        raise RequestError(415, f"image: {fmt} images are not accepted ({' or '.join(IMAGE_FORMATS)} expected)")
-    if width * height > max_pixels:
-        raise RequestError(413, f"image: {width}x{height} is over the limit of {max_pixels:,} pixels")
-    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
+    return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
 
 
 def check_camera_fits(size: tuple[int, int], camera: Camera) -> None:
