@@ -125,11 +125,19 @@ class Client:
         """The Prometheus text of the process that answered."""
         return self._checked(self._http.get("/metrics")).text
 
-    def stream(self, map_name: str, path: str = "stream") -> "Stream":
-        """A WebSocket stream of frames to `map_name` (path "events": the viewer's feed of every localization)."""
+    def stream(self, map_name: str) -> "Stream":
+        """A WebSocket stream of frames to `map_name`: send frames, receive a message per frame."""
+        return Stream(self._socket(map_name, "stream"))
+
+    def events(self, map_name: str) -> "Stream":
+        """The viewer's feed: every localization on `map_name` (HTTP and streams) as a pose event. Only receive
+        on it: the server takes any message from the client as the viewer leaving."""
+        return Stream(self._socket(map_name, "events"))
+
+    def _socket(self, map_name: str, path: str):
         ws_url = "ws" + self.url[len("http"):] + f"/v1/maps/{map_name}/{path}"
-        return Stream(connect(ws_url, additional_headers={"authorization": f"Bearer {self.token}"},
-                              open_timeout=self.timeout_s, max_size=None))
+        return connect(ws_url, additional_headers={"authorization": f"Bearer {self.token}"},
+                       open_timeout=self.timeout_s, max_size=None)
 
 
 class Stream:

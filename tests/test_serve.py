@@ -742,7 +742,7 @@ def test_websocket_handshake_is_refused_without_the_token_or_map(main_server, pa
 
 def test_events_socket_receives_every_localization_on_its_map(room, main_server):
     frame = room.frames[0]
-    with Client(main_server.url, TOKEN) as client, client.stream("squeeze", path="events") as events:
+    with Client(main_server.url, TOKEN) as client, client.events("squeeze") as events:
         reply = client.localize("squeeze", frame.rgb_path.read_bytes(), frame.camera, name="http-query.png")
         client.localize("multi_v2", frame.rgb_path.read_bytes(), frame.camera, scene="a")  # another map's
         event = events.receive(timeout_s=WAIT_S)
@@ -1128,7 +1128,7 @@ def test_websockets_beyond_max_sockets_are_refused_with_503(room):
     with serving(room.maps, threads=1, max_sockets=1) as server, Client(server.url, TOKEN) as client:
         with client.stream("squeeze"):
             with pytest.raises(InvalidStatus) as refused:
-                with client.stream("squeeze", path="events"):
+                with client.events("squeeze"):
                     pass
             assert refused.value.response.status_code == 503
         _wait_until(lambda: _can_open(client), "the socket to be given back")
@@ -1136,7 +1136,7 @@ def test_websockets_beyond_max_sockets_are_refused_with_503(room):
 
 def _can_open(client) -> bool:
     try:
-        with client.stream("squeeze", path="events"):
+        with client.events("squeeze"):
             return True
     except InvalidStatus:
         return False

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import sceneloc
-from browser import chromium_available, headless_chromium, viewer_state, wait_for
+from browser import chromium_available, headless_chromium, viewer_state, wait_for, webgl_renderer
 from conftest import SERVE_TOKEN as TOKEN
 from conftest import serving
 from sceneloc.client import Client
@@ -70,6 +70,7 @@ def test_viewer_draws_the_map_and_a_frustum_per_localization(tiny_room_structure
         driver.get(f"{server.url}/viewer?token={TOKEN}")
         assert driver.current_url == f"{server.url}/viewer"  # redirected: the token left the address bar
         assert TOKEN not in driver.execute_script("return document.cookie")  # HttpOnly: the page cannot read it
+        assert webgl_renderer(driver) is not None, "this Chromium has no WebGL (tests/browser.py's flags)"
         wait_for(driver, f"window.scenelocViewer && window.scenelocViewer.points === {n_points} "
                          f"&& window.scenelocViewer.connected", timeout_s=60)
         _drawn(driver)

@@ -27,10 +27,11 @@ class ServiceMetrics:
                                          ["route"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.localizations = Counter("sceneloc_localizations", "Images localized, by map, source and outcome",
                                      ["map", "source", "outcome"], registry=self.registry)
-        self.localize_seconds = Histogram("sceneloc_localize_seconds", "Time of one image in a localization "
-                                          "thread (decode, network, RANSAC)", ["map"], buckets=LATENCY_BUCKETS_S,
-                                          registry=self.registry)
-        self.queue_seconds = Histogram("sceneloc_queue_seconds", "Time an admitted image waited for a thread",
+        self.localize_seconds = Histogram("sceneloc_localize_seconds", "Time of one image in the localize loop "
+                                          "(resize, network, RANSAC; the upload's decoding aside)", ["map"],
+                                          buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.queue_seconds = Histogram("sceneloc_queue_seconds", "Time of an admitted image outside the "
+                                       "localize loop: waiting for a thread, decoding the upload",
                                        buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.rejects = Counter("sceneloc_rejects", "Requests and frames refused, by reason",
                                ["reason"], registry=self.registry)
