@@ -41,6 +41,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 import sceneloc
+from sceneloc.bench.service_load import free_port
 from conftest import SERVE_TOKEN as TOKEN
 from conftest import RunningServer, run_cli, run_script, serving
 from sceneloc.client import Client, camera_field
@@ -233,12 +234,6 @@ def _errors_deg_m(estimate, truth) -> tuple[float, float]:
 # Fixtures
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def started_early(tmp_path_factory):
     """The module's work in other processes, started before anything else so that their start (some seconds of
@@ -248,7 +243,7 @@ def started_early(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve-process")
     token_file = tmp / "token"
     token_file.write_text(TOKEN + "\n")
-    port = _free_port()
+    port = free_port()
     script = Path(sys.executable).with_name("sceneloc")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "sceneloc.cli"]
     with pytest.MonkeyPatch.context() as patch, (tmp / "serve.log").open("w") as log, \

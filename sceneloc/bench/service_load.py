@@ -57,7 +57,8 @@ class LoadTestConfig:
     """Extra arguments of `sceneloc serve` (e.g. ["--threads", "1", "--set", "queue_size=4"])."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (the load test's server and the tests' take one)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -235,7 +236,7 @@ def run_load_test(map_path: Path, scene: Scene, out_dir: Path, config: LoadTestC
     results["baseline"] = baseline_throughput(map_path, scene, config.baseline_images)
 
     token = os.urandom(16).hex()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         token_file = Path(tmp) / "token"
