@@ -18,9 +18,11 @@ demo: $(STAMP)
 	$(SCENELOC) localize $(DEMO)/room.map $(DEMO)/scene -o $(DEMO)/poses.txt
 	$(SCENELOC) evaluate $(DEMO)/poses.txt --gt $(DEMO)/scene -o $(DEMO)/eval
 
+# Test files run in parallel, one per core (at most 4: each can hold a few GB), every test of a file in the same
+# worker so that a file's module fixtures (the maps its tests share) are built once. Each test uses one torch thread.
 test: $(STAMP)
 	$(VENV)/bin/ruff check sceneloc tests
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 bench: $(STAMP)
 	$(SCENELOC) bench --suite quick --out bench-out/quick

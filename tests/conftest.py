@@ -20,6 +20,14 @@ from scipy.spatial.transform import Rotation
 
 from sceneloc.cli import main
 from sceneloc.geometry import Rigid3
+from sceneloc.serve.pool import available_cores
+
+# `make test` runs a pytest-xdist worker per core: each worker takes its share of the cores, so that tests that do not
+# pin one thread (torch_threads) do not oversubscribe them; the commands the tests start inherit the setting.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _CORE_SHARE = max(1, available_cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_CORE_SHARE)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_CORE_SHARE))
 
 
 @contextmanager
