@@ -10,12 +10,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from sceneloc.dem.cli import dem_app
 from sceneloc.runtime.atomic import check_writable
+from sceneloc.runtime.console import console, fail as _fail, print_error as _print_error
 from sceneloc.runtime.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Map a scene from posed RGB images, then relocalize new images (scene coordinate regression).")
-console = Console(stderr=True)
 
 DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda")
 SetOption = typer.Option(None, "--set",
@@ -23,17 +24,6 @@ SetOption = typer.Option(None, "--set",
 PrecisionOption = typer.Option("auto", "--precision",
                                help="auto | bf16 | fp32 (auto: bfloat16 only on CPUs with AMX/AVX512-BF16, float16 "
                                     "on CUDA, else float32)")
-
-
-def _print_error(message: str) -> None:
-    # escape: messages quote user text ("[[fx 0 cx] ...]", paths) that rich would take for markup; soft_wrap: one
-    # line whatever the terminal width, so the error stays greppable.
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-
-
-def _fail(message: str) -> None:
-    _print_error(message)
-    raise typer.Exit(2)
 
 
 def _device(name: str):
@@ -564,6 +554,7 @@ def load_test_command(
 
 export_app = typer.Typer(no_args_is_help=True, help="Export what a map knows about its scene.")
 app.add_typer(export_app, name="export")
+app.add_typer(dem_app, name="dem")
 
 
 @export_app.command("points")

@@ -22,7 +22,9 @@ KNOWN_FORMATS = {"sceneloc-map": "a single-scene sceneloc map (from `sceneloc ma
                  "sceneloc-multimap": "a multi-scene sceneloc map (from `sceneloc map --multi`)",
                  "sceneloc-structure-map": "a compressed structure-based map (from `sceneloc map --type structure`)",
                  "sceneloc-hybrid-map": "a hybrid map (from `sceneloc map --type hybrid`)",
-                 "sceneloc-colmap-sift": "a colmap-sift peer map (from `sceneloc bench`)"}
+                 "sceneloc-colmap-sift": "a colmap-sift peer map (from `sceneloc bench`)",
+                 "sceneloc-cdem": "an EBCF-CDEM DEM super-resolution model (from `sceneloc dem train`)",
+                 "sceneloc-dem-cnn": "a fixed-scale CNN DEM super-resolution model (from `sceneloc dem train`)"}
 """The "format" of every map kind, in words: a map of one kind given where another is needed is named for what it
 is, not "not a sceneloc map"."""
 
