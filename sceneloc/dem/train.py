@@ -45,8 +45,9 @@ class DemTrainConfig:
     """Optimiser steps."""
     lr_start: float = 1e-4
     """Learning rate at the first step."""
-    lr_max: float = 1e-3
-    """Peak learning rate of the one-cycle schedule."""
+    lr_max: float = 2e-3
+    """Peak learning rate of the one-cycle schedule (the thesis: Adam at 1e-4 for 300 epochs of a large set; this
+    is for a few thousand steps)."""
     lr_end: float = 1e-6
     """Learning rate at the last step."""
     weight_decay: float = 0.0
