@@ -148,6 +148,30 @@ def test_large_inputs_go_by_tiles_with_the_same_result():
     assert cubic.max() < 1e-2 * np.abs(np.diff(lr, 2, axis=0)).max()
 
 
+def test_the_model_tile_by_tile_on_a_large_input_is_its_base_when_untrained():
+    torch.manual_seed(0)
+    model = CdemModel(CdemNet(CdemConfig(channels=4, blocks=1, decoder_width=8, base="bilinear")))
+    rng = np.random.default_rng(2)
+    lr = 300 + np.cumsum(np.cumsum(rng.normal(size=(50, 70)), 0), 1)
+    for scale in (2.0, 4.5):  # tiles of 24 and 11 samples plus halos
+        u, v = fine_cells_of_centres(50, round(50 * scale)), fine_cells_of_centres(70, round(70 * scale))
+        assert np.abs(model.predict(lr, u, v, 1 / scale) - interpolate(lr, u, v, "bilinear")).max() < 1e-3
+
+
+def test_codes_are_sampled_at_the_query_rows_and_columns_of_a_non_square_grid():
+    # With an identity encoder and a decoder that passes the blended code through, the network's output is the
+    # bilinear interpolation of its input: rows and columns cannot have been swapped.
+    net = CdemNet(CdemConfig(channels=1, blocks=1, decoder_width=4, target="elevation"))
+    net.encoder = torch.nn.Identity()
+    net.decoder = torch.nn.Sequential()  # the output is the first input feature: the code
+    lr = grid(7, 11, lambda j, k: j ** 2 + 10 * k)
+    u, v = np.array([0.0, 0.25, 3.5, 6.0]), np.array([0.0, 1.75, 9.5, 10.0])
+    uu, vv = np.meshgrid(u, v, indexing="ij")
+    query = torch.tensor(np.stack([uu, vv], -1).reshape(1, -1, 2), dtype=torch.float32)
+    out = net(torch.tensor(lr, dtype=torch.float32)[None, None], query, torch.ones(1), torch.zeros(1, 16))
+    assert np.allclose(out.detach().numpy().reshape(4, 4), interpolate(lr, u, v, "bilinear"), atol=1e-4)
+
+
 def test_tiles_cover_the_grid_without_overlap():
     cells = tiles((100, 130), 48)
     assert len(cells) == 2 * 2
@@ -260,7 +284,9 @@ def test_bad_training_settings_are_refused():
 
 @pytest.fixture(scope="module")
 def low_tif(tmp_path_factory, jacksboro):
-    """jacksboro's first 96 x 120 cells downsampled by 4, as a GeoTIFF, and the truth beside it."""
+    """jacksboro's first 96 x 120 cells downsampled by 4, as a GeoTIFF, and the truth beside it. (The coarse file's
+    transform puts each sample at its cell's centre, half a fine cell from the fine cell it took: the commands are
+    under test here, not the accuracy, which test_training_learns... measures on the exact geometry.)"""
     folder = tmp_path_factory.mktemp("dem")
     truth = Dem(jacksboro.elevation[:96, :120].copy(), (25.0, 25.0), Affine(25.0, 0, 0, 0, -25.0, 3000.0))
     write_dem(folder / "truth.tif", truth)
@@ -296,7 +322,8 @@ def test_a_grid_of_other_cells_is_refused(low_tif):
 
 
 @pytest.mark.parametrize("case", ["missing", "folder", "suffix", "npy-no-cell", "1d", "tiny", "garbage-tif",
-                                  "nan-only", "npz-no-key", "scale", "overwrite", "not-a-model", "out-suffix"])
+                                  "nan-only", "npz-no-key", "scale", "overwrite", "not-a-model", "out-suffix",
+                                  "three-bands", "cell-size", "npy-as-npz", "cnn-scale"])
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, low_tif, case):
     low = low_tif / "low.tif"
     out = tmp_path / "out.tif"
@@ -334,6 +361,22 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, low_tif, case):
     elif case == "not-a-model":
         (tmp_path / "m.safetensors").write_bytes(b"\x00" * 16)
         args, expect = ["upsample", tmp_path / "m.safetensors", low, "-o", out, "--scale", "2"], "not a DEM model"
+    elif case == "three-bands":
+        import rasterio
+
+        with rasterio.open(tmp_path / "rgb.tif", "w", driver="GTiff", height=16, width=16, count=3,
+                           dtype="uint8") as dst:
+            dst.write(np.zeros((3, 16, 16), np.uint8))
+        args, expect = ["upsample", "bicubic", tmp_path / "rgb.tif", "-o", out, "--scale", "2"], "has 3 bands"
+    elif case == "cell-size":
+        args, expect = ["upsample", "bicubic", low, "-o", out, "--scale", "2", "--cell-size", "0"], "--cell-size 0"
+    elif case == "npy-as-npz":
+        np.save(tmp_path / "d.npy", np.zeros((10, 10)))
+        (tmp_path / "d.npy").rename(tmp_path / "d.npz")
+        args, expect = ["upsample", "bicubic", tmp_path / "d.npz", "-o", out, "--scale", "2"], "not an .npz"
+    elif case == "cnn-scale":
+        CnnModel(FixedScaleCnn(CnnConfig(factor=4, channels=2, blocks=1))).save(tmp_path / "cnn.safetensors")
+        args, expect = ["upsample", tmp_path / "cnn.safetensors", low, "-o", out, "--scale", "3"], "trained for x4"
     else:
         args, expect = ["upsample", "bicubic", low, "-o", tmp_path / "out.png", "--scale", "2"], "unknown DEM file"
     before = low.read_bytes()

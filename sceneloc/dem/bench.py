@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sceneloc.dem.evaluate import EVAL_TILE, tile_errors
+from sceneloc.dem.evaluate import EVAL_BORDER, EVAL_TILE, tile_errors
 from sceneloc.dem.model import CdemConfig, Interpolation, SuperResolver, load_model
 from sceneloc.dem.raster import Dem, read_dem
 from sceneloc.dem.sampling import downsample_nearest, fine_cells_of_downsampled
 from sceneloc.dem.terrain import ERROR_KEYS, dem_errors, summarise
 from sceneloc.dem.train import DemTrainConfig, held_out_part, train_dem_model
 from sceneloc.evaluate.report import strict_json
-from sceneloc.runtime.atomic import write_text_atomic
+from sceneloc.runtime.atomic import atomic_output, write_text_atomic
 
 FACTORS = (2, 4, 6, 8)
 """The scales of the thesis's tables."""
@@ -75,11 +75,14 @@ def _file_name(name: str) -> str:
 
 def _trained(variant: Variant, train_dem: Dem, steps: int, folder: Path, resume: bool, log) -> SuperResolver:
     path = folder / _file_name(variant.name)
-    if resume and path.is_file():
-        log(f"{variant.name}: reusing {path}")
-        return load_model(path)
     config = DemTrainConfig(method=variant.method, scales=variant.scales, model=variant.model, steps=steps,
                             hold_out=HOLD_OUT)
+    if resume and path.is_file():
+        model = load_model(path)
+        if model.training.get("config") == config.to_dict():
+            log(f"{variant.name}: reusing {path}")
+            return model
+        log(f"{variant.name}: {path} was trained with other settings; training again")
     model = train_dem_model([train_dem], config, names=["jacksboro_fault_dem.npz"])
     model.save(path)
     log(f"{variant.name}: trained in {model.training['train_s']:.0f} s, final L1 {model.training['final_l1']:.4f}")
@@ -104,8 +107,8 @@ def _report(results: dict) -> str:
     tiles = results["test_tiles"]
     lines = ["# DEM super-resolution (sceneloc dem bench)", "",
              f"Test: {tiles} tiles of {EVAL_TILE} x {EVAL_TILE} cells of jacksboro_fault_dem's eastern "
-             f"{HOLD_OUT:.0%} (never trained on); training steps per model: {results['steps']}. RMSE per tile, "
-             "mean ± std over tiles.", ""]
+             f"{HOLD_OUT:.0%} (never trained on), scored without {EVAL_BORDER} cells at each edge as the thesis "
+             f"does; training steps per model: {results['steps']}. RMSE per tile, mean ± std over tiles.", ""]
     units = {"elevation": "m", "slope": "deg", "aspect": "deg"}
     for key in ERROR_KEYS:
         lines += [f"## RMSE of {key} ({units[key]})", "", "| method | " + " | ".join(f"x{f}" for f in FACTORS) + " |",
@@ -163,7 +166,8 @@ def _error_maps(test: np.ndarray, resolvers_at: Callable[[int], dict[str, SuperR
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(path, dpi=110)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 

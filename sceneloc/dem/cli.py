@@ -15,6 +15,8 @@ from sceneloc.runtime.atomic import check_writable
 from sceneloc.runtime.console import console, fail as _fail
 
 dem_app = typer.Typer(no_args_is_help=True, help="Continuous DEM super-resolution (EBCF-CDEM, thesis chapter 3).")
+MAX_OUTPUT_CELLS = 200_000_000
+"""Largest DEM `upsample` writes (800 MB of float32): beyond it, tile the input first."""
 CellSizeOption = typer.Option(None, "--cell-size", help="Cell size in metres, for files that do not hold one "
                                                         "(.npy) or to override theirs")
 
@@ -76,7 +78,7 @@ def upsample_command(
     cell_size: Optional[float] = CellSizeOption,
 ):
     """Super-resolve a DEM by any factor with one model: cells `scale` times smaller, the same ground."""
-    from sceneloc.dem.model import Interpolation, load_model
+    from sceneloc.dem.model import CnnModel, Interpolation, load_model
     from sceneloc.dem.raster import check_dem_output, read_dem, write_dem
     from sceneloc.dem.sampling import BASES, fine_cells_of_centres
 
@@ -86,9 +88,14 @@ def upsample_command(
     model_path = None if model in BASES else Path(model)
     check_writable(output, [low] + ([model_path] if model_path else []))
     resolver = Interpolation(model) if model_path is None else load_model(model_path)
+    if isinstance(resolver, CnnModel) and scale != resolver.config.factor:
+        _fail(f"{model_path}: a fixed-scale CNN trained for x{resolver.config.factor}, not x{scale:g} (EBCF-CDEM "
+              f"models take any scale)")
     dem = read_dem(low, cell_size)
     h, w = dem.shape
     out_h, out_w = round(h * scale), round(w * scale)
+    if out_h * out_w > MAX_OUTPUT_CELLS:
+        _fail(f"{low}: {h}x{w} cells at x{scale:g} would be {out_h}x{out_w}, over {MAX_OUTPUT_CELLS:,} cells")
     elevation = resolver.predict(dem.elevation, fine_cells_of_centres(h, out_h), fine_cells_of_centres(w, out_w),
                                  1.0 / scale)
     write_dem(output, dem.resampled(elevation))
@@ -106,6 +113,7 @@ def evaluate_command(
     """RMSE of elevation (m), slope and aspect (degrees) against the truth, over the grid and per tile."""
     from sceneloc.dem.evaluate import compare_dems
     from sceneloc.dem.raster import read_dem
+    from sceneloc.evaluate.report import strict_json
     from sceneloc.runtime.atomic import write_text_atomic
 
     if not tile >= 3:
@@ -122,7 +130,7 @@ def evaluate_command(
                  f"{t['elevation']['std']:.3f} m")
     Console().print(line)
     if output is not None:
-        write_text_atomic(output, json.dumps(result, indent=2) + "\n")
+        write_text_atomic(output, json.dumps(strict_json(result), indent=2) + "\n")
         console.print(f"wrote {output}")
 
 

@@ -14,6 +14,9 @@ from sceneloc.runtime.errors import InputError
 EVAL_TILE = 48
 """Side of the evaluation tiles in fine cells: a multiple of 2, 3, 4, 6 and 8 (the thesis: 64 and 96 on larger
 data sets; the held-out part of a 403-column DEM has room for few of those)."""
+EVAL_BORDER = 2
+"""Fine cells left out of the score at each edge of a tile, as the thesis does (section 3.5.1): the edge cells lie
+beyond the coarse samples (up to factor / 2 cells at even factors) and are extrapolated by every method."""
 
 
 def compare_dems(predicted: Dem, truth: Dem, tile: int | None = EVAL_TILE, names: tuple[str, str] = ("", "")
@@ -35,16 +38,18 @@ def compare_dems(predicted: Dem, truth: Dem, tile: int | None = EVAL_TILE, names
 
 
 def tile_errors(resolver: SuperResolver, region: np.ndarray, cell_size: tuple[float, float], factor: int,
-                tile: int = EVAL_TILE) -> tuple[list[dict], list[np.ndarray]]:
+                tile: int = EVAL_TILE, border: int = EVAL_BORDER) -> tuple[list[dict], list[np.ndarray]]:
     """Each fully valid tile x tile tile of `region` (H, W) downsampled by `factor` (downsample_nearest) and
-    super-resolved back by `resolver`: (dem_errors per tile, the predicted tiles)."""
+    super-resolved back by `resolver`, scored without `border` cells at its edges: (dem_errors per tile, the
+    predicted tiles, whole)."""
     coords = fine_cells_of_downsampled(tile, factor)
+    inner = slice(border, tile - border)
     errors, predictions = [], []
     for s in tiles(region.shape, tile):
         hr = region[s].astype(np.float64)
         if not np.isfinite(hr).all():
             continue
         predicted = resolver.predict(downsample_nearest(hr, factor), coords, coords, 1.0 / factor)
-        errors.append(dem_errors(predicted, hr, cell_size))
+        errors.append(dem_errors(predicted[inner, inner], hr[inner, inner], cell_size))
         predictions.append(predicted)
     return errors, predictions

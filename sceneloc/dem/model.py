@@ -12,9 +12,9 @@
 
 All three predict through `SuperResolver.predict(lr, u, v)`: the (len(u), len(v)) elevations at the LR index
 coordinates u x v (sceneloc.dem.sampling). Elevations are normalised per input (subtract the mean, divide by the
-standard deviation, at least MIN_SCALE_M) so that one model serves terrains of any height and relief; inputs larger
-than TILE_CORE samples are processed in tiles with HALO samples of context, each normalised by its own samples, so
-that a model trained on tiles sees tiles."""
+standard deviation, at least MIN_SCALE_M) so that one model serves terrains of any height and relief; large inputs
+are processed in tiles of the training tiles' ground size (tile_core) with HALO samples of context, each normalised
+by its own samples, so that a model trained on tiles sees tiles."""
 
 from __future__ import annotations
 
@@ -34,10 +34,16 @@ from sceneloc.maps.files import config_from_metadata, load_map_file, metadata_fi
 
 MIN_SCALE_M = 1.0
 """Smallest normalising standard deviation, metres: a flat tile is not blown up into noise."""
-TILE_CORE = 24
-"""Low-resolution samples per side of a tile of a large input (the training tiles have 6-24)."""
+TRAIN_TILE = 48
+"""Fine cells a side of the training tiles (DemTrainConfig.tile's default): a tile of a large input covers as much
+ground, so the model sees what it was trained on: 48 / scale coarse samples (24 at x2, 6 at x8)."""
 HALO = 6
 """Samples of context around each tile of a large input."""
+
+
+def tile_core(cell: float) -> int:
+    """Coarse samples a side of the tiles of a large input upsampled by 1 / cell."""
+    return int(np.clip(round(TRAIN_TILE * cell), 4, TRAIN_TILE // 2))
 QUERY_CHUNK = 65536
 """Queries decoded at a time (bounds memory on large outputs)."""
 CDEM_FORMAT, CNN_FORMAT, FORMAT_VERSION = "sceneloc-cdem", "sceneloc-dem-cnn", 1
@@ -170,7 +176,7 @@ class CdemNet(nn.Module):
         grid = torch.stack([2 * query[..., 1] / max(w - 1, 1) - 1, 2 * query[..., 0] / max(h - 1, 1) - 1], dim=-1)
         z = F.grid_sample(codes, grid[:, None], mode="bilinear", padding_mode="border", align_corners=True)
         z = z[:, :, 0].transpose(1, 2)  # (B, Q, C)
-        offset = 2 * (query - torch.round(query))  # from the nearest sample, in [-1, 1]
+        offset = 2 * (query - torch.floor(query + 0.5))  # from the nearest sample, in [-1, 1); ties go up
         position = positional_encoding(offset, self.config.frequencies) if self.config.positional_encoding \
             else offset
         cell = cell[:, None, None].expand(-1, query.shape[1], 1)
@@ -198,6 +204,8 @@ def normalisation(lr: np.ndarray) -> tuple[float, float]:
     """(mean, scale) metres of a low-resolution grid's valid samples: scale is their standard deviation, at least
     MIN_SCALE_M."""
     values = lr[np.isfinite(lr)]
+    if not values.size:
+        return 0.0, 1.0  # a tile without data (sea, a hole): its output is NaN anyway
     return float(values.mean()), max(float(values.std()), MIN_SCALE_M)
 
 
@@ -213,27 +221,27 @@ class SuperResolver(ABC):
     def predict(self, lr: np.ndarray, u: np.ndarray, v: np.ndarray, cell: float) -> np.ndarray:
         """(len(u), len(v)) elevations, metres, at LR index coordinates u (rows) x v (columns) of `lr` (h, w)
         metres; `cell` is the query grid's cell size in coarse cells (1 / scale). Large inputs go tile by tile."""
-        if max(lr.shape) <= TILE_CORE + 2 * HALO:
+        core = tile_core(cell)
+        if max(lr.shape) <= core + 2 * HALO:
             return self.predict_tile(lr, u, v, cell)
         out = np.empty((len(u), len(v)), dtype=np.float32)
-        row_bands = _bands(u, lr.shape[0])
-        for rows, r0, r1 in row_bands:
-            for cols, c0, c1 in _bands(v, lr.shape[1]):
+        for rows, r0, r1 in _bands(u, lr.shape[0], core):
+            for cols, c0, c1 in _bands(v, lr.shape[1], core):
                 out[np.ix_(rows, cols)] = self.predict_tile(lr[r0:r1, c0:c1], u[rows] - r0, v[cols] - c0, cell)
         return out
 
 
-def _bands(coords: np.ndarray, n: int) -> list[tuple[np.ndarray, int, int]]:
-    """Split query coordinates along one axis into tiles of TILE_CORE samples: (query indices, first sample, end
+def _bands(coords: np.ndarray, n: int, core: int) -> list[tuple[np.ndarray, int, int]]:
+    """Split query coordinates along one axis into tiles of `core` samples: (query indices, first sample, end
     sample) with HALO samples of context on each side (fewer at the grid's edges)."""
     bands = []
-    for start in range(0, n, TILE_CORE):
+    for start in range(0, n, core):
         # Queries belong to the tile whose samples they are nearest; those beyond the grid to the edge tiles.
         lo = -np.inf if start == 0 else start - 0.5
-        hi = np.inf if start + TILE_CORE >= n else start + TILE_CORE - 0.5
+        hi = np.inf if start + core >= n else start + core - 0.5
         rows = np.nonzero((coords >= lo) & (coords < hi))[0]
         if rows.size:
-            bands.append((rows, max(0, start - HALO), min(n, start + TILE_CORE + HALO)))
+            bands.append((rows, max(0, start - HALO), min(n, start + core + HALO)))
     return bands
 
 
@@ -279,7 +287,8 @@ class CdemModel(SuperResolver):
 
 
 class CnnModel(SuperResolver):
-    """A trained FixedScaleCnn: refines the bicubic interpolation at the queries."""
+    """A trained FixedScaleCnn: refines the bicubic interpolation on the query grid. It convolves the fine grid, so
+    it runs on the whole input at once (tiles of the fine grid would leave seams) and is meant for its own factor."""
 
     name = "CNN"
 
@@ -289,6 +298,9 @@ class CnnModel(SuperResolver):
     @property
     def config(self) -> CnnConfig:
         return self.net.config
+
+    def predict(self, lr, u, v, cell):
+        return self.predict_tile(lr, u, v, cell)
 
     @torch.no_grad()
     def predict_tile(self, lr, u, v, cell):

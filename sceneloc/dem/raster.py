@@ -7,6 +7,7 @@ Grid convention (as GeoTIFF's): row 0 is the northern edge, column 0 the western
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -78,32 +79,53 @@ def _geographic_cell_size(dy_deg: float, dx_deg: float, centre_lat_deg: float) -
 
 def _read_tif(path: Path) -> Dem:
     import rasterio
-    from rasterio.errors import RasterioError
+    from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
 
     try:
-        with rasterio.open(path) as src:
-            if src.count < 1:
-                raise InputError(path, "GeoTIFF has no band")
-            band = src.read(1, masked=True)
-            transform, crs = src.transform, src.crs
+        with warnings.catch_warnings():
+            # A grid without georeference is still a DEM (cells of one metre, below); not a warning on every read.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                if src.count != 1:
+                    raise InputError(path, f"GeoTIFF has {src.count} bands; a DEM has one (elevation)")
+                band = src.read(1, masked=True)
+                transform, crs = src.transform, src.crs
     except RasterioError as e:
         raise InputError(path, f"not a readable GeoTIFF ({str(e).splitlines()[0]})") from None
     elevation = np.ma.filled(band.astype(np.float32), np.nan)
-    if not transform.is_rectilinear or transform.is_identity:
+    # Ground size of a cell along rows and columns, rotated or sheared grids included.
+    dy, dx = math.hypot(transform.b, transform.e), math.hypot(transform.a, transform.d)
+    if transform.is_identity:
         cell = (1.0, 1.0)  # no georeference: cells of one metre, as GDAL assumes for slope
     elif crs is not None and crs.is_geographic:
-        centre_lat = (transform * (0, elevation.shape[0] / 2))[1]
-        cell = _geographic_cell_size(transform.e, transform.a, centre_lat)
+        centre_lat = (transform * (elevation.shape[1] / 2, elevation.shape[0] / 2))[1]
+        cell = _geographic_cell_size(dy, dx, centre_lat)
     else:
-        unit = crs.linear_units_factor[1] if crs is not None and crs.is_projected else 1.0
-        cell = (abs(transform.e) * unit, abs(transform.a) * unit)
+        try:
+            unit = crs.linear_units_factor[1] if crs is not None else 1.0
+        except CRSError:
+            unit = 1.0  # a CRS without linear units: take its numbers as metres
+        cell = (dy * unit, dx * unit)
     return Dem(_checked(path, elevation, cell), cell, transform, None if crs is None else crs.to_wkt())
+
+
+def _scalars(path: Path, arrays: dict, key: str, count: int = 1) -> list[float]:
+    """The `count` finite real numbers stored as arrays[key] (a scalar or a short vector); InputError otherwise."""
+    value = arrays[key]
+    if not (np.issubdtype(value.dtype, np.number) and not np.issubdtype(value.dtype, np.complexfloating)) \
+            or value.size not in (1, count) or value.ndim > 1 or not np.isfinite(value).all():
+        raise InputError(path, f"'{key}' is not {'a number' if count == 1 else f'1 or {count} numbers'}")
+    flat = value.astype(np.float64).ravel()
+    return [float(flat[0])] * count if flat.size == 1 else [float(x) for x in flat]
 
 
 def _read_npz(path: Path, cell_size: float | None) -> Dem:
     try:
         data = np.load(path, allow_pickle=False)
-        arrays = {k: data[k] for k in data.files}
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise InputError(path, "is an .npy array, not an .npz archive (rename it to .npy)")
+        with data:
+            arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError) as e:
         raise InputError(path, f"not a readable .npz ({e})") from None
     key = next((k for k in NPZ_ELEVATION_KEYS if k in arrays), None)
@@ -117,18 +139,25 @@ def _read_npz(path: Path, cell_size: float | None) -> Dem:
     if cell_size is not None:
         cell = (cell_size, cell_size)
     elif "cell_size" in arrays:
-        c = np.atleast_1d(arrays["cell_size"]).astype(float)
-        cell = (float(c[0]), float(c[-1]))
-    elif "dx" in arrays and "dy" in arrays and "ymin" in arrays and "ymax" in arrays:
+        cell = tuple(_scalars(path, arrays, "cell_size", 2))
+    elif all(k in arrays for k in ("dx", "dy", "ymin", "ymax")):
         # matplotlib's jacksboro_fault_dem.npz: degree spacing and latitude bounds.
-        centre_lat = (float(arrays["ymin"]) + float(arrays["ymax"])) / 2
-        cell = _geographic_cell_size(float(arrays["dy"]), float(arrays["dx"]), centre_lat)
-    elif "latitude" in arrays and "longitude" in arrays and len(arrays["latitude"]) > 1:
+        (dx,), (dy,), (y0,), (y1,) = (_scalars(path, arrays, k) for k in ("dx", "dy", "ymin", "ymax"))
+        if not (abs(y0) <= 90 and abs(y1) <= 90 and 0 < abs(dx) < 1 and 0 < abs(dy) < 1):
+            raise InputError(path, "dx, dy, ymin, ymax do not look like degrees: store 'cell_size' (metres) or "
+                                   "pass --cell-size")
+        cell = _geographic_cell_size(dy, dx, (y0 + y1) / 2)
+    elif "latitude" in arrays and "longitude" in arrays:
         # matplotlib's topobathy.npz: latitude and longitude of every row and column.
-        lat, lon = arrays["latitude"].astype(float), arrays["longitude"].astype(float)
+        lat, lon = arrays["latitude"].astype(np.float64), arrays["longitude"].astype(np.float64)
+        if elevation.ndim != 2 or lat.shape != (elevation.shape[0],) or lon.shape != (elevation.shape[1],) \
+                or min(lat.size, lon.size) < 2 or np.abs(lat).max() > 90:
+            raise InputError(path, "'latitude' and 'longitude' must give one value in degrees per row and column")
         cell = _geographic_cell_size(np.diff(lat).mean(), np.diff(lon).mean(), lat.mean())
-        if lat[1] > lat[0] and elevation.ndim == 2:
+        if lat[1] > lat[0]:
             elevation = elevation[::-1]  # rows from south to north: make row 0 the northern edge
+        if lon[1] < lon[0]:
+            elevation = elevation[:, ::-1]  # columns from east to west: make column 0 the western edge
     else:
         raise InputError(path, "no cell size: store 'cell_size' (metres) in the .npz or pass --cell-size")
     return Dem(_checked(path, elevation, cell), cell)
@@ -140,6 +169,8 @@ def read_dem(path: str | Path, cell_size: float | None = None) -> Dem:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "DEM file does not exist" if not path.exists() else "is a folder, not a DEM file")
+    if cell_size is not None and not (math.isfinite(cell_size) and cell_size > 0):
+        raise InputError(path, f"--cell-size {cell_size} is not a positive number of metres")
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         dem = _read_tif(path)
@@ -153,6 +184,9 @@ def read_dem(path: str | Path, cell_size: float | None = None) -> Dem:
             elevation = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             raise InputError(path, f"not a readable .npy ({e})") from None
+        if not isinstance(elevation, np.ndarray):
+            elevation.close()
+            raise InputError(path, "is an .npz archive, not an .npy array (rename it to .npz)")
         if cell_size is None:
             raise InputError(path, "an .npy holds no cell size: pass --cell-size (metres)")
         return Dem(_checked(path, elevation, (cell_size, cell_size)), (cell_size, cell_size))

@@ -156,7 +156,7 @@ def train_dem_model(dems: list[Dem], config: DemTrainConfig, names: list[str] | 
     torch thread count."""
     config.validate()
     grids = [training_part(d, config.hold_out) for d in dems]
-    size = max(config.scales) * (config.tile // max(config.scales))
+    size = max(f * (config.tile // f) for f in config.scales)  # the largest tile any factor cuts
     if not any(min(g.shape) >= size for g in grids):
         raise ValueError(f"no training DEM has {size}x{size} cells to cut tiles from")
     torch.manual_seed(config.seed)
