@@ -584,7 +584,7 @@ def export_points_command(
     """Point cloud of a scene from its map: scene coordinates of every cell of every mapping frame, coloured from
     the image, filtered as in the keypoint paper (keypoint probability, rotation consistency, depth bounds). For a
     structure map: its points, coloured by co-visible cluster."""
-    from sceneloc.runtime.config_overrides import apply_overrides
+    from sceneloc.runtime.config_overrides import configure
     from sceneloc.data import read_scene
     from sceneloc.evaluate.cloud import render_cloud_png, up_from_cameras
     from sceneloc.export.points import PointExportConfig, export_points, structure_points, write_ply
@@ -593,13 +593,9 @@ def export_points_command(
     from sceneloc.maps.scene_map import SceneMap
     from sceneloc.maps.structure_map import FORMAT as STRUCTURE_FORMAT, StructureMap
 
-    config = PointExportConfig(use_keypoints=keypoints, consistency=consistency)
-    for name, value in [("frame_stride", stride), ("min_depth", min_depth), ("max_depth", max_depth)]:
-        if value is not None:
-            setattr(config, name, value)
     try:
-        apply_overrides(config, overrides or [])
-        config.validate()
+        config = configure(PointExportConfig(use_keypoints=keypoints, consistency=consistency),
+                           {"frame_stride": stride, "min_depth": min_depth, "max_depth": max_depth}, overrides)
     except ValueError as e:
         _fail(str(e))
     dev = _device(device)
@@ -650,13 +646,10 @@ def evaluate_cloud_command(
                                          read_mesh, render_cloud_png, write_cloud_report)
     from sceneloc.evaluate.report import with_suffix
     from sceneloc.export.points import read_ply
+    from sceneloc.runtime.config_overrides import configure
 
-    config = CloudEvalConfig()
-    for name, value in [("tau", tau), ("n_mesh_samples", samples), ("seed", seed)]:
-        if value is not None:
-            setattr(config, name, value)
     try:
-        config.validate()
+        config = configure(CloudEvalConfig(), {"tau": tau, "n_mesh_samples": samples, "seed": seed})
     except ValueError as e:
         _fail(str(e))
     prefix = output or cloud_file.with_name(cloud_file.stem + "_eval")

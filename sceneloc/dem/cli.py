@@ -47,15 +47,11 @@ def train_command(
     """Learn to super-resolve DEMs from high-resolution ones (tiles downsampled by random factors)."""
     from sceneloc.dem.raster import read_dem
     from sceneloc.dem.train import DemTrainConfig, train_dem_model
-    from sceneloc.runtime.config_overrides import apply_overrides
+    from sceneloc.runtime.config_overrides import configure
 
-    config = DemTrainConfig(method=method, scales=_scales(scales))
-    for name, value in [("steps", steps), ("hold_out", hold_out)]:
-        if value is not None:
-            setattr(config, name, value)
     try:
-        apply_overrides(config, overrides or [])
-        config.validate()
+        config = configure(DemTrainConfig(method=method, scales=_scales(scales)),
+                           {"steps": steps, "hold_out": hold_out}, overrides)
     except ValueError as e:
         _fail(str(e))
     check_writable(output, dems)

@@ -256,17 +256,26 @@ class Interpolation(SuperResolver):
         return interpolate(lr, u, v, self.base)
 
 
-class CdemModel(SuperResolver):
-    """A trained CdemNet with what it needs to predict."""
+class TrainedModel(SuperResolver):
+    """A trained network (`net`, whose `config` it has) and the record of its training; saved as `format_name`."""
 
-    name = "EBCF-CDEM"
+    format_name: str
 
-    def __init__(self, net: CdemNet, training: dict | None = None):
+    def __init__(self, net: CdemNet | FixedScaleCnn, training: dict | None = None):
         self.net, self.training = net.eval(), training or {}
 
     @property
-    def config(self) -> CdemConfig:
+    def config(self) -> CdemConfig | CnnConfig:
         return self.net.config
+
+    def save(self, path: str | Path) -> None:
+        save_model(path, self.net, self.format_name, self.training)
+
+
+class CdemModel(TrainedModel):
+    """A trained CdemNet with what it needs to predict."""
+
+    name, format_name = "EBCF-CDEM", CDEM_FORMAT
 
     @torch.no_grad()
     def predict_tile(self, lr, u, v, cell):
@@ -282,22 +291,12 @@ class CdemModel(SuperResolver):
         out = pred.numpy().reshape(len(u), len(v)) * scale + mean
         return np.where(np.isnan(base), np.nan, out).astype(np.float32)
 
-    def save(self, path: str | Path) -> None:
-        save_model(path, self.net, CDEM_FORMAT, self.training)
 
-
-class CnnModel(SuperResolver):
+class CnnModel(TrainedModel):
     """A trained FixedScaleCnn: refines the bicubic interpolation on the query grid. It convolves the fine grid, so
     it runs on the whole input at once (tiles of the fine grid would leave seams) and is meant for its own factor."""
 
-    name = "CNN"
-
-    def __init__(self, net: FixedScaleCnn, training: dict | None = None):
-        self.net, self.training = net.eval(), training or {}
-
-    @property
-    def config(self) -> CnnConfig:
-        return self.net.config
+    name, format_name = "CNN", CNN_FORMAT
 
     def predict(self, lr, u, v, cell):
         return self.predict_tile(lr, u, v, cell)
@@ -309,9 +308,6 @@ class CnnModel(SuperResolver):
         x = torch.from_numpy(((np.nan_to_num(up, nan=mean) - mean) / scale).astype(np.float32))[None, None]
         out = self.net(x)[0, 0].numpy() * scale + mean
         return np.where(np.isnan(up), np.nan, out).astype(np.float32)
-
-    def save(self, path: str | Path) -> None:
-        save_model(path, self.net, CNN_FORMAT, self.training)
 
 
 def save_model(path: str | Path, net: CdemNet | FixedScaleCnn, format_name: str, training: dict) -> None:

@@ -45,3 +45,14 @@ def _parse(key: str, text: str, kind):
     except ValueError:
         raise ValueError(f"--set {key}: cannot read {text!r} as {kind.__name__}") from None
     raise ValueError(f"--set {key}: field type {kind} cannot be set from the command line")
+
+
+def configure(config, options: dict, assignments: list[str] | None = None):
+    """`config` with every option that is not None set (a command's named options), then the `--set` assignments
+    applied, then validated; returns it. ValueError names the field on any bad value."""
+    for name, value in options.items():
+        if value is not None:
+            setattr(config, name, value)
+    apply_overrides(config, assignments or [])
+    config.validate()
+    return config
