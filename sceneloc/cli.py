@@ -14,6 +14,7 @@ from sceneloc.dem.cli import dem_app
 from sceneloc.runtime.atomic import check_writable
 from sceneloc.runtime.console import console, fail as _fail, print_error as _print_error
 from sceneloc.runtime.errors import InputError
+from sceneloc.sdf.cli import sdf_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Map a scene from posed RGB images, then relocalize new images (scene coordinate regression).")
@@ -555,6 +556,7 @@ def load_test_command(
 export_app = typer.Typer(no_args_is_help=True, help="Export what a map knows about its scene.")
 app.add_typer(export_app, name="export")
 app.add_typer(dem_app, name="dem")
+app.add_typer(sdf_app, name="sdf")
 
 
 @export_app.command("points")

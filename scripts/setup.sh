@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Open3D's libraries; Chromium and its WebDriver for the viewer's browser test (tests/browser.py).
-DEBIAN_PACKAGES="libusb-1.0-0 libgomp1 libgl1 chromium chromium-driver"
+# Open3D's libraries; Chromium and its WebDriver for the viewer's browser test (tests/browser.py); CGAL's demo data
+# (libcgal-demo ships the bunny, armadillo and homer meshes that `sceneloc sdf bench` fits).
+DEBIAN_PACKAGES="libusb-1.0-0 libgomp1 libgl1 chromium chromium-driver libcgal-demo"
 # Node.js and npm build the viewer: Debian's, unless an npm is already installed (e.g. with NodeSource's nodejs).
 command -v npm >/dev/null 2>&1 || DEBIAN_PACKAGES="$DEBIAN_PACKAGES nodejs npm"
 missing=""

@@ -24,7 +24,8 @@ KNOWN_FORMATS = {"sceneloc-map": "a single-scene sceneloc map (from `sceneloc ma
                  "sceneloc-hybrid-map": "a hybrid map (from `sceneloc map --type hybrid`)",
                  "sceneloc-colmap-sift": "a colmap-sift peer map (from `sceneloc bench`)",
                  "sceneloc-cdem": "an EBCF-CDEM DEM super-resolution model (from `sceneloc dem train`)",
-                 "sceneloc-dem-cnn": "a fixed-scale CNN DEM super-resolution model (from `sceneloc dem train`)"}
+                 "sceneloc-dem-cnn": "a fixed-scale CNN DEM super-resolution model (from `sceneloc dem train`)",
+                 "sceneloc-sdf": "a signed-distance shape model (from `sceneloc sdf fit`)"}
 """The "format" of every map kind, in words: a map of one kind given where another is needed is named for what it
 is, not "not a sceneloc map"."""
 
