@@ -110,7 +110,7 @@ def config_from_metadata(path: str | Path, cls, value, key: str):
 
 
 def _typed_value(path: str | Path, hint, value, key: str):
-    """`value` as the type `hint` (int, float, bool, str, a dataclass, X | None) or InputError."""
+    """`value` as the type `hint` (int, float, bool, str, a dataclass, list[X], X | None) or InputError."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if value is None and type(None) in options:
         return None
@@ -123,6 +123,9 @@ def _typed_value(path: str | Path, hint, value, key: str):
             return float(value)
         if option in (int, bool, str) and type(value) is option:
             return value
+        if typing.get_origin(option) is list and isinstance(value, list):
+            (item,) = typing.get_args(option)
+            return [_typed_value(path, item, v, f"{key}[{i}]") for i, v in enumerate(value)]
     raise InputError(path, f"map metadata {key!r} is {_short(value)}, not {_type_names(options)}")
 
 

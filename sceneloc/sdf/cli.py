@@ -119,7 +119,7 @@ def evaluate_command(
 @sdf_app.command("bench")
 def bench_command(
     out: Path = typer.Option(..., "--out", help="Folder for results.json, report.md, the figures, models, meshes"),
-    steps: int = typer.Option(1500, "--steps", help="Fitting steps of every model"),
+    steps: int = typer.Option(1000, "--steps", help="Fitting steps of every model"),
     meshes: str = typer.Option("bunny00,armadillo,homer", "--meshes",
                                help="Meshes of Debian's libcgal-demo (data/meshes/<name>.off), comma-separated"),
     resume: bool = typer.Option(False, "--resume", help="Reuse models and results an earlier run left in --out"),

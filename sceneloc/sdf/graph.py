@@ -66,7 +66,8 @@ class TemplateGraph:
         """(V, V) sparse float32 symmetric 0/1 adjacency."""
         e = torch.from_numpy(self.edges)
         index = torch.cat([e, e.flip(1)]).T
-        return torch.sparse_coo_tensor(index, torch.ones(index.shape[1]), (self.num_vertices,) * 2).coalesce()
+        return torch.sparse_coo_tensor(index, torch.ones(index.shape[1]), (self.num_vertices,) * 2,
+                                       check_invariants=True).coalesce()
 
     def degrees(self) -> np.ndarray:
         """(V,) int64 neighbour counts."""
@@ -78,7 +79,7 @@ class TemplateGraph:
         a = self.adjacency()
         d = torch.from_numpy(self.degrees().astype(np.float32)).clamp(min=1).rsqrt()
         i, j = a.indices()
-        return torch.sparse_coo_tensor(a.indices(), -d[i] * d[j], a.shape).coalesce()
+        return torch.sparse_coo_tensor(a.indices(), -d[i] * d[j], a.shape, check_invariants=True).coalesce()
 
     def neighbour_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(V, 1 + max degree) int64 indices of each vertex itself then its neighbours, padded with the vertex

@@ -63,6 +63,10 @@ class SdfConfig:
     """Hidden width of LGCL's SDF-4 decoder (Table 2.1)."""
     decoder_layers: int = 4
     """Linear layers of LGCL's decoder (SDF-4)."""
+    correction_bound: float = 1.0
+    """LGCL: the most (in template edge lengths) a local SDF may differ from its key point's tangent plane (the
+    decoder's output through bound * tanh(. / bound)); 0: unbounded. A bound keeps the sign of points far from every
+    sample (deep inside, far outside) that of the tangent plane, where an unbounded decoder extrapolates."""
     global_code: int = 64
     """Length of the baseline's global code (the thesis's SDF-4: 64)."""
     global_layers: int = 8
@@ -87,6 +91,8 @@ class SdfConfig:
             raise ValueError(f"decoder_layers must be at least 2, not {self.decoder_layers}")
         if not self.global_layers >= 2:
             raise ValueError(f"global_layers must be at least 2, not {self.global_layers}")
+        if not self.correction_bound >= 0:
+            raise ValueError(f"correction_bound must be 0 (unbounded) or positive, not {self.correction_bound}")
         if not self.global_width >= 0:
             raise ValueError(f"global_width must be 0 (sized to LGCL) or positive, not {self.global_width}")
 
@@ -166,7 +172,11 @@ class LgclNet(nn.Module):
 
     def forward(self, points: torch.Tensor, regions: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         local = torch.einsum("nij,nj->ni", self.frames[regions], points - self.key_points[regions]) / self.local_scale
-        return (local[:, 2] + self.decoder(torch.cat([codes[regions], local], -1))) * self.local_scale
+        correction = self.decoder(torch.cat([codes[regions], local], -1))
+        bound = self.config.correction_bound
+        if bound > 0:
+            correction = bound * torch.tanh(correction / bound)
+        return (local[:, 2] + correction) * self.local_scale
 
     def latent_parameters(self) -> int:
         return self.codes.numel()
