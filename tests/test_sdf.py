@@ -124,7 +124,10 @@ def test_untrained_lgcl_is_its_tangent_planes_and_marching_cubes_finds_them_faci
     points = np.random.default_rng(0).normal(size=(2000, 3))
     points = points / np.linalg.norm(points, axis=1, keepdims=True) * np.random.default_rng(1).uniform(0.3, 0.7,
                                                                                                        (2000, 1))
-    assert np.abs(model.sdf(points) - (np.linalg.norm(points, axis=1) - 0.5)).max() < 0.01
+    radius, sdf = np.linalg.norm(points, axis=1), model.sdf(points)
+    assert np.abs(sdf - (radius - 0.5)).max() < 0.01
+    away = np.abs(radius - 0.5) > 0.01
+    assert (np.sign(sdf[away]) == np.sign(radius[away] - 0.5)).all()  # negative inside
     vertices, triangles = extract_mesh(model, 48, progress=False)
     assert np.abs(np.linalg.norm(vertices, axis=1) - 0.5).max() < 0.01
     corners = vertices[triangles]

@@ -4,14 +4,12 @@ summary table."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from rich.table import Table
 
 from sceneloc.evaluate import RECALL_THRESHOLDS
-from sceneloc.evaluate.report import strict_json
 from sceneloc.runtime.atomic import write_text_atomic
 
 MEASUREMENT_NOTES = """\
@@ -27,11 +25,6 @@ How the numbers were measured:
   slowed by other processes.
 - **query time**: per image, from the decoded image to the pose (reading the file excluded); median over the
   query images (the first one also warms up the model; the median is not swayed by it)."""
-
-
-def write_results_json(path: str | Path, rows: list[dict]) -> None:
-    """The rows as a JSON list, atomically; non-finite numbers become null."""
-    write_text_atomic(path, json.dumps(strict_json(rows), indent=1, allow_nan=False) + "\n")
 
 
 def _finite(value) -> bool:

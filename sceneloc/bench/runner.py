@@ -32,7 +32,8 @@ import numpy as np
 import sceneloc
 from sceneloc.runtime.atomic import write_text_atomic
 from sceneloc.bench.methods import METHODS, Method, ScrMethod, map_in_this_process
-from sceneloc.bench.report import write_markdown_report, write_results_json
+from sceneloc.bench.report import write_markdown_report
+from sceneloc.evaluate.report import write_json
 from sceneloc.bench.scenes import PreparedScene, default_cache_dir, default_data_root
 from sceneloc.bench.suites import SUITES
 from sceneloc.data import read_scene
@@ -265,7 +266,7 @@ class _Run:
                    self.commit, self.settings[method])
         self.rows.append({**row, **extras})
         # Rewritten after every row, so an interrupted run keeps what it measured.
-        write_results_json(self.out / "results.json", self.rows)
+        write_json(self.out / "results.json", self.rows)
 
     def build_map(self, method: str, roots: list[Path], names: list[str], map_path: Path, unit_tag: str) -> dict:
         """map_in_child's result for `method`'s map at map_path, reusing what can be reused (module docstring).

@@ -13,7 +13,6 @@ and without the positional encoding."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from sceneloc.dem.raster import Dem, read_dem
 from sceneloc.dem.sampling import downsample_nearest, fine_cells_of_downsampled
 from sceneloc.dem.terrain import ERROR_KEYS, dem_errors, summarise
 from sceneloc.dem.train import DemTrainConfig, held_out_part, train_dem_model
-from sceneloc.evaluate.report import strict_json
+from sceneloc.evaluate.report import write_json
 from sceneloc.runtime.atomic import atomic_output, write_text_atomic
 
 FACTORS = (2, 4, 6, 8)
@@ -199,7 +198,7 @@ def run_dem_bench(out: Path, steps: int, resume: bool = False, log: Callable[[st
                "cross_region": cross,
                "training": {name: {k: r.training.get(k) for k in ("train_s", "final_l1", "threads")}
                             for name, r in resolvers.items() if hasattr(r, "training")}}
-    write_text_atomic(out / "results.json", json.dumps(strict_json(results), indent=2) + "\n")
+    write_json(out / "results.json", results)
     write_text_atomic(out / "report.md", _report(results))
     _error_maps(test, lambda f: {"bicubic": resolvers["bicubic"], "CNN": resolvers[f"CNN x{f}"],
                                  THESIS: resolvers[THESIS], OURS: resolvers[OURS]}, out / "error_maps.png")

@@ -3,7 +3,6 @@ and the benchmark of the thesis's tables. Thin commands over sceneloc.dem's func
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -109,8 +108,7 @@ def evaluate_command(
     """RMSE of elevation (m), slope and aspect (degrees) against the truth, over the grid and per tile."""
     from sceneloc.dem.evaluate import compare_dems
     from sceneloc.dem.raster import read_dem
-    from sceneloc.evaluate.report import strict_json
-    from sceneloc.runtime.atomic import write_text_atomic
+    from sceneloc.evaluate.report import write_json
 
     if not tile >= 3:
         _fail(f"--tile {tile}: must be at least 3 cells")
@@ -126,7 +124,7 @@ def evaluate_command(
                  f"{t['elevation']['std']:.3f} m")
     Console().print(line)
     if output is not None:
-        write_text_atomic(output, json.dumps(strict_json(result), indent=2) + "\n")
+        write_json(output, result)
         console.print(f"wrote {output}")
 
 

@@ -4,7 +4,6 @@ rendering of the coloured cloud (matplotlib, off-screen)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from scipy.spatial import cKDTree
 from sceneloc.runtime.atomic import write_text_atomic
 from sceneloc.runtime.errors import InputError
 from sceneloc.evaluate.plots import save_figure
-from sceneloc.evaluate.report import metric_table, strict_json, with_suffix
+from sceneloc.evaluate.report import metric_table, with_suffix, write_json
 from sceneloc.export.points import PointCloud, check_ply_length
 from sceneloc.geometry import Rigid3
 
@@ -123,7 +122,7 @@ def write_cloud_report(result: dict, out_prefix: str | Path) -> list[Path]:
     """Writes <prefix>.json (the evaluate_cloud() dict) and <prefix>.md (summary table). Returns both paths."""
     out_prefix = Path(out_prefix)
     json_path, md_path = cloud_report_paths(out_prefix)
-    write_text_atomic(json_path, json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
+    write_json(json_path, result)
     lines = [f"# Point cloud vs mesh: {out_prefix.name}", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {metric} | {value} |" for metric, value in cloud_summary_rows(result)]
     lines += ["", "Accuracy: distance of each cloud point to the mesh surface. Completeness: distance of points "

@@ -30,6 +30,11 @@ def strict_json(value):
     return value
 
 
+def write_json(path: str | Path, value) -> None:
+    """`value` as strict JSON (strict_json: non-finite numbers become null), indented, written atomically."""
+    write_text_atomic(path, json.dumps(strict_json(value), indent=1, allow_nan=False) + "\n")
+
+
 def _number(value: float, unit: str) -> str:
     return f"{value:.2f} {unit}" if math.isfinite(value) else "∞ (half or more failed)"
 
@@ -70,7 +75,7 @@ def write_report(result: dict, out_prefix: str | Path) -> list[Path]:
     <prefix>_cdf.png (error CDFs, labelled with the prefix's name). Returns the three paths."""
     out_prefix = Path(out_prefix)
     json_path, md_path, png_path = report_paths(out_prefix)
-    write_text_atomic(json_path, json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
+    write_json(json_path, result)
     lines = [f"# Relocalisation accuracy: {out_prefix.name}", "", "| metric | value |", "|---|---:|"]
     lines += [f"| {metric} | {value} |" for metric, value in summary_rows(result)]
     lines += ["", "Recall: share of all query images with both errors strictly below the thresholds; failed "

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sceneloc.evaluate.cloud import read_mesh
-from sceneloc.evaluate.report import strict_json
+from sceneloc.evaluate.report import write_json
 from sceneloc.runtime.atomic import write_text_atomic
 from sceneloc.runtime.errors import InputError
 from sceneloc.sdf.evaluate import compare_meshes, render_vertex_errors, vertex_errors
@@ -151,7 +151,7 @@ def run_sdf_bench(out: Path, meshes: list[str], steps: int, resume: bool = False
     results = {"steps": steps, "resolution": RESOLUTION, "commit": source_commit(),
                "threads": torch.get_num_threads(), "meshes": info, "methods": table,
                "ablation_mesh": meshes[0], "lambda_sim": dict(sorted(ablation.items(), key=lambda kv: float(kv[0])))}
-    write_text_atomic(out / "results.json", json.dumps(strict_json(results), indent=2) + "\n")
+    write_json(out / "results.json", results)
     write_text_atomic(out / "report.md", _report(results))
     return results
 

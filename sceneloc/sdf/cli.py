@@ -4,7 +4,6 @@ over sceneloc.sdf's functions."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -99,8 +98,7 @@ def evaluate_command(
     """Chamfer (CD) and Hausdorff (HD) distances, and the Euclidean distance (ED) of the true vertices to the
     reconstruction, in mm for meshes in metres (Table 2.2)."""
     from sceneloc.evaluate.cloud import read_mesh
-    from sceneloc.evaluate.report import strict_json
-    from sceneloc.runtime.atomic import write_text_atomic
+    from sceneloc.evaluate.report import write_json
     from sceneloc.sdf.evaluate import compare_meshes
 
     if not samples >= 1:
@@ -112,7 +110,7 @@ def evaluate_command(
     Console().print(f"CD {result['cd_mm']:.3f} mm, HD {result['hd_mm']:.3f} mm, ED {ed['mean']:.3f} +- "
                     f"{ed['std']:.3f} mm (median {ed['median']:.3f}, {ed['over_5']:.1f} % over 5 mm)")
     if output is not None:
-        write_text_atomic(output, json.dumps(strict_json(result), indent=2) + "\n")
+        write_json(output, result)
         console.print(f"wrote {output}")
 
 
@@ -122,7 +120,8 @@ def bench_command(
     steps: int = typer.Option(1000, "--steps", help="Fitting steps of every model"),
     meshes: str = typer.Option("bunny00,armadillo,homer", "--meshes",
                                help="Meshes of Debian's libcgal-demo (data/meshes/<name>.off), comma-separated"),
-    resume: bool = typer.Option(False, "--resume", help="Reuse models and results an earlier run left in --out"),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the models an earlier run left in --out (fitted "
+                                                        "with the same settings)"),
 ):
     """Table 2.2 (LGCL-Cheb, LGCL-VC, DeepSDF at equal parameter counts) on real meshes, Table 2.4's similarity-loss
     ablation, and Figure 2.3's per-vertex error renders."""
