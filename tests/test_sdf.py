@@ -16,7 +16,7 @@ from conftest import run_cli
 from sceneloc.evaluate.cloud import read_mesh
 from sceneloc.runtime.errors import InputError
 from sceneloc.sdf.evaluate import compare_meshes
-from sceneloc.sdf.extract import extract_mesh, write_mesh
+from sceneloc.sdf.extract import drop_far_pieces, extract_mesh, write_mesh
 from sceneloc.sdf.fit import SdfFitConfig, fit_sdf, similarity_loss
 from sceneloc.sdf.graph import ChebConv, TemplateGraph
 from sceneloc.sdf.model import (SdfConfig, SdfModel, build_net, count_parameters,
@@ -135,6 +135,15 @@ def test_untrained_lgcl_is_its_tangent_planes_and_marching_cubes_finds_them_faci
     assert np.mean(np.einsum("ij,ij->i", normals, corners.mean(1)) > 0) > 0.999
     write_mesh(tmp_path / "s.ply", vertices, triangles)
     assert len(read_mesh(tmp_path / "s.ply").triangle.indices) == len(triangles)
+
+
+def test_pieces_far_from_every_key_point_are_dropped():
+    model = untrained("lgcl", "cheb", sphere(0.5, 20), 500)
+    near = o3d.geometry.TriangleMesh.create_sphere(1.0, 20)  # the shape itself (normalised: radius 1)
+    far = o3d.geometry.TriangleMesh.create_sphere(0.1, 10).translate((1.6, 0, 0))  # edge lengths out
+    both = near + far
+    vertices, faces = drop_far_pieces(np.asarray(both.vertices), np.asarray(both.triangles).astype(np.int32), model)
+    assert np.array_equal(vertices, np.asarray(near.vertices)) and np.array_equal(faces, np.asarray(near.triangles))
 
 
 @pytest.mark.parametrize("method,kernel", [("lgcl", "cheb"), ("lgcl", "vc"), ("deepsdf", "cheb")])

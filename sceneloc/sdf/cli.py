@@ -68,6 +68,8 @@ def mesh_command(
     model: Path = typer.Argument(..., help="Model file from `sceneloc sdf fit`"),
     output: Path = typer.Option(..., "-o", "--output", help="Mesh to write (.ply, .obj, .off, .stl)"),
     resolution: int = typer.Option(256, "--resolution", help="Grid cells along the shape's longest side"),
+    keep_far: bool = typer.Option(False, "--keep-far", help="Keep the pieces that come nowhere near the shape (more "
+                                                            "than 1.5 template edge lengths from every key point)"),
 ):
     """Marching cubes of the model's zero level set, in the units of the mesh it was fitted to."""
     from sceneloc.sdf.extract import extract_mesh, write_mesh
@@ -80,7 +82,7 @@ def mesh_command(
     check_writable(output, [model])
     sdf = load_sdf_model(model)
     try:
-        vertices, triangles = extract_mesh(sdf, resolution)
+        vertices, triangles = extract_mesh(sdf, resolution, keep_far=keep_far)
     except ValueError as e:
         _fail(f"{model}: {e}")
     write_mesh(output, vertices, triangles)

@@ -58,6 +58,11 @@ class TemplateGraph:
         t1 /= np.linalg.norm(t1, axis=1, keepdims=True)
         return np.stack([t1, np.cross(n, t1), n], axis=1).astype(np.float32)
 
+    def mean_edge_length(self) -> float:
+        """The edges' mean length (the vertices' units); 1 for a graph without edges."""
+        e = self.edges
+        return float(np.linalg.norm(self.vertices[e[:, 0]] - self.vertices[e[:, 1]], axis=1).mean()) if len(e) else 1.0
+
     @property
     def num_vertices(self) -> int:
         return len(self.vertices)
@@ -142,10 +147,7 @@ class VertexConv(nn.Module):
         super().__init__()
         table, mask = graph.neighbour_table()
         p = torch.from_numpy(graph.vertices)
-        offsets = p[table] - p[:, None]
-        if len(graph.edges):
-            e = graph.edges
-            offsets = offsets / float(np.linalg.norm(graph.vertices[e[:, 0]] - graph.vertices[e[:, 1]], axis=1).mean())
+        offsets = (p[table] - p[:, None]) / graph.mean_edge_length()
         self.register_buffer("table", table, persistent=False)
         self.register_buffer("weights", mask.float() / mask.sum(1, keepdim=True), persistent=False)
         self.register_buffer("offsets", offsets, persistent=False)

@@ -155,9 +155,7 @@ class LgclNet(nn.Module):
         self.g2l = nn.ModuleList(conv(graph, a, b, config.kernel_size) for a, b in zip(channels, channels[1:]))
         self.register_buffer("key_points", torch.from_numpy(graph.vertices), persistent=False)
         self.register_buffer("frames", torch.from_numpy(graph.tangent_frames()), persistent=False)
-        e = graph.edges
-        self.local_scale = float(np.linalg.norm(graph.vertices[e[:, 0]] - graph.vertices[e[:, 1]], axis=1).mean()) \
-            if len(e) else 1.0
+        self.local_scale = graph.mean_edge_length()
         """Unit of the local frames (the template's mean edge length): T_i(x) = R_i (x - p_i) / local_scale."""
         self.decoder = SdfDecoder(channels[-1], config.decoder_width, config.decoder_layers, None)
 
@@ -277,6 +275,10 @@ class SdfModel:
         if self.config.method == "deepsdf":
             return "DeepSDF"
         return "LGCL-Cheb" if self.config.kernel == "cheb" else "LGCL-VC"
+
+    def key_point_distance(self, points: np.ndarray) -> np.ndarray:
+        """(N,) distance of each normalised point (N, 3) to its nearest key point (normalised units)."""
+        return self._tree.query(points, k=1, workers=-1)[0]
 
     def regions(self, points: np.ndarray) -> np.ndarray:
         """(N,) int64 index of the key point nearest to each normalised point (N, 3): its region (Eq. 2.3)."""
