@@ -20,6 +20,7 @@ from sceneloc.geometry import Camera, Rigid3
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 """The project's shared real data, beside the checkout (../shared/data), as on developer machines and in CI."""
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
 STAIRS = DATA / "sevenscenes_stairs_slice"
 SLAMBOOK = DATA / "slambook_rgbd"
 FOUNTAIN = DATA / "strecha" / "fountain-P11"
@@ -42,6 +43,7 @@ def _pose_text(cam_from_world: Rigid3) -> str:
 # ---------------------------------------------------------------- 7-Scenes
 
 
+@needs_data
 def test_sevenscenes_slice_splits_names_and_poses():
     everything = read_scene(STAIRS)
     train, test = read_scene(STAIRS, split="train"), read_scene(STAIRS, split="test")
@@ -60,6 +62,7 @@ def test_sevenscenes_slice_splits_names_and_poses():
     assert frame.load_rgb().shape == (480, 640, 3)
 
 
+@needs_data
 def test_sevenscenes_flat_folder_and_scaled_intrinsics(tmp_path):
     for f in (STAIRS / "seq-03").iterdir():
         shutil.copy(f, tmp_path / f.name)
@@ -74,6 +77,7 @@ def test_sevenscenes_flat_folder_and_scaled_intrinsics(tmp_path):
     assert (half.cx, half.cy) == pytest.approx((159.75, 119.75))
 
 
+@needs_data
 def test_sevenscenes_missing_split_file_is_named(tmp_path):
     shutil.copytree(STAIRS / "seq-01", tmp_path / "seq-01")
     with pytest.raises(InputError, match="TrainSplit.txt"):
@@ -81,6 +85,7 @@ def test_sevenscenes_missing_split_file_is_named(tmp_path):
     assert len(read_scene(tmp_path).frames) == 3
 
 
+@needs_data
 def test_sevenscenes_image_without_pose(tmp_path):
     shutil.copytree(STAIRS / "seq-01", tmp_path / "seq-01")
     (tmp_path / "seq-01" / "frame-000002.pose.txt").unlink()
@@ -112,6 +117,7 @@ def slambook_ace(tmp_path_factory) -> tuple[Path, list]:
     return root, frames
 
 
+@needs_data
 def test_ace_round_trip_is_exact(slambook_ace):
     root, frames = slambook_ace
     scene = read_scene(root / "train")
@@ -124,6 +130,7 @@ def test_ace_round_trip_is_exact(slambook_ace):
     assert not list(root.rglob("*.tmp"))
 
 
+@needs_data
 def test_ace_root_split_selection(slambook_ace):
     root, _ = slambook_ace
     assert [f.name for f in read_scene(root, split="test").frames] == ["frame-4", "frame-5"]
@@ -131,6 +138,7 @@ def test_ace_root_split_selection(slambook_ace):
     assert len(read_scene(root).frames) == 5
 
 
+@needs_data
 def test_ace_depth_reprojects_onto_the_next_frame(slambook_ace):
     """Back-project frame 4's depth with the read pose into frame 5: the predicted depth matches frame 5's own
     measured depth where both are valid (median 2.6 cm; inverted poses give 53 cm)."""
@@ -220,6 +228,7 @@ def fountain_model(tmp_path_factory) -> tuple[Path, list]:
     return root, gt
 
 
+@needs_data
 def test_colmap_text_model_gives_ground_truth_poses(fountain_model):
     root, gt = fountain_model
     scene = read_scene(root)
@@ -232,6 +241,7 @@ def test_colmap_text_model_gives_ground_truth_poses(fountain_model):
         np.testing.assert_allclose(frame.cam_from_world.matrix(), pose.matrix(), atol=1e-9)
 
 
+@needs_data
 def test_colmap_binary_model_with_separate_image_folder(fountain_model, tmp_path):
     root, gt = fountain_model
     pycolmap.Reconstruction(str(root / "sparse" / "0")).write_binary(str(tmp_path))
@@ -242,6 +252,7 @@ def test_colmap_binary_model_with_separate_image_folder(fountain_model, tmp_path
     assert scene.frames[3].rgb_path == FOUNTAIN / "images" / gt[3][0]
 
 
+@needs_data
 def test_colmap_poses_satisfy_epipolar_geometry_of_sift_matches(fountain_model):
     """SIFT matches between two real fountain photos (quarter resolution) lie on the epipolar lines given by the
     read poses and intrinsics."""
