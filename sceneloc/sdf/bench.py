@@ -192,7 +192,7 @@ def _report(results: dict) -> str:
             continue
         base = methods["DeepSDF"]["ed_mm"]["mean"]
         lines.append(f"- {mesh}: " + "; ".join(
-            f"{name} ED {r['ed_mm']['mean']:.2f} mm, {1 - r['ed_mm']['mean'] / base:+.0%} against DeepSDF's "
+            f"{name} ED {r['ed_mm']['mean']:.2f} mm, {1 - r['ed_mm']['mean'] / base:.0%} lower than DeepSDF's "
             f"{base:.2f} mm" for name, r in methods.items() if name != "DeepSDF"))
     lines.append("")
     return "\n".join(lines)
