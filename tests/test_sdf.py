@@ -15,6 +15,7 @@ import torch
 from conftest import run_cli
 from sceneloc.evaluate.cloud import read_mesh
 from sceneloc.runtime.errors import InputError
+from sceneloc.sdf.bench import CGAL_DATA
 from sceneloc.sdf.evaluate import compare_meshes
 from sceneloc.sdf.extract import drop_far_pieces, extract_mesh, write_mesh
 from sceneloc.sdf.fit import SdfFitConfig, fit_sdf, similarity_loss
@@ -161,6 +162,31 @@ def test_model_files_round_trip_exactly(tmp_path, method, kernel):
     assert np.array_equal(loaded.graph.edges, model.graph.edges)
 
 
+def test_the_baseline_starts_as_a_sphere():
+    # SAL's initialisation, |x| - 0.5 in normalised units: exact on average, noisy for a finite width (108 here).
+    model = untrained("deepsdf", "cheb", torus(), 1500)
+    directions = np.random.default_rng(0).normal(size=(500, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    inside, outside = model.sdf_normalised(directions * 0.25), model.sdf_normalised(directions)
+    assert (inside < 0).all() and (outside > 0).all()
+    assert abs(inside.mean() + 0.25) < 0.1 and abs(outside.mean() - 0.5) < 0.1
+
+
+def test_a_closed_mesh_wound_inwards_is_turned_outwards():
+    inwards = sphere(0.5, 20)
+    inwards.triangle.indices = o3d.core.Tensor(inwards.triangle.indices.numpy()[:, ::-1].copy())
+    graph = Shape.from_mesh(inwards).template(1000)
+    assert (np.einsum("ij,ij->i", graph.normals, graph.vertices) > 0).all()
+
+
+def test_a_mesh_without_area_is_refused():
+    flat = o3d.t.geometry.TriangleMesh()
+    flat.vertex.positions = o3d.core.Tensor(np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]], np.float32))
+    flat.triangle.indices = o3d.core.Tensor(np.array([[0, 1, 2]], np.int32))
+    with pytest.raises(ValueError, match="area"):
+        Shape.from_mesh(flat)
+
+
 def test_loading_anything_else_names_the_file(tmp_path):
     (tmp_path / "junk.sdf").write_bytes(b"not a model")
     with pytest.raises(InputError, match="junk.sdf"):
@@ -231,6 +257,11 @@ def test_fit_mesh_evaluate_commands(torus_file, tmp_path):
     assert "LGCL-Cheb" in out
     code, out = run_cli("sdf", "mesh", tmp_path / "t.sdf", "-o", tmp_path / "t.ply", "--resolution", "64")
     assert code == 0, out
+    for suffix in (".stl", ".obj", ".off"):  # the same mesh in every format the command offers
+        code, out = run_cli("sdf", "mesh", tmp_path / "t.sdf", "-o", tmp_path / f"t{suffix}", "--resolution", "64")
+        assert code == 0, out
+        assert len(read_mesh(tmp_path / f"t{suffix}").triangle.indices) == len(read_mesh(tmp_path / "t.ply")
+                                                                               .triangle.indices)
     code, out = run_cli("sdf", "evaluate", tmp_path / "t.ply", "--mesh", torus_file, "-o", tmp_path / "e.json")
     assert code == 0, out
     result = json.loads((tmp_path / "e.json").read_text())
@@ -247,11 +278,17 @@ def test_fit_mesh_evaluate_commands(torus_file, tmp_path):
     (["mesh", "{tmp}/m.sdf", "-o", "{tmp}/m.xyz"], "unsupported mesh format"),
     (["mesh", "{tmp}/m.sdf", "-o", "{tmp}/m.ply", "--resolution", "4"], "--resolution"),
     (["evaluate", "{missing}", "--mesh", "{torus}"], "mesh file not found"),
-    (["bench", "--out", "{tmp}/b", "--meshes", "no_such_mesh"], "no_such_mesh"),
+    (["bench", "--out", "{tmp}/b", "--meshes", "no_such_mesh"], "no_such_mesh" if CGAL_DATA.is_file() else "CGAL"),
+    (["bench", "--out", "{torus}"], "must be a folder"),
+    (["evaluate", "{broken}", "--mesh", "{torus}"], "refers to vertex"),
 ])
 def test_bad_input_is_one_line_and_exit_2(torus_file, tmp_path, args, message):
     (tmp_path / "m.sdf").write_bytes(b"junk")
-    fill = {"{missing}": str(tmp_path / "missing.ply"), "{torus}": str(torus_file), "{tmp}": str(tmp_path)}
+    (tmp_path / "broken.ply").write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+                                         "property float z\nelement face 1\nproperty list uchar int vertex_indices\n"
+                                         "end_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n")  # vertex 7 of 3
+    fill = {"{missing}": str(tmp_path / "missing.ply"), "{torus}": str(torus_file), "{tmp}": str(tmp_path),
+            "{broken}": str(tmp_path / "broken.ply")}
     filled = []
     for a in args:
         for k, v in fill.items():

@@ -55,6 +55,12 @@ def read_mesh(path: str | Path) -> o3d.t.geometry.TriangleMesh:
         raise InputError(path, f"cannot read mesh ({type(e).__name__}: {e})") from None
     if "indices" not in mesh.triangle or len(mesh.triangle.indices) == 0:
         raise InputError(path, "no triangles read (not a mesh, unsupported or damaged file)")
+    # Open3D reads a triangle's indices as written: out-of-range ones would reach the ray caster's memory.
+    indices, positions = mesh.triangle.indices.numpy(), mesh.vertex.positions.numpy()
+    if indices.min() < 0 or indices.max() >= len(positions):
+        raise InputError(path, f"a triangle refers to vertex {int(indices.max())} of {len(positions)} (damaged file)")
+    if not np.isfinite(positions).all():
+        raise InputError(path, "a vertex position is not finite (damaged file)")
     geometry = o3d.t.geometry.TriangleMesh()
     geometry.vertex.positions = mesh.vertex.positions.to(o3d.core.float32)
     geometry.triangle.indices = mesh.triangle.indices.to(o3d.core.int32)

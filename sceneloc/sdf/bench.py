@@ -25,7 +25,7 @@ from sceneloc.evaluate.cloud import read_mesh
 from sceneloc.evaluate.report import write_json
 from sceneloc.runtime.atomic import write_text_atomic
 from sceneloc.runtime.errors import InputError
-from sceneloc.sdf.evaluate import compare_meshes, render_vertex_errors, vertex_errors
+from sceneloc.sdf.evaluate import compare_meshes, render_vertex_errors
 from sceneloc.sdf.extract import extract_mesh, write_mesh
 from sceneloc.sdf.fit import SdfFitConfig, fit_sdf
 from sceneloc.sdf.model import SdfModel, load_sdf_model
@@ -79,8 +79,10 @@ def cgal_mesh(name: str, folder: Path) -> Path:
             raise InputError(CGAL_DATA, f"no {member} in CGAL's data") from None
         off = folder / f".{name}.off"
         off.write_bytes(data.read())
-    mesh = read_mesh(off)
-    off.unlink()
+    try:
+        mesh = read_mesh(off)
+    finally:
+        off.unlink()
     vertices = mesh.vertex.positions.numpy().astype(np.float64)
     low, high = vertices.min(0), vertices.max(0)
     vertices = (vertices - (low + high) / 2) * (LONGEST_SIDE_M / float((high - low).max()))
@@ -88,9 +90,14 @@ def cgal_mesh(name: str, folder: Path) -> Path:
     return path
 
 
+def _stem(mesh_name: str, variant: Variant) -> str:
+    """File stem of a variant's model and mesh: "bunny00_lgcl_cheb"."""
+    return f"{mesh_name}_{''.join(c if c.isalnum() else '_' for c in variant.name.lower())}"
+
+
 def _fitted(variant: Variant, mesh_name: str, shape: Shape, steps: int, folder: Path, resume: bool,
             log: Callable[[str], None]) -> SdfModel:
-    path = folder / f"{mesh_name}_{''.join(c if c.isalnum() else '_' for c in variant.name.lower())}.sdf"
+    path = folder / f"{_stem(mesh_name, variant)}.sdf"
     config = variant.config(steps)
     if resume and path.is_file():
         model = load_sdf_model(path)
@@ -108,11 +115,11 @@ def _scored(model: SdfModel, truth_path: Path, recon_path: Path) -> tuple[dict, 
     vertices, triangles = extract_mesh(model, RESOLUTION)
     write_mesh(recon_path, vertices, triangles)
     recon, truth = read_mesh(recon_path), read_mesh(truth_path)
-    result = compare_meshes(recon, truth)
+    result, per_vertex = compare_meshes(recon, truth, with_vertex_errors=True)
     p = model.parameters()
     result.update({"net_parameters": p["net"], "latent_parameters": p["latent"],
                    "fit_s": model.training["fit_s"], "recon_vertices": int(len(vertices))})
-    return result, vertex_errors(recon, truth) * 1000.0
+    return result, per_vertex
 
 
 def run_sdf_bench(out: Path, meshes: list[str], steps: int, resume: bool = False,
@@ -122,6 +129,8 @@ def run_sdf_bench(out: Path, meshes: list[str], steps: int, resume: bool = False
     from sceneloc.bench.runner import source_commit
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "--out must be a folder, and this is a file")
     for sub in ("meshes", "models", "recon"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     truths = {name: cgal_mesh(name, out / "meshes") for name in meshes}  # every mesh checked before any fitting
@@ -131,15 +140,14 @@ def run_sdf_bench(out: Path, meshes: list[str], steps: int, resume: bool = False
         shape = Shape.from_mesh(truth)
         floor = compare_meshes(truth, truth)  # two sample sets of the same surface: what CD and HD read at best
         info[name] = {"vertices": int(len(truth.vertex.positions)), "triangles": int(len(truth.triangle.indices)),
-                      "watertight": shape.is_watertight(), "cd_floor_mm": floor["cd_mm"],
+                      "watertight": shape.watertight, "cd_floor_mm": floor["cd_mm"],
                       "hd_floor_mm": floor["hd_mm"]}
         variants = METHODS + ([Variant(f"LGCL-Cheb, lambda_sim {s:g}", lambda_sim=s) for s in SIM_ABLATION
                                if s != SdfFitConfig.lambda_sim] if name == meshes[0] else [])
         errors = {}
         for variant in variants:
             model = _fitted(variant, name, shape, steps, out / "models", resume, log)
-            stem = f"{name}_{''.join(c if c.isalnum() else '_' for c in variant.name.lower())}"
-            result, errors[variant.name] = _scored(model, truth_path, out / "recon" / f"{stem}.ply")
+            result, errors[variant.name] = _scored(model, truth_path, out / "recon" / f"{_stem(name, variant)}.ply")
             log(f"{name} {variant.name}: CD {result['cd_mm']:.2f} mm, HD {result['hd_mm']:.1f} mm, "
                 f"ED {result['ed_mm']['mean']:.2f} mm")
             if variant in METHODS:

@@ -95,6 +95,7 @@ def evaluate_command(
     recon: Path = typer.Argument(..., help="Reconstructed mesh"),
     truth: Path = typer.Option(..., "--mesh", help="The true mesh"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the results to this JSON"),
+    # 30,000: sceneloc.sdf.evaluate.N_SAMPLES, not imported here (it loads Open3D for every command's start).
     samples: int = typer.Option(30_000, "--samples", help="Points sampled on each surface for CD and HD"),
 ):
     """Chamfer (CD) and Hausdorff (HD) distances, and the Euclidean distance (ED) of the true vertices to the

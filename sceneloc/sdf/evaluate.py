@@ -1,6 +1,6 @@
 """How close a reconstructed mesh is to the true one (`sceneloc sdf evaluate`), with the thesis's metrics (section
-2.4.2, Tables 2.2 and 2.3): the Chamfer distance (Eq. 2.11, the mean nearest-point distance both ways) and the
-Hausdorff distance (Eq. 2.9) between 30,000 points sampled on each surface, and the Euclidean distance (ED) from
+2.4.2, Tables 2.2 and 2.3): the Chamfer distance (Eq. 2.11, the sum of the mean nearest-point distances each way)
+and the Hausdorff distance (Eq. 2.9) between 30,000 points sampled on each surface, and the Euclidean distance (ED) from
 every vertex of the true mesh to the reconstructed surface (mean, std, median, 90th percentile, and the shares over
 5, 10 and 20 mm). Distances are in millimetres for meshes in metres (the file's units times 1000). Also the
 per-vertex error render of Figure 2.3 (matplotlib, off-screen)."""
@@ -35,24 +35,27 @@ def vertex_errors(recon: o3d.t.geometry.TriangleMesh, truth: o3d.t.geometry.Tria
 
 
 def compare_meshes(recon: o3d.t.geometry.TriangleMesh, truth: o3d.t.geometry.TriangleMesh,
-                   n_samples: int = N_SAMPLES, seed: int = 0) -> dict:
+                   n_samples: int = N_SAMPLES, with_vertex_errors: bool = False):
     """Table 2.2/2.3 metrics of `recon` against `truth` (meshes as sceneloc.evaluate.cloud.read_mesh returns them),
     in mm: {"cd_mm", "hd_mm", "ed_mm": {"mean", "std", "median", "p90", "over_5", "over_10", "over_20" (per cent
-    of the true vertices)}, "n_samples", "truth_vertices"}."""
-    a, b = sample_mesh(truth, n_samples, seed), sample_mesh(recon, n_samples, seed + 1)
+    of the true vertices)}, "n_samples", "truth_vertices"}; with_vertex_errors, also the (V,) per-vertex ED (mm)
+    as a second value."""
+    a, b = sample_mesh(truth, n_samples, 0), sample_mesh(recon, n_samples, 1)
     a_to_b, b_to_a = cKDTree(b).query(a, k=1, workers=-1)[0], cKDTree(a).query(b, k=1, workers=-1)[0]
     ed = vertex_errors(recon, truth) * MM
-    return {"cd_mm": float((a_to_b.mean() + b_to_a.mean()) * MM), "hd_mm": float(max(a_to_b.max(), b_to_a.max()) * MM),
-            "ed_mm": {"mean": float(ed.mean()), "std": float(ed.std()), "median": float(np.median(ed)),
-                      "p90": float(np.percentile(ed, 90)),
-                      **{f"over_{t:g}": float(np.mean(ed > t) * 100) for t in ED_THRESHOLDS_MM}},
-            "n_samples": n_samples, "truth_vertices": int(len(ed))}
+    result = {"cd_mm": float((a_to_b.mean() + b_to_a.mean()) * MM),
+              "hd_mm": float(max(a_to_b.max(), b_to_a.max()) * MM),
+              "ed_mm": {"mean": float(ed.mean()), "std": float(ed.std()), "median": float(np.median(ed)),
+                        "p90": float(np.percentile(ed, 90)),
+                        **{f"over_{t:g}": float(np.mean(ed > t) * 100) for t in ED_THRESHOLDS_MM}},
+              "n_samples": n_samples, "truth_vertices": int(len(ed))}
+    return (result, ed) if with_vertex_errors else result
 
 
 def render_vertex_errors(path: str | Path, truth: o3d.t.geometry.TriangleMesh, errors: dict[str, np.ndarray],
-                         title: str, vmax_mm: float | None = None, max_faces: int = 100_000, up: int = 1) -> None:
+                         title: str, max_faces: int = 100_000, up: int = 1) -> None:
     """A Figure 2.3-style PNG: the true mesh once per method, each face coloured by the mean error (mm) of its
-    vertices under that method, on one colour scale (vmax_mm, default the largest 95th percentile), seen from the
+    vertices under that method, on one colour scale (up to the largest 95th percentile), seen from the
     front with axis `up` (0, 1, 2 = x, y, z; the Stanford and CGAL meshes stand along y) vertical. Meshes with more
     than max_faces faces are drawn with an even subset of them (matplotlib draws polygons one by one)."""
     horizontal = [a for a in range(3) if a != up]
@@ -60,7 +63,7 @@ def render_vertex_errors(path: str | Path, truth: o3d.t.geometry.TriangleMesh, e
     faces = truth.triangle.indices.numpy()
     keep = np.linspace(0, len(faces) - 1, min(len(faces), max_faces)).astype(int)
     faces = faces[keep]
-    vmax = vmax_mm or max(float(np.percentile(e, 95)) for e in errors.values())
+    vmax = max(float(np.percentile(e, 95)) for e in errors.values())
     norm = colors.Normalize(0.0, vmax)
     figure = Figure(figsize=(4.0 * len(errors) + 1.0, 4.6))
     centre = (vertices.min(0) + vertices.max(0)) / 2

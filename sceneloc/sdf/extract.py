@@ -73,6 +73,8 @@ def extract_mesh(model: SdfModel, resolution: int = 256, progress: bool = True,
     vertices, faces = vertices + origin, faces.astype(np.int32)
     if not keep_far:
         vertices, faces = drop_far_pieces(vertices, faces, model)
+        if len(faces) == 0:
+            raise ValueError("every piece of the zero level set is far from the shape (--keep-far keeps them)")
     return model.normalisation.to_world(vertices), faces
 
 
@@ -99,6 +101,7 @@ def drop_far_pieces(vertices: np.ndarray, faces: np.ndarray, model: SdfModel) ->
 def write_mesh(path: str | Path, vertices: np.ndarray, triangles: np.ndarray) -> None:
     """Writes a triangle mesh atomically, in the format of the file's extension (Open3D: .ply, .obj, .off, ...)."""
     mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(triangles))
+    mesh.compute_triangle_normals()  # STL stores them (Open3D refuses to write one without)
     with atomic_output(path) as tmp:
         if not o3d.io.write_triangle_mesh(str(tmp), mesh):
             raise OSError(f"{path}: Open3D could not write this mesh format")

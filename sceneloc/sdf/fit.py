@@ -1,14 +1,15 @@
-"""Fitting a signed-distance model to one mesh (thesis section 2.3.3): the sign-agnostic loss on the unsigned
-distances (Eq. 2.5), the eikonal and normal terms (Eq. 2.6), LGCL's geometric similarity loss over the template's
-k-rings (Eq. 2.7) and the code regulariser (Eq. 2.8). Network and codes are optimised together (one shape: the
-auto-decoder's codes are the shape); the AdamW one-cycle loop is the one every sceneloc model trains with
-(sceneloc.mapping.optimise.train_one_cycle)."""
+"""Fitting a signed-distance model to one mesh (thesis section 2.3.3): an L1 loss on the distances (signed for a
+watertight mesh; else the sign-agnostic loss on the unsigned ones, Eq. 2.5), the eikonal and normal terms (Eq. 2.6),
+LGCL's geometric similarity loss over the template's k-rings (Eq. 2.7) and the code regulariser (Eq. 2.8). Network
+and codes are optimised together (one shape: the auto-decoder's codes are the shape); the AdamW one-cycle loop is
+the one every sceneloc model trains with (sceneloc.mapping.optimise.train_one_cycle)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 from sceneloc.mapping.optimise import train_one_cycle
@@ -116,6 +117,8 @@ def fit_sdf(shape: Shape, config: SdfFitConfig, progress: bool = True) -> SdfMod
         loss, stats, history = train_one_cycle(
             groups, 0.0, config.steps, lr, batch_loss, lambda t: 0.0, bar, f"fit {model.name}",
             info=lambda loss, s, _thr: f"loss {loss:.4f} sal {s['sal']:.4f} normal {s['normal']:.3f}")
+    if not np.isfinite(loss):
+        raise ValueError(f"fitting diverged (loss {loss}); is the mesh degenerate?")
     model.net.eval()
     model.training = {"fit_s": time.perf_counter() - start, "final_loss": loss, "final": stats,
                       "history": history, "parameters": model.parameters(),

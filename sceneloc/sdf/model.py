@@ -10,11 +10,13 @@
   spheres (SAL's initialisation, kept for the baseline) left the deep interior, where few samples fall and regions
   from opposite sides meet, positive, and marching cubes then found inner sheets there.
 - DeepSdfNet, the global-code baseline: one code for the shape and a DeepSDF-style 8-layer decoder with the input
-  joined again at the fourth layer; its width is chosen so that it has as many parameters as LGCL (sdf_budget).
+  joined again at the fourth layer; its width is chosen so that it has as many parameters as LGCL
+  (sdf_budget_width).
 
 Both take and give the model's normalised frame (the shape's bounding-box centre at the origin, its farthest vertex
 at distance 1); SdfModel maps world coordinates (the mesh's units) in and distances out. Decoders use Softplus
-(beta 100) and the geometric initialisation of SAL (Atzmon and Lipman), which starts from a sphere."""
+(beta 100); the baseline's starts from a sphere (SAL's geometric initialisation, Atzmon and Lipman), LGCL's from
+zero (its field then is the tangent planes)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ KERNELS = ("cheb", "vc")
 INIT_RADIUS = 0.5
 """Radius of the sphere the baseline's decoder starts from (normalised units: the shape fits in the unit
 sphere)."""
+MAX_TEMPLATE = 8000
+"""Most key points: the similarity loss's k-ring operators are built from a dense V x V adjacency (256 MB here)."""
 QUERY_CHUNK = 65536
 """Points per forward pass when evaluating many."""
 
@@ -80,8 +84,8 @@ class SdfConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {self.kernel!r}")
-        if not self.template_vertices >= 4:
-            raise ValueError(f"template_vertices must be at least 4, not {self.template_vertices}")
+        if not 4 <= self.template_vertices <= MAX_TEMPLATE:
+            raise ValueError(f"template_vertices must be from 4 to {MAX_TEMPLATE:,}, not {self.template_vertices}")
         if not self.g2l_channels or min(self.g2l_channels) < 1:
             raise ValueError(f"g2l_channels must be positive channel counts, not {self.g2l_channels}")
         for name in ("vertex_code", "kernel_size", "decoder_width", "global_code"):
@@ -93,8 +97,9 @@ class SdfConfig:
             raise ValueError(f"global_layers must be at least 2, not {self.global_layers}")
         if not self.correction_bound >= 0:
             raise ValueError(f"correction_bound must be 0 (unbounded) or positive, not {self.correction_bound}")
-        if not self.global_width >= 0:
-            raise ValueError(f"global_width must be 0 (sized to LGCL) or positive, not {self.global_width}")
+        if not (self.global_width == 0 or self.global_width >= self.global_code + 4):
+            raise ValueError(f"global_width must be 0 (sized to LGCL) or at least global_code + 4 (the layer before "
+                             f"the skip joins the input to it), not {self.global_width}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,8 +131,6 @@ class SdfDecoder(nn.Module):
                 nn.init.zeros_(linear.bias)
                 if i == 0 or (skip is not None and i == skip):
                     linear.weight.data[:, -n_in:-3] = 0.0  # the code's inputs
-                if skip is not None and i == skip:
-                    linear.weight.data[:, :-n_in] /= math.sqrt(2)
             self.layers.append(linear)
         self.activation = nn.Softplus(beta=100)
 
@@ -331,9 +334,10 @@ def load_sdf_model(path: str | Path) -> SdfModel:
     scale = metadata_field(path, meta, "normalisation.scale", (int, float))
     try:
         config.validate()
-        graph = TemplateGraph(tensors.pop("template.vertices").numpy(), tensors.pop("template.edges").numpy(),
-                              tensors.pop("template.normals").numpy())
-        if len(centre) != 3 or not scale > 0:
+        graph = TemplateGraph(tensors.pop("template.vertices").numpy().astype(np.float32),
+                              tensors.pop("template.edges").numpy().astype(np.int64),
+                              tensors.pop("template.normals").numpy().astype(np.float32))
+        if len(centre) != 3 or not all(isinstance(c, (int, float)) for c in centre) or not scale > 0:
             raise ValueError("bad normalisation")
         net = build_net(config, graph)
         net.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items()})

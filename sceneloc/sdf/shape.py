@@ -1,9 +1,11 @@
 """What `sceneloc sdf fit` learns from: a triangle mesh in the model's normalised frame, its training samples (the
 thesis's IGR/SAL preparation, section 2.4.1: points on the surface with their normals, and points around it with
-their unsigned distance to the surface) and the template whose vertices are LGCL's key points.
+their distance to the surface) and the template whose vertices are LGCL's key points.
 
-The distances are exact point-to-triangle distances (Open3D's RaycastingScene), so the mesh need not be watertight
-(sign-agnostic learning, Eq. 2.5); the normals give the sign."""
+The distances are exact point-to-triangle distances (Open3D's RaycastingScene), signed by ray parity when the mesh
+is watertight; otherwise unsigned (sign-agnostic learning, Eq. 2.5) and the normals give the sign. Meshes are
+cleaned (duplicate and unreferenced vertices, degenerate triangles) and a closed mesh wound inwards is turned
+outwards, so that normals and tangent planes face out."""
 
 from __future__ import annotations
 
@@ -38,8 +40,8 @@ class SampleConfig:
     axis) a decoder left positive grows an inner sheet."""
 
     def validate(self) -> None:
-        if not (self.surface >= 1 and self.near >= 0 and self.uniform >= 0):
-            raise ValueError("sample counts must be positive (surface) or zero or more (near, uniform)")
+        if not (self.surface >= 1 and self.near >= 0 and self.uniform >= 0 and self.near + self.uniform >= 1):
+            raise ValueError("sample counts: surface at least 1, near and uniform zero or more and not both zero")
         if not (self.sigma_near > 0 and self.sigma_far > 0):
             raise ValueError("sigma_near and sigma_far must be positive")
         if self.signed not in ("auto", "signed", "unsigned"):
@@ -55,12 +57,32 @@ class Shape:
     triangles: np.ndarray
     normalisation: Normalisation
 
+    watertight: bool = False
+    """Whether the mesh is closed (edge- and vertex-manifold, no boundary edge): distances can be signed."""
+
     @classmethod
     def from_mesh(cls, mesh: o3d.t.geometry.TriangleMesh) -> "Shape":
-        """The shape of a mesh as sceneloc.evaluate.cloud.read_mesh returns it."""
-        vertices = mesh.vertex.positions.numpy().astype(np.float64)
+        """The shape of a mesh as sceneloc.evaluate.cloud.read_mesh returns it, cleaned, and turned outwards when
+        it is closed and wound inwards (negative signed volume). ValueError for a mesh without area."""
+        positions = mesh.vertex.positions.numpy().astype(np.float64)
+        legacy = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(positions),
+                                           o3d.utility.Vector3iVector(mesh.triangle.indices.numpy()))
+        legacy.remove_duplicated_vertices()
+        legacy.remove_degenerate_triangles()
+        legacy.remove_unreferenced_vertices()
+        vertices, triangles = np.asarray(legacy.vertices), np.asarray(legacy.triangles).astype(np.int64)
+        if len(triangles) == 0 or legacy.get_surface_area() <= 0:
+            raise ValueError("the mesh has no triangle with an area")
+        # Open3D's is_watertight also searches for self-intersections, quadratic in the triangles (14 s on the
+        # bunny); closedness is what signing by ray parity needs.
+        watertight = bool(legacy.is_edge_manifold(allow_boundary_edges=False) and legacy.is_vertex_manifold())
+        if watertight:
+            corners = vertices[triangles]
+            volume = np.einsum("ij,ij->i", corners[:, 0], np.cross(corners[:, 1], corners[:, 2])).sum() / 6
+            if volume < 0:
+                triangles = triangles[:, ::-1].copy()
         normalisation = Normalisation.of(vertices)
-        return cls(normalisation.to_model(vertices), mesh.triangle.indices.numpy().astype(np.int64), normalisation)
+        return cls(normalisation.to_model(vertices), triangles, normalisation, watertight)
 
     def legacy(self) -> o3d.geometry.TriangleMesh:
         mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(self.vertices.astype(np.float64)),
@@ -77,9 +99,6 @@ class Shape:
             mesh.remove_degenerate_triangles()
             mesh.remove_unreferenced_vertices()
         return TemplateGraph.from_triangles(np.asarray(mesh.vertices), np.asarray(mesh.triangles))
-
-    def is_watertight(self) -> bool:
-        return bool(self.legacy().is_watertight())
 
     def distance_to(self, points: np.ndarray, signed: bool = False) -> np.ndarray:
         """(N,) float32 distances of normalised points (N, 3) to the surface: unsigned, or signed (negative inside,
@@ -116,5 +135,5 @@ class TrainingSamples:
         sigma = np.where(np.arange(config.near) % 2 == 0, config.sigma_near, config.sigma_far)[:, None]
         space = np.concatenate([centres + rng.normal(size=centres.shape) * sigma,
                                 rng.uniform(-1.1, 1.1, size=(config.uniform, 3))]).astype(np.float32)
-        signed = config.signed == "signed" or (config.signed == "auto" and shape.is_watertight())
+        signed = config.signed == "signed" or (config.signed == "auto" and shape.watertight)
         return cls(surface, normals, space, shape.distance_to(space, signed), signed)
