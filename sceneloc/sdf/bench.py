@@ -200,7 +200,8 @@ def _report(results: dict) -> str:
             continue
         base = methods["DeepSDF"]["ed_mm"]["mean"]
         lines.append(f"- {mesh}: " + "; ".join(
-            f"{name} ED {r['ed_mm']['mean']:.2f} mm, {1 - r['ed_mm']['mean'] / base:.0%} lower than DeepSDF's "
-            f"{base:.2f} mm" for name, r in methods.items() if name != "DeepSDF"))
+            f"{name} ED {r['ed_mm']['mean']:.2f} mm, {abs(1 - r['ed_mm']['mean'] / base):.0%} "
+            f"{'lower' if r['ed_mm']['mean'] <= base else 'higher'} than DeepSDF's {base:.2f} mm"
+            for name, r in methods.items() if name != "DeepSDF"))
     lines.append("")
     return "\n".join(lines)
