@@ -67,6 +67,13 @@ def read_mesh(path: str | Path) -> o3d.t.geometry.TriangleMesh:
     return geometry
 
 
+def legacy_mesh(vertices: np.ndarray, triangles: np.ndarray) -> o3d.geometry.TriangleMesh:
+    """Open3D's legacy mesh of (V, 3) vertices and (F, 3) triangle indices (any numeric dtypes): the form its
+    cleaning, decimation, normals, clustering and writers take."""
+    return o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(vertices, dtype=np.float64)),
+                                     o3d.utility.Vector3iVector(np.asarray(triangles, dtype=np.int32)))
+
+
 def sample_mesh(mesh: o3d.t.geometry.TriangleMesh, n: int, seed: int) -> np.ndarray:
     """(n, 3) float32 points uniform by area on `mesh` (geometry only, as read_mesh returns), reproducible for a
     seed."""

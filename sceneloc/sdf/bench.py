@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import open3d as o3d
 import torch
 
 from sceneloc.evaluate.cloud import read_mesh
@@ -95,10 +96,9 @@ def _stem(mesh_name: str, variant: Variant) -> str:
     return f"{mesh_name}_{''.join(c if c.isalnum() else '_' for c in variant.name.lower())}"
 
 
-def _fitted(variant: Variant, mesh_name: str, shape: Shape, steps: int, folder: Path, resume: bool,
+def _fitted(variant: Variant, config: SdfFitConfig, mesh_name: str, shape: Shape, folder: Path, resume: bool,
             log: Callable[[str], None]) -> SdfModel:
     path = folder / f"{_stem(mesh_name, variant)}.sdf"
-    config = variant.config(steps)
     if resume and path.is_file():
         model = load_sdf_model(path)
         if model.training.get("config") == json.loads(json.dumps(config.to_dict())):
@@ -111,10 +111,10 @@ def _fitted(variant: Variant, mesh_name: str, shape: Shape, steps: int, folder: 
     return model
 
 
-def _scored(model: SdfModel, truth_path: Path, recon_path: Path) -> tuple[dict, np.ndarray]:
+def _scored(model: SdfModel, truth: o3d.t.geometry.TriangleMesh, recon_path: Path) -> tuple[dict, np.ndarray]:
     vertices, triangles = extract_mesh(model, RESOLUTION)
     write_mesh(recon_path, vertices, triangles)
-    recon, truth = read_mesh(recon_path), read_mesh(truth_path)
+    recon = read_mesh(recon_path)  # the mesh as written (float32), scored as a user's file would be
     result, per_vertex = compare_meshes(recon, truth, with_vertex_errors=True)
     p = model.parameters()
     result.update({"net_parameters": p["net"], "latent_parameters": p["latent"],
@@ -146,15 +146,15 @@ def run_sdf_bench(out: Path, meshes: list[str], steps: int, resume: bool = False
                                if s != SdfFitConfig.lambda_sim] if name == meshes[0] else [])
         errors = {}
         for variant in variants:
-            model = _fitted(variant, name, shape, steps, out / "models", resume, log)
-            result, errors[variant.name] = _scored(model, truth_path, out / "recon" / f"{_stem(name, variant)}.ply")
+            config = variant.config(steps)
+            model = _fitted(variant, config, name, shape, out / "models", resume, log)
+            result, errors[variant.name] = _scored(model, truth, out / "recon" / f"{_stem(name, variant)}.ply")
             log(f"{name} {variant.name}: CD {result['cd_mm']:.2f} mm, HD {result['hd_mm']:.1f} mm, "
                 f"ED {result['ed_mm']['mean']:.2f} mm")
             if variant in METHODS:
                 table.setdefault(name, {})[variant.name] = result
             if variant.method == "lgcl" and variant.kernel == "cheb" and name == meshes[0]:
-                ablation[f"{variant.lambda_sim if variant.lambda_sim is not None else SdfFitConfig.lambda_sim:g}"] \
-                    = result
+                ablation[f"{config.lambda_sim:g}"] = result
         render_vertex_errors(out / f"errors_{name}.png", truth, {m.name: errors[m.name] for m in METHODS},
                              f"{name} ({info[name]['vertices']:,} vertices, {LONGEST_SIDE_M:g} m): error per "
                              f"vertex, {steps} steps")

@@ -13,6 +13,7 @@ import numpy as np
 import open3d as o3d
 from skimage.measure import marching_cubes
 
+from sceneloc.evaluate.cloud import legacy_mesh
 from sceneloc.runtime.atomic import atomic_output
 from sceneloc.runtime.progress import make_progress
 from sceneloc.sdf.model import SdfModel
@@ -83,24 +84,21 @@ def drop_far_pieces(vertices: np.ndarray, faces: np.ndarray, model: SdfModel) ->
     than FAR_EDGES template edge lengths from every key point. A zero set out there is the field's extrapolation
     (the samples lie near the surface), and far from the surface LGCL's field is the tangent plane of a key point
     that may face away from the point: the armadillo of `sdf bench` grew sheets up to 470 mm out."""
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices.astype(np.float64)),
-                                     o3d.utility.Vector3iVector(faces))
+    mesh = legacy_mesh(vertices, faces)
     with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
         piece, _, _ = mesh.cluster_connected_triangles()
     piece = np.asarray(piece)
     near = model.key_point_distance(vertices) <= FAR_EDGES * model.graph.mean_edge_length()
     keep_piece = np.zeros(piece.max() + 1 if len(piece) else 0, dtype=bool)
     keep_piece[piece[near[faces].any(1)]] = True
-    faces = faces[keep_piece[piece]]
-    used = np.unique(faces)
-    remap = np.full(len(vertices), -1, dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    return vertices[used], remap[faces].astype(np.int32)
+    mesh.remove_triangles_by_mask(~keep_piece[piece])
+    mesh.remove_unreferenced_vertices()  # keeps the order of the vertices left
+    return np.asarray(mesh.vertices), np.asarray(mesh.triangles, dtype=np.int32)
 
 
 def write_mesh(path: str | Path, vertices: np.ndarray, triangles: np.ndarray) -> None:
     """Writes a triangle mesh atomically, in the format of the file's extension (Open3D: .ply, .obj, .off, ...)."""
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(triangles))
+    mesh = legacy_mesh(vertices, triangles)
     mesh.compute_triangle_normals()  # STL stores them (Open3D refuses to write one without)
     with atomic_output(path) as tmp:
         if not o3d.io.write_triangle_mesh(str(tmp), mesh):

@@ -38,13 +38,12 @@ class TemplateGraph:
     def from_triangles(cls, vertices: np.ndarray, triangles: np.ndarray) -> "TemplateGraph":
         """The graph of a triangle mesh: (V, 3) vertices, (F, 3) triangles -> its unique edges and its vertex
         normals (Open3D's, from the adjacent triangles)."""
-        import open3d as o3d
+        from sceneloc.evaluate.cloud import legacy_mesh
 
         tri = np.asarray(triangles, dtype=np.int64)
         pairs = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
         pairs = np.unique(np.sort(pairs, axis=1), axis=0)
-        mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(vertices, dtype=np.float64)),
-                                         o3d.utility.Vector3iVector(tri.astype(np.int32)))
+        mesh = legacy_mesh(vertices, tri)
         mesh.compute_vertex_normals()
         return cls(np.asarray(vertices, dtype=np.float32), pairs[pairs[:, 0] != pairs[:, 1]],
                    np.asarray(mesh.vertex_normals, dtype=np.float32))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
+from sceneloc.evaluate.cloud import legacy_mesh
 from sceneloc.sdf.graph import TemplateGraph
 from sceneloc.sdf.model import Normalisation
 
@@ -64,9 +65,7 @@ class Shape:
     def from_mesh(cls, mesh: o3d.t.geometry.TriangleMesh) -> "Shape":
         """The shape of a mesh as sceneloc.evaluate.cloud.read_mesh returns it, cleaned, and turned outwards when
         it is closed and wound inwards (negative signed volume). ValueError for a mesh without area."""
-        positions = mesh.vertex.positions.numpy().astype(np.float64)
-        legacy = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(positions),
-                                           o3d.utility.Vector3iVector(mesh.triangle.indices.numpy()))
+        legacy = legacy_mesh(mesh.vertex.positions.numpy(), mesh.triangle.indices.numpy())
         legacy.remove_duplicated_vertices()
         legacy.remove_degenerate_triangles()
         legacy.remove_unreferenced_vertices()
@@ -85,8 +84,7 @@ class Shape:
         return cls(normalisation.to_model(vertices), triangles, normalisation, watertight)
 
     def legacy(self) -> o3d.geometry.TriangleMesh:
-        mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(self.vertices.astype(np.float64)),
-                                         o3d.utility.Vector3iVector(self.triangles.astype(np.int32)))
+        mesh = legacy_mesh(self.vertices, self.triangles)
         mesh.compute_triangle_normals()
         return mesh
 
