@@ -666,6 +666,55 @@ def evaluate_cloud_command(
     console.print("wrote " + ", ".join(str(p) for p in [*written, png]))
 
 
+@app.command("train-scores")
+def train_scores_command(
+    output: Path = typer.Option(..., "-o", "--output", help="Scorer file to write (.safetensors; its training "
+                                                           "record goes beside it as .json)"),
+    scenes: Optional[str] = typer.Option(None, "--scenes", help="Training scenes, comma-separated preset:seed "
+                                                                "(default: four quick-rooms, an office, a lowtex)"),
+    validation: Optional[str] = typer.Option(None, "--validation", help="Held-out scenes, preset:seed, "
+                                                                        "comma-separated"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default 3000)"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Rendered-scene cache (default "
+                                                                       "$SCENELOC_CACHE or ~/.cache/sceneloc)"),
+    overrides: Optional[list[str]] = SetOption,
+):
+    """Train the learned distinctiveness scores of structure maps (`map --type structure --set scores=learned`) on
+    generated scenes, labelled by matching success in their verification frames."""
+    from rich.table import Table
+
+    from sceneloc.evaluate.report import write_json
+    from sceneloc.mapping.structure.scorer import save_scorer
+    from sceneloc.mapping.structure.train_scores import KEPT_FRACTIONS, ScoreTrainingConfig, train_scorer
+    from sceneloc.runtime.config_overrides import configure
+
+    def names(text: str | None) -> list[str] | None:
+        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+    try:
+        config = configure(ScoreTrainingConfig(), {"scenes": names(scenes), "validation": names(validation),
+                                                   "steps": steps}, overrides)
+    except ValueError as e:
+        _fail(str(e))
+    if output.suffix == ".json":
+        _fail(f"{output}: the scorer is a .safetensors file (its training record is written beside it as .json)")
+    record_path = output.with_suffix(".json")
+    for path in (output, record_path):
+        check_writable(path)
+    net, record = train_scorer(config, cache_dir)
+    save_scorer(output, net, record)
+    write_json(record_path, record)
+    table = Table(title="correct verification matches kept, best-scored points first")
+    for column in ["scene", "scores", *(f"{100 * f:g} % of points" for f in KEPT_FRACTIONS)]:
+        table.add_column(column)
+    for row in record["validation"]:
+        for kind, kept in row["kept"].items():
+            table.add_row(row["scene"], kind, *(f"{100 * kept[f'{f:g}']:.1f} %" for f in KEPT_FRACTIONS))
+    Console().print(table)
+    console.print(f"wrote {output} and {record_path}: {record['n_points']:,} points, final loss "
+                  f"{record['final_loss']:.4f}, {record['total_s']:.0f} s")
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit code 2, never a traceback."""
     try:

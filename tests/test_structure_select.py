@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from sceneloc.mapping.structure.select import proximity_kernel, select_points, simple_scores, smo_select
+from sceneloc.mapping.structure.scores import simple_scores
+from sceneloc.mapping.structure.select import proximity_kernel, select_points, smo_select
 
 
 def objective(alpha, K, d, tau):

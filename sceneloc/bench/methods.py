@@ -19,6 +19,7 @@ from sceneloc.data import Scene, read_scene
 from sceneloc.runtime.errors import InputError
 from sceneloc.runtime.memory import peak_rss_mb
 from sceneloc.runtime.atomic import write_text_atomic
+from sceneloc.mapping.structure.scores import SCORE_KINDS
 from sceneloc.localize.estimate import PoseEstimate
 
 
@@ -332,6 +333,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     *(HybridMethod(f"hybrid-budget-{f:g}", (f"structure.budget_fraction={f:g}",)) for f in BUDGET_FRACTIONS),
     *(SqueezeMethod(f"squeeze-codes-{b}", (f"descriptor_bytes={b}",)) for b in (16, 32)),
     *(HybridMethod(f"hybrid-codes-{b}", (f"structure.descriptor_bytes={b}",)) for b in (16, 32)),
+    *(SqueezeMethod(f"squeeze-scores-{k}", (f"scores={k}",)) for k in SCORE_KINDS),
+    *(SqueezeMethod(f"squeeze-scores-{k}-budget-0.03", (f"scores={k}", "budget_fraction=0.03")) for k in SCORE_KINDS),
     ColmapSiftMethod(),
 )}
 """The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
@@ -343,8 +346,9 @@ encoded or raw, and its modulation module switched on); `squeeze` is the compres
 descriptor, no PCA, at the same byte budget; `squeeze-pq`, `squeeze-dsq`: product quantisation, the paper's DSQ
 auto-encoder); `hybrid` holds an scr map and compressed points, the head's
 coordinates guiding the matching (`squeeze-budget-F`, `hybrid-budget-F`: F of the uncompressed bytes for the points,
-BUDGET_FRACTIONS; `-codes-B`: B-byte descriptor codes, more points in the same bytes); `colmap-sift` is the
-structure-based peer."""
+BUDGET_FRACTIONS; `-codes-B`: B-byte descriptor codes, more points in the same bytes; `squeeze-scores-K`: the QP's
+distinctiveness scores of kind K (mapping/structure/scores.py), also at a 0.03 budget where selection matters most);
+`colmap-sift` is the structure-based peer."""
 
 
 def map_in_this_process(method: str, scene_roots: list[str], scene_names: list[str], map_path: str,

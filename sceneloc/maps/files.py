@@ -25,7 +25,8 @@ KNOWN_FORMATS = {"sceneloc-map": "a single-scene sceneloc map (from `sceneloc ma
                  "sceneloc-colmap-sift": "a colmap-sift peer map (from `sceneloc bench`)",
                  "sceneloc-cdem": "an EBCF-CDEM DEM super-resolution model (from `sceneloc dem train`)",
                  "sceneloc-dem-cnn": "a fixed-scale CNN DEM super-resolution model (from `sceneloc dem train`)",
-                 "sceneloc-sdf": "a signed-distance shape model (from `sceneloc sdf fit`)"}
+                 "sceneloc-sdf": "a signed-distance shape model (from `sceneloc sdf fit`)",
+                 "sceneloc-distinctiveness": "a structure map point scorer (from `sceneloc train-scores`)"}
 """The "format" of every map kind, in words: a map of one kind given where another is needed is named for what it
 is, not "not a sceneloc map"."""
 

@@ -5,8 +5,9 @@
       ──visual words over the decoded descriptors──▶ a retrieval descriptor per cluster ──▶ StructureMap
 
 The map budget (StructureMapConfig.budget_mb, or budget_fraction of the uncompressed map) sets how many points
-are kept; each cluster gets its share in proportion to the points it sees. The scores and kernel are the simple,
-hand-made ones of select.py (the paper learns both with a point transformer)."""
+are kept; each cluster gets its share in proportion to the points it sees. The scores are one of scores.py's kinds
+(hand-made, or a small learned scorer), the kernel select.py's Gaussian of the 3D distance (the paper learns both
+with a point transformer)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from sceneloc.data import Scene
 from sceneloc.mapping.structure.clustering import cluster_frames, covisibility_distance
 from sceneloc.mapping.structure.features import nearest_words
 from sceneloc.mapping.structure.quantise import CODEC_KINDS, fit_codec, unit_rows
-from sceneloc.mapping.structure.select import proximity_kernel, select_points, simple_scores
+from sceneloc.mapping.structure.scorer import load_scorer
+from sceneloc.mapping.structure.scores import SCORE_KINDS, distinctiveness
+from sceneloc.mapping.structure.select import proximity_kernel, select_points
 from sceneloc.mapping.structure.triangulate import Triangulation, TriangulationConfig, triangulate_scene
 from sceneloc.maps.structure_map import FORMAT, FORMAT_VERSION, StructureMap, grid_points
 from sceneloc.runtime.errors import InputError
@@ -60,6 +63,12 @@ class StructureMapConfig:
     cluster_distance: float = 0.8
     """Co-visibility distance (1 - shared points / the smaller frame's points) at which the frame dendrogram is cut
     into clusters."""
+    scores: str = "simple"
+    """Distinctiveness scores d the QP keeps points for (mapping/structure/scores.py): "track" (track length),
+    "simple" (track length and reprojection error), "distinct" (track length and how unlike its nearest other
+    descriptor a point's is) or "learned" (a scorer trained on generated scenes: `sceneloc train-scores`)."""
+    scorer: str = ""
+    """The learned scorer's file when scores is "learned"; "" for the one shipped with the package."""
     candidates_per_slot: int = 4
     """Per cluster, the QP chooses among this many times its budget of best-scored points (bounds the dense kernel
     to (4 budget)^2 entries)."""
@@ -101,6 +110,8 @@ class StructureMapConfig:
             raise InputError(None, f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
         if not 1 <= self.descriptor_bytes <= 128:
             raise InputError(None, f"descriptor_bytes must be in 1..128, got {self.descriptor_bytes}")
+        if self.scores not in SCORE_KINDS:
+            raise InputError(None, f"unknown scores {self.scores!r} ({', '.join(SCORE_KINDS)})")
         if self.codec not in CODEC_KINDS:
             raise InputError(None, f"unknown codec {self.codec!r} ({', '.join(CODEC_KINDS)})")
 
@@ -190,7 +201,8 @@ def build_structure_map(scene: Scene, config: StructureMapConfig, show_progress:
     seen = visibility(model)
     clusters = cluster_frames(covisibility_distance(seen), config.cluster_distance)
     n_clusters = int(clusters.max() + 1)
-    scores = simple_scores(model.track_lengths, model.errors_px)
+    scorer = load_scorer(config.scorer) if config.scores == "learned" and config.scorer else None
+    scores = distinctiveness(config.scores, model, scene, scorer=scorer)
     # The codec's size does not depend on which points it is fit on (at most: PQ's codebook shrinks below 256
     # points): a quick fit on a sample gives it for the budget.
     sample = unit_rows(model.descriptors[:min(len(model.points), 1024)])

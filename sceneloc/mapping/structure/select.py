@@ -1,6 +1,6 @@
 """Point selection of a structure-based map: the quadratic program of SceneSqueezer / QP+R.Sift (Mera-Trujillo et
-al.), solved by Sequential Minimal Optimization (SceneSqueezer supplementary, Algorithm 1), and the simple scores
-and proximity kernel this package feeds it in place of the paper's learned ones.
+al.), solved by Sequential Minimal Optimization (SceneSqueezer supplementary, Algorithm 1), and the proximity kernel
+this package feeds it in place of the paper's learned one (the scores d: scores.py).
 
 The QP over m points, for one co-visible cluster (clustering.py):
 
@@ -211,24 +211,3 @@ def proximity_kernel(xyz: np.ndarray, sigma_m: float) -> np.ndarray:
     kernel *= -0.5 / sigma_m ** 2
     np.exp(kernel, out=kernel)
     return kernel
-
-
-def simple_scores(track_length: np.ndarray, reprojection_error_px: np.ndarray) -> np.ndarray:
-    """Handcrafted distinctiveness scores in [0, 1], in place of SceneSqueezer's learned d.
-
-    track_length: (m,) observations per point (≥ 1); reprojection_error_px: (m,) mean reprojection error, pixels.
-    Returns (m,) float64:  log(n) / log(max(n_max, 2)) · exp(−err / 2 px).
-    A point seen by more frames is more likely to be seen by a query (the log: the fifth observation adds less
-    than the second), normalised by the longest track in the cluster; a point that reprojects badly is a poor
-    anchor for PnP, halved in weight every 2 ln 2 ≈ 1.4 px."""
-    n = np.asarray(track_length, dtype=np.float64)
-    err = np.asarray(reprojection_error_px, dtype=np.float64)
-    if n.shape != err.shape or n.ndim != 1:
-        raise ValueError(f"track_length and reprojection_error_px must be 1-D of one length, got {n.shape}, "
-                         f"{err.shape}")
-    if n.size == 0:
-        return np.zeros(0)
-    if not (np.isfinite(n).all() and (n >= 1).all() and np.isfinite(err).all() and (err >= 0).all()):
-        raise ValueError("track lengths must be finite and >= 1, reprojection errors finite and >= 0")
-    length_term = np.log(n) / math.log(max(float(n.max()), 2.0))
-    return np.clip(length_term * np.exp(-err / 2.0), 0.0, 1.0)

@@ -12,7 +12,8 @@ Steps (triangulate_scene), all on the CPU:
   4. Triangulation with the poses fixed (pycolmap.triangulate_points: COLMAP's triangulator, track merging and
      completion, point-only bundle adjustment and filtering; min. triangulation angle 1.5 deg, 4 px).
   5. Per point: the renormalised mean of its track's L1-root SIFT descriptors, quantised as COLMAP stores SIFT
-     (x 512, clipped at 255), its reprojection error and its observations.
+     (x 512, clipped at 255), how much the track's descriptors agree, their mean SIFT scale, its reprojection
+     error and its observations.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ class Triangulation:
     """(P, 128) uint8 mean L1-root SIFT descriptor of each point's track (COLMAP's scale)."""
     errors_px: np.ndarray
     """(P,) float32 mean reprojection error of each point over its track, pixels."""
+    descriptor_consistency: np.ndarray
+    """(P,) float32 length of the mean of the track's unit descriptors, in (0, 1]: 1 when every observation has
+    the same descriptor, lower the more they change with the viewpoint."""
+    scales_px: np.ndarray
+    """(P,) float32 mean SIFT scale of the track's keypoints, pixels."""
     observation_point: np.ndarray
     """(O,) int64 point index of every observation (the track elements of all points, point by point)."""
     observation_frame: np.ndarray
@@ -110,6 +116,15 @@ def _reconstruction(scene: Scene) -> pycolmap.Reconstruction:
     return reconstruction
 
 
+def keypoint_scales(keypoints: np.ndarray) -> np.ndarray:
+    """(N,) float64 SIFT scales, pixels, of keypoints as COLMAP's database stores them: (N, 4) x, y, scale,
+    orientation, or (N, 6) x, y and the affine shape a11, a12, a21, a22 (scale: the root of its determinant)."""
+    if keypoints.shape[1] == 4:
+        return keypoints[:, 2].astype(np.float64)
+    a = keypoints[:, 2:6].astype(np.float64)
+    return np.sqrt(np.abs(a[:, 0] * a[:, 3] - a[:, 1] * a[:, 2]))
+
+
 def _tracks(reconstruction: pycolmap.Reconstruction, db: pycolmap.Database, n_frames: int) -> dict:
     """Points, mean track descriptors, errors and observations of a triangulated reconstruction (Triangulation's
     fields)."""
@@ -123,12 +138,17 @@ def _tracks(reconstruction: pycolmap.Reconstruction, db: pycolmap.Database, n_fr
     rows = np.array(rows, np.int64)
     image_ids, keypoint_idx = np.array(image_ids, np.int64), np.array(keypoint_idx, np.int64)
     sums = np.zeros((len(point_ids), 128), np.float32)
+    scale_sums = np.zeros(len(point_ids), np.float64)
     for image_id in np.unique(image_ids):
         sel = image_ids == image_id
         np.add.at(sums, rows[sel], unit_rows(db.read_descriptors(int(image_id)).data[keypoint_idx[sel]]))
+        np.add.at(scale_sums, rows[sel], keypoint_scales(db.read_keypoints(int(image_id))[keypoint_idx[sel]]))
+    counts = np.maximum(np.bincount(rows, minlength=len(point_ids)), 1)
     return {"points": np.array([reconstruction.points3D[i].xyz for i in point_ids], np.float32).reshape(-1, 3),
             "descriptors": np.clip(np.round(unit_rows(sums) * 512.0), 0, 255).astype(np.uint8),
             "errors_px": np.array([reconstruction.points3D[i].error for i in point_ids], np.float32),
+            "descriptor_consistency": (np.linalg.norm(sums, axis=1) / counts).astype(np.float32),
+            "scales_px": (scale_sums / counts).astype(np.float32),
             "observation_point": rows, "observation_frame": image_ids - 1, "n_frames": n_frames}
 
 
