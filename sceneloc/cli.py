@@ -185,6 +185,14 @@ def _map_structure(scene_dir: Path, output: Path, split: str, images: Path | Non
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): {build['n_points']:,} of "
                   f"{build['n_triangulated']:,} points in {build['n_clusters']} clusters, in "
                   f"{build['timings']['total_s']:.0f} s")
+    ratio = output.stat().st_size / build["uncompressed_bytes"]
+    if ratio > 0.5:
+        # A scene of few points (a handful of mapping frames, weak texture): the codec and cluster descriptors
+        # cost about the same on any scene, so compression stops paying (BENCHMARKS section 13, slambook).
+        console.print(f"note: this map is {ratio:.0%} of the bytes of its {build['n_triangulated']:,} points "
+                      f"uncompressed ({build['fixed_bytes'] / 1e6:.3f} MB of it codec and cluster descriptors): the "
+                      f"scene is too small for compression to pay; `--set budget_fraction=1` keeps every point, "
+                      f"`--type hybrid` adds scene coordinates", soft_wrap=True)
 
 
 @app.command("add-keypoints")

@@ -144,3 +144,15 @@ def test_the_relative_default_budget_still_maps_a_scene_too_small_for_it(built, 
     assert code == 0, out  # 0.05 x 140 B x ~1,850 points = 13 KB: below the fixed part alone
     build = StructureMap.load(small).metadata["build"]
     assert small.stat().st_size <= build["budget_bytes"] and build["n_points"] >= 4
+    assert "too small for compression" not in out
+
+
+def test_a_map_that_barely_compresses_says_so(built, tmp_path):
+    rendered, _, path = built
+    every = tmp_path / "every.smap"
+    code, out = run_cli("map", rendered.root, "-o", every, "--type", "structure", "--set", "budget_fraction=1")
+    assert code == 0, out
+    build = StructureMap.load(every).metadata["build"]
+    assert build["n_points"] == build["n_triangulated"]  # a budget of the uncompressed bytes keeps every point
+    assert every.stat().st_size > 0.5 * build["uncompressed_bytes"]
+    assert "too small for compression to pay" in out
