@@ -109,6 +109,10 @@ def test_budget_mb_bounds_the_file_and_a_budget_below_the_fixed_cost_is_refused(
     assert small.stat().st_size <= 40_000
     points = [StructureMap.load(p).metadata["build"]["n_points"] for p in (small, path)]
     assert points[0] < points[1]
+    build = StructureMap.load(small).metadata["build"]
+    # scores=auto: the learned scores where the budget keeps under a tenth of the points, the simple ones above.
+    assert build["budget_points"] < 0.1 * build["n_triangulated"] and build["scores"] == "learned"
+    assert StructureMap.load(path).metadata["build"]["scores"] == "simple"
     code, out = run_cli("map", rendered.root, "-o", tmp_path / "tiny.smap", "--type", "structure",
                         "--budget-mb", "0.001")
     assert code == 2 and "is below the map's fixed" in out and "Traceback" not in out

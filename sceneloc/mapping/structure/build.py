@@ -63,10 +63,16 @@ class StructureMapConfig:
     cluster_distance: float = 0.8
     """Co-visibility distance (1 - shared points / the smaller frame's points) at which the frame dendrogram is cut
     into clusters."""
-    scores: str = "simple"
+    scores: str = "auto"
     """Distinctiveness scores d the QP keeps points for (mapping/structure/scores.py): "track" (track length),
     "simple" (track length and reprojection error), "distinct" (track length and how unlike its nearest other
-    descriptor a point's is) or "learned" (a scorer trained on generated scenes: `sceneloc train-scores`)."""
+    descriptor a point's is), "learned" (a scorer trained on generated scenes: `sceneloc train-scores`), or "auto":
+    "learned" when the budget keeps fewer than learned_below_share of the triangulated points, else "simple"
+    (docs/BENCHMARKS.md section 17: the learned points still localize where few can be kept; with more, the
+    simple ones are the more precise)."""
+    learned_below_share: float = 0.1
+    """scores="auto" uses the learned scores when the point budget is below this share of the triangulated
+    points (quick-room: 17 % at the default budget_fraction, 5 % at 0.03)."""
     scorer: str = ""
     """The learned scorer's file when scores is "learned"; "" for the one shipped with the package."""
     candidates_per_slot: int = 4
@@ -110,8 +116,10 @@ class StructureMapConfig:
             raise InputError(None, f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
         if not 1 <= self.descriptor_bytes <= 128:
             raise InputError(None, f"descriptor_bytes must be in 1..128, got {self.descriptor_bytes}")
-        if self.scores not in SCORE_KINDS:
-            raise InputError(None, f"unknown scores {self.scores!r} ({', '.join(SCORE_KINDS)})")
+        if self.scores not in (*SCORE_KINDS, "auto"):
+            raise InputError(None, f"unknown scores {self.scores!r} ({', '.join(SCORE_KINDS)} or auto)")
+        if not 0 <= self.learned_below_share <= 1:
+            raise InputError(None, f"learned_below_share must be in [0, 1], got {self.learned_below_share}")
         if self.codec not in CODEC_KINDS:
             raise InputError(None, f"unknown codec {self.codec!r} ({', '.join(CODEC_KINDS)})")
 
@@ -201,8 +209,6 @@ def build_structure_map(scene: Scene, config: StructureMapConfig, show_progress:
     seen = visibility(model)
     clusters = cluster_frames(covisibility_distance(seen), config.cluster_distance)
     n_clusters = int(clusters.max() + 1)
-    scorer = load_scorer(config.scorer) if config.scores == "learned" and config.scorer else None
-    scores = distinctiveness(config.scores, model, scene, scorer=scorer)
     # The codec's size does not depend on which points it is fit on (at most: PQ's codebook shrinks below 256
     # points): a quick fit on a sample gives it for the budget.
     sample = unit_rows(model.descriptors[:min(len(model.points), 1024)])
@@ -225,6 +231,10 @@ def build_structure_map(scene: Scene, config: StructureMapConfig, show_progress:
     memberships_per_point = len(memberships(seen, clusters, np.arange(len(model.points)))) / len(model.points)
     per_point = POINT_BYTES + config.descriptor_bytes + 2 * memberships_per_point
     budget = int(np.clip((limit - fixed) // per_point, 4, len(model.points)))
+    kind = config.scores if config.scores != "auto" else (
+        "learned" if budget < config.learned_below_share * len(model.points) else "simple")
+    scorer = load_scorer(config.scorer) if kind == "learned" and config.scorer else None
+    scores = distinctiveness(kind, model, scene, scorer=scorer)
     with make_progress(show_progress) as progress:
         kept = select_in_clusters(model, seen, clusters, scores, budget, config, progress)
     # The kept points' memberships are only known now (they see more clusters than the average point): drop the
@@ -256,7 +266,7 @@ def build_structure_map(scene: Scene, config: StructureMapConfig, show_progress:
                 "config": asdict(config), "scene": {"name": scene.name, "n_frames": len(scene.frames)},
                 "codec": {"kind": config.codec, "bytes_per_point": int(codes.shape[1])},
                 "build": {"n_triangulated": len(model.points), "n_points": int(len(kept)), "budget_points": budget,
-                          "budget_bytes": int(limit), "fixed_bytes": int(fixed),
+                          "budget_bytes": int(limit), "fixed_bytes": int(fixed), "scores": kind,
                           "uncompressed_bytes": UNCOMPRESSED_POINT_BYTES * len(model.points),
                           "n_clusters": n_clusters, "n_memberships": int(len(pairs)),
                           "triangulation": model.stats,

@@ -48,8 +48,10 @@ class ScoreTrainingConfig:
     """Training scenes, "preset:seed" (sceneloc.data.synthetic.PRESETS)."""
     validation: list[str] = field(default_factory=lambda: ["quick-room:20", "office:20"])
     """Held-out scenes for the kept-matches report, "preset:seed"."""
-    match_threshold_px: float = 4.0
-    """A verification match is correct when its point reprojects this close to the keypoint, pixels."""
+    match_threshold_px: float = 1.5
+    """A verification match is correct when its point reprojects this close to the keypoint, pixels. Tighter than
+    the localizer's RANSAC threshold so that the labels reward precise points, not only matchable ones (4 px gave
+    maps 10-80 % less precise at the same budgets; docs/BENCHMARKS.md section 17)."""
     depth_tolerance: float = 0.03
     """A point is visible in a frame when its depth is within this fraction (plus 2 cm) of the rendered depth."""
     steps: int = 3000
