@@ -50,8 +50,9 @@ class ScoreTrainingConfig:
     """Held-out scenes for the kept-matches report, "preset:seed"."""
     match_threshold_px: float = 1.5
     """A verification match is correct when its point reprojects this close to the keypoint, pixels. Tighter than
-    the localizer's RANSAC threshold so that the labels reward precise points, not only matchable ones (4 px gave
-    maps 10-80 % less precise at the same budgets; docs/BENCHMARKS.md section 17)."""
+    the localizer's RANSAC threshold so that the labels reward precise points, not only matchable ones (with 4 px
+    the median error was 9-75 % higher on copyroom and on quick-room at a 0.03 budget, 7 % lower on quick-room at
+    the default budget; docs/BENCHMARKS.md section 17)."""
     depth_tolerance: float = 0.03
     """A point is visible in a frame when its depth is within this fraction (plus 2 cm) of the rendered depth."""
     steps: int = 3000
