@@ -23,6 +23,7 @@ _PUBLIC = {
     "MultiSceneMap": "sceneloc.maps.multi_scene_map",
     "StructureMap": "sceneloc.maps.structure_map",
     "HybridMap": "sceneloc.maps.hybrid_map",
+    "LandmarkMap": "sceneloc.maps.landmark_map",
     "map_scene": "sceneloc.api",
     "load_map": "sceneloc.api",
     "Localizer": "sceneloc.api",

@@ -25,6 +25,7 @@ from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera
 from sceneloc.localize.estimate import PoseEstimate
 from sceneloc.localize.hybrid import HybridPredictor
+from sceneloc.localize.landmarks import LandmarkPredictor
 from sceneloc.localize.loop import (LocalizeConfig, Predictor, SceneMapPredictor, localize_rgb,
                                     localize_with_progress)
 from sceneloc.localize.multi_scene import MultiScenePredictor
@@ -32,11 +33,12 @@ from sceneloc.localize.structure import StructureMapPredictor
 from sceneloc.maps.files import read_map_metadata
 from sceneloc.mapping import MappingConfig, build_scene_map
 from sceneloc.maps.hybrid_map import FORMAT as HYBRID_FORMAT, HybridMap
+from sceneloc.maps.landmark_map import FORMAT as LANDMARK_FORMAT, LandmarkMap
 from sceneloc.maps.scene_map import SceneMap
 from sceneloc.maps.multi_scene_map import FORMAT as MULTI_FORMAT, MultiSceneMap
 from sceneloc.maps.structure_map import FORMAT as STRUCTURE_FORMAT, StructureMap
 
-AnyMap = SceneMap | MultiSceneMap | StructureMap | HybridMap
+AnyMap = SceneMap | MultiSceneMap | StructureMap | HybridMap | LandmarkMap
 
 
 def map_scene(scene: Scene, config: MappingConfig | None = None, device: str = "auto",
@@ -49,7 +51,7 @@ def map_scene(scene: Scene, config: MappingConfig | None = None, device: str = "
 
 def load_map(path: str | Path, device: str = "auto") -> AnyMap:
     """A map file of any kind: a single-scene SceneMap, a multi-scene MultiSceneMap, a StructureMap (numpy, on
-    the CPU whatever the device) or a HybridMap (its head on the device)."""
+    the CPU whatever the device), a HybridMap (its head on the device) or a LandmarkMap."""
     dev = resolve_device(device)
     map_format = read_map_metadata(path).get("format")
     if map_format == MULTI_FORMAT:
@@ -58,6 +60,8 @@ def load_map(path: str | Path, device: str = "auto") -> AnyMap:
         return StructureMap.load(path)
     if map_format == HYBRID_FORMAT:
         return HybridMap.load(path, dev)
+    if map_format == LANDMARK_FORMAT:
+        return LandmarkMap.load(path, dev)
     return SceneMap.load(path, dev)
 
 
@@ -68,6 +72,8 @@ def predictor_for(scene_map: AnyMap, config: LocalizeConfig, scene: str | None =
         return HybridPredictor(scene_map, config)
     if isinstance(scene_map, StructureMap):
         return StructureMapPredictor(scene_map, config)
+    if isinstance(scene_map, LandmarkMap):
+        return LandmarkPredictor(scene_map, config)
     if isinstance(scene_map, MultiSceneMap):
         return MultiScenePredictor(scene_map, scene, config)
     return SceneMapPredictor(scene_map, config.precision)

@@ -52,7 +52,10 @@ def map_command(
     output: Path = typer.Option(..., "-o", "--output", help="Map file to write (.map, safetensors)"),
     map_type: str = typer.Option("scr", "--type", help="scr (scene coordinate regression) | structure (compressed "
                                                         "structure-based map, SceneSqueezer) | hybrid (both in one "
-                                                        "map: scene coordinates guide the matching)"),
+                                                        "map: scene coordinates guide the matching) | landmarks "
+                                                        "(scene landmark detector, SLD*)"),
+    landmarks: Optional[int] = typer.Option(None, "--landmarks", help="--type landmarks: landmarks per scene "
+                                                                       "(default 300)"),
     budget_mb: Optional[float] = typer.Option(None, "--budget-mb", help="--type structure or hybrid: largest size "
                                                                          "of the points in MB (default: a tenth of "
                                                                          "the uncompressed map, 140 bytes per "
@@ -88,10 +91,22 @@ def map_command(
     from sceneloc.maps.multi_scene_map import MultiSceneMap
     from sceneloc.nn.encoders import load_encoder
 
-    if map_type not in ("scr", "structure", "hybrid"):
-        _fail(f"unknown --type {map_type!r} (use scr, structure or hybrid)")
+    if map_type not in ("scr", "structure", "hybrid", "landmarks"):
+        _fail(f"unknown --type {map_type!r} (use scr, structure, hybrid or landmarks)")
     if len(scene_dirs) > 1 and not multi:
         _fail(f"{len(scene_dirs)} scene folders given: pass --multi to map them into one model")
+    if landmarks is not None and map_type != "landmarks":
+        _fail("--landmarks is for --type landmarks")
+    if map_type == "landmarks":
+        given = [name for name, value in {"--multi": multi, "--keypoints": keypoints, "--init": start_from,
+                                          "--buffer-size": buffer_size, "--budget-mb": budget_mb}.items()
+                 if value not in (None, False)]
+        if given:
+            _fail(f"--type landmarks maps one scene: {', '.join(given)} are for other map types")
+        settings = {"num_landmarks": landmarks, "encoder": encoder, "iterations": iterations,
+                    "image_height": image_height, "precision": precision}
+        _map_landmarks(scene_dirs[0], output, split, images, seed, device, settings, overrides)
+        return
     if map_type == "structure":
         scr_only = {"--multi": multi, "--keypoints": keypoints, "--init": start_from, "--encoder": encoder,
                     "--iterations": iterations, "--buffer-size": buffer_size, "--image-height": image_height,
@@ -195,6 +210,39 @@ def _map_structure(scene_dir: Path, output: Path, split: str, images: Path | Non
                       f"`--type hybrid` adds scene coordinates", soft_wrap=True)
 
 
+def _map_landmarks(scene_dir: Path, output: Path, split: str, images: Path | None, seed: int, device: str,
+                   settings: dict, overrides: list[str] | None) -> None:
+    """`sceneloc map --type landmarks`: a LandmarkMap (mapping/landmarks/build.py)."""
+    from sceneloc.data import read_scene
+    from sceneloc.mapping.landmarks.build import LandmarkMapConfig, build_landmark_map
+    from sceneloc.nn.encoders import load_encoder
+    from sceneloc.runtime.config_overrides import apply_overrides
+
+    config = LandmarkMapConfig(seed=seed)
+    for name, value in settings.items():
+        if value is not None:
+            setattr(config, name, value)
+    try:
+        apply_overrides(config, overrides or [])
+        config.validate()
+        load_encoder(config.encoder)
+    except ValueError as e:
+        _fail(str(e))
+    dev = _device(device)
+    check_writable(output, [scene_dir])
+    scene = read_scene(scene_dir, split=split, images=images)
+    console.print(f"mapping [bold]{scene.name}[/]: {len(scene.frames)} frames, {config.num_landmarks} landmarks, "
+                  f"encoder {config.encoder}, device {dev}")
+    landmark_map = build_landmark_map(scene, config, dev)
+    landmark_map.save(output)
+    build = landmark_map.metadata["build"]
+    timings = build["timings"]
+    console.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): {build['n_landmarks']} landmarks of "
+                  f"{build['n_triangulated']:,} points, {build['visible_per_view']['median']:.0f} visible per view; "
+                  f"triangulation {timings['triangulate_s']:.0f} s, encoding {timings['encode_s']:.0f} s, head "
+                  f"{timings['train_s']:.0f} s", soft_wrap=True)
+
+
 @app.command("add-keypoints")
 def add_keypoints_command(
     map_file: Path = typer.Argument(..., help="Single-scene map file from `sceneloc map` (without --keypoints)"),
@@ -255,7 +303,7 @@ def localize(
     images: Optional[Path] = typer.Option(None, help="Image folder for a COLMAP model, if not beside it"),
     backend: str = typer.Option("poselib", help="RANSAC-PnP backend: poselib | opencv"),
     threshold: Optional[float] = typer.Option(None, help="RANSAC inlier threshold in pixels at 480 px image height "
-                                                         "(default 20; structure maps 12)"),
+                                                         "(default 20; structure maps 12, landmark maps 8)"),
     scene_name: Optional[str] = typer.Option(None, "--scene", help="Multi-scene maps: the scene the queries show, "
                                                                      "or 'auto' to identify it per image"),
     server: Optional[str] = typer.Option(None, "--server", help="Localize through a running `sceneloc serve` at "
@@ -282,7 +330,8 @@ def localize(
     config = LocalizeConfig(precision=_precision(precision))
     config.solver.backend = backend
     if threshold is not None:  # one threshold for the map at hand, whichever kind it is
-        config.solver.inlier_threshold_px = config.structure_threshold_px = threshold
+        config.solver.inlier_threshold_px = threshold
+        config.structure_threshold_px = config.landmark_threshold_px = threshold
     try:
         apply_overrides(config, overrides or [])
     except ValueError as e:
@@ -571,7 +620,8 @@ app.add_typer(sdf_app, name="sdf")
 def export_points_command(
     map_file: Path = typer.Argument(..., help="Map file from `sceneloc map`"),
     scene_dir: Optional[Path] = typer.Argument(None, help="The posed mapping images (any supported layout); not "
-                                                          "needed for structure maps, which hold their points (a "
+                                                          "needed for structure and landmark maps, which hold their "
+                                                          "points (a "
                                                           "hybrid map: its points without it, its head's cloud "
                                                           "with it)"),
     output: Path = typer.Option(..., "-o", "--output", help="PLY file to write (xyz float32 + rgb uint8)"),
@@ -597,9 +647,11 @@ def export_points_command(
     from sceneloc.runtime.config_overrides import configure
     from sceneloc.data import read_scene
     from sceneloc.evaluate.cloud import render_cloud_png, up_from_cameras
-    from sceneloc.export.points import PointExportConfig, export_points, structure_points, write_ply
+    from sceneloc.export.points import (PointExportConfig, export_points, landmark_points, structure_points,
+                                        write_ply)
     from sceneloc.maps.files import read_map_metadata
     from sceneloc.maps.hybrid_map import FORMAT as HYBRID_FORMAT, HybridMap
+    from sceneloc.maps.landmark_map import FORMAT as LANDMARK_FORMAT, LandmarkMap
     from sceneloc.maps.scene_map import SceneMap
     from sceneloc.maps.structure_map import FORMAT as STRUCTURE_FORMAT, StructureMap
 
@@ -615,10 +667,15 @@ def export_points_command(
         check_writable(png, [*inputs, output])
     map_format = read_map_metadata(map_file).get("format")
     hybrid_map = HybridMap.load(map_file, dev) if map_format == HYBRID_FORMAT else None
-    if map_format == STRUCTURE_FORMAT or (hybrid_map is not None and scene_dir is None):
-        cloud = structure_points(StructureMap.load(map_file) if hybrid_map is None else hybrid_map.structure_map)
+    if map_format in (STRUCTURE_FORMAT, LANDMARK_FORMAT) or (hybrid_map is not None and scene_dir is None):
+        if map_format == LANDMARK_FORMAT:
+            cloud = landmark_points(LandmarkMap.load(map_file))
+            what = f"{len(cloud.xyz):,} landmarks"
+        else:
+            cloud = structure_points(StructureMap.load(map_file) if hybrid_map is None else hybrid_map.structure_map)
+            what = f"{len(cloud.xyz):,} points in {cloud.counts['clusters']} clusters"
         write_ply(output, cloud)
-        console.print(f"wrote {output}: {len(cloud.xyz):,} points in {cloud.counts['clusters']} clusters")
+        console.print(f"wrote {output}: {what}")
         if png is not None:
             render_cloud_png(cloud, png, title=f"{map_file.name}: {len(cloud.xyz):,} points")
             console.print(f"wrote {png}")

@@ -258,6 +258,50 @@ class HybridMethod(_SceneLocMethod):
                                       show_progress, "localizing (hybrid map)")
 
 
+class SldMethod(_SceneLocMethod):
+    """sceneloc's scene landmark detector (SLD*, mapping/landmarks, localize/landmarks.py): landmarks from the
+    triangulated points, a per-scene heatmap head on the frozen shared encoder."""
+
+    map_suffix = ".lmap"
+    multi_scene = False
+
+    def __init__(self, name: str = "sld", variant: tuple[str, ...] = ()):
+        super().__init__(name, variant)
+
+    def _default_config(self):
+        from sceneloc.mapping.landmarks.build import LandmarkMapConfig
+
+        return LandmarkMapConfig()
+
+    def _config(self, overrides: list[str]):
+        config = super()._config(overrides)
+        config.validate()
+        return config
+
+    def build_map(self, scenes: list[Scene], map_path: Path, overrides: list[str], device: str,
+                  show_progress: bool, base_map: Path | None = None) -> dict:
+        import torch
+
+        from sceneloc.mapping.landmarks.build import build_landmark_map
+
+        landmark_map = build_landmark_map(scenes[0], self._config(overrides), torch.device(device), show_progress)
+        landmark_map.save(map_path)
+        return {k: v for k, v in landmark_map.metadata["build"].items() if k != "history"}
+
+    def localize(self, map_path: Path, scene: Scene, overrides: list[str], device: str,
+                 show_progress: bool, scene_name: str | None = None) -> list[PoseEstimate]:
+        import torch
+
+        from sceneloc.localize.landmarks import LandmarkPredictor
+        from sceneloc.localize.loop import LocalizeConfig, localize_with_progress
+        from sceneloc.maps.landmark_map import LandmarkMap
+
+        dev = torch.device(device)
+        config = LocalizeConfig(precision=self._config(overrides).precision)
+        return localize_with_progress(LandmarkPredictor(LandmarkMap.load(map_path, dev), config), scene, config,
+                                      dev, show_progress, "localizing (landmark map)")
+
+
 class ScinrMethod(_SceneLocMethod):
     """sceneloc's multi-scene model: every scene of a suite mapped into one SCINR map (MultiSceneConfig), each
     scene's queries localized with its name."""
@@ -335,6 +379,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     *(HybridMethod(f"hybrid-codes-{b}", (f"structure.descriptor_bytes={b}",)) for b in (16, 32)),
     *(SqueezeMethod(f"squeeze-scores-{k}", (f"scores={k}",)) for k in SCORE_KINDS),
     *(SqueezeMethod(f"squeeze-scores-{k}-budget-0.03", (f"scores={k}", "budget_fraction=0.03")) for k in SCORE_KINDS),
+    SldMethod(),
     ColmapSiftMethod(),
 )}
 """The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
@@ -348,7 +393,8 @@ auto-encoder); `hybrid` holds an scr map and compressed points, the head's
 coordinates guiding the matching (`squeeze-budget-F`, `hybrid-budget-F`: F of the uncompressed bytes for the points,
 BUDGET_FRACTIONS; `-codes-B`: B-byte descriptor codes, more points in the same bytes; `squeeze-scores-K`: the QP's
 distinctiveness scores of kind K (mapping/structure/scores.py), also at a 0.03 budget where selection matters most);
-`colmap-sift` is the structure-based peer."""
+`sld` is the scene landmark detector (landmark heatmaps on the frozen encoder); `colmap-sift` is the
+structure-based peer."""
 
 
 def map_in_this_process(method: str, scene_roots: list[str], scene_names: list[str], map_path: str,

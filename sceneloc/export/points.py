@@ -207,6 +207,16 @@ def structure_points(structure_map) -> PointCloud:
                       {"kept": len(structure_map.points), "clusters": structure_map.n_clusters})
 
 
+def landmark_points(landmark_map) -> PointCloud:
+    """A LandmarkMap's landmarks, coloured by heatmap channel (matplotlib's tab20 colours in channel order, so a
+    landmark's colour says which heatmap detects it). counts: kept (landmarks)."""
+    from matplotlib import colormaps
+
+    palette = (np.array(colormaps["tab20"].colors) * 255).round().astype(np.uint8)
+    xyz = landmark_map.landmarks.numpy().astype(np.float32)
+    return PointCloud(xyz, palette[np.arange(len(xyz)) % len(palette)], {"kept": len(xyz)})
+
+
 def write_ply(path: str | Path, cloud: PointCloud) -> None:
     """Binary PLY (x, y, z float32; red, green, blue uint8), written atomically. Raises InputError for an empty
     cloud (PLY readers reject it) or when the file cannot be written."""

@@ -89,6 +89,12 @@ class LocalizeConfig:
     retrieval_min_points: int = 20000
     """Structure maps of fewer points are matched whole, without retrieval: on the quick suite's 3,222-point map
     retrieval of 3 clusters lost 2.5 points of recall and saved 6 % of the query time (docs/BENCHMARKS.md)."""
+    landmark_min_confidence: float = 0.3
+    """Landmark maps: a landmark is detected when its heatmap's peak probability reaches this (the head is trained
+    to a Gaussian of peak 1 around the projection)."""
+    landmark_threshold_px: float = 8.0
+    """Landmark maps: RANSAC's inlier threshold in pixels at 480 px image height, in place of solver's (the peaks
+    are located to a fraction of an 8-px cell of the working image)."""
     hybrid_radius_m: float = 0.3
     """Hybrid maps: a keypoint is matched only against the map points within this many metres of the scene
     coordinate the head predicts for its cell (localize/hybrid.py)."""

@@ -22,6 +22,7 @@ KNOWN_FORMATS = {"sceneloc-map": "a single-scene sceneloc map (from `sceneloc ma
                  "sceneloc-multimap": "a multi-scene sceneloc map (from `sceneloc map --multi`)",
                  "sceneloc-structure-map": "a compressed structure-based map (from `sceneloc map --type structure`)",
                  "sceneloc-hybrid-map": "a hybrid map (from `sceneloc map --type hybrid`)",
+                 "sceneloc-landmark-map": "a scene landmark map (from `sceneloc map --type landmarks`)",
                  "sceneloc-colmap-sift": "a colmap-sift peer map (from `sceneloc bench`)",
                  "sceneloc-cdem": "an EBCF-CDEM DEM super-resolution model (from `sceneloc dem train`)",
                  "sceneloc-dem-cnn": "a fixed-scale CNN DEM super-resolution model (from `sceneloc dem train`)",
