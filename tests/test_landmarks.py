@@ -15,11 +15,12 @@ from sceneloc.evaluate import evaluate_poses
 from sceneloc.export.points import read_ply
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.localize.loop import LocalizeConfig
-from sceneloc.mapping.landmarks.build import LandmarkMapConfig, frame_tracks, heatmap_loss
+from sceneloc.mapping.landmarks.build import LandmarkMapConfig, build_landmark_map, frame_tracks, heatmap_loss
 from sceneloc.mapping.landmarks.select import select_landmarks, viewing_spread_deg
 from sceneloc.mapping.landmarks.targets import HIDDEN, UNKNOWN, VISIBLE, render_heatmaps, view_targets, visibility
 from sceneloc.mapping.structure.triangulate import Triangulation
 from sceneloc.maps.landmark_map import LandmarkMap
+from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.heads.landmark import LandmarkHead, LandmarkHeadConfig, cell_to_pixel, heatmap_peaks
 from sceneloc.runtime.errors import InputError
 
@@ -232,3 +233,27 @@ def test_bad_landmark_inputs_fail_in_one_line(mapped, tmp_path):
         LandmarkMap.load(broken)
     code, out = run_cli("localize", broken, rendered.root, "-o", tmp_path / "poses.txt")
     assert code == 2 and "broken.lmap" in out
+
+
+def test_a_map_with_a_scene_trained_backbone_carries_its_encoder(mapped, tmp_path):
+    rendered, _ = mapped
+    scene = read_scene(rendered.root, split="train")
+    queries = read_scene(rendered.root, split="test")
+    config = LandmarkMapConfig(num_landmarks=20, iterations=20, backbone="scratch")
+    with torch_threads(1):
+        landmark_map = build_landmark_map(scene, config, torch.device("cpu"), show_progress=False)
+        assert landmark_map.encoder is not None
+        assert landmark_map.metadata["encoder"]["version"] == "scene-trained"
+        path = tmp_path / "scratch.lmap"
+        landmark_map.save(path)
+        loaded = LandmarkMap.load(path)
+        for (k, a), (_, b) in zip(landmark_map.encoder.state_dict().items(), loaded.encoder.state_dict().items()):
+            assert torch.equal(a, b), k
+        shared = load_encoder("xfeat").state_dict()
+        assert not torch.equal(loaded.encoder.state_dict()["net.block1.0.layer.0.weight"],
+                               shared["net.block1.0.layer.0.weight"])
+        loaded.save(tmp_path / "again.lmap")
+        before = sceneloc.Localizer(loaded).localize_scene(queries)
+        after = sceneloc.Localizer(LandmarkMap.load(tmp_path / "again.lmap")).localize_scene(queries)
+    assert [e.details["n_correspondences"] for e in before] == [e.details["n_correspondences"] for e in after]
+    assert [e.num_inliers for e in before] == [e.num_inliers for e in after]

@@ -380,6 +380,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     *(SqueezeMethod(f"squeeze-scores-{k}", (f"scores={k}",)) for k in SCORE_KINDS),
     *(SqueezeMethod(f"squeeze-scores-{k}-budget-0.03", (f"scores={k}", "budget_fraction=0.03")) for k in SCORE_KINDS),
     SldMethod(),
+    SldMethod("sld-scratch", ("backbone=scratch",)),
     ColmapSiftMethod(),
 )}
 """The methods `sceneloc bench --methods` accepts: `scr` is the default configuration; `scr-*` are measured
@@ -393,8 +394,9 @@ auto-encoder); `hybrid` holds an scr map and compressed points, the head's
 coordinates guiding the matching (`squeeze-budget-F`, `hybrid-budget-F`: F of the uncompressed bytes for the points,
 BUDGET_FRACTIONS; `-codes-B`: B-byte descriptor codes, more points in the same bytes; `squeeze-scores-K`: the QP's
 distinctiveness scores of kind K (mapping/structure/scores.py), also at a 0.03 budget where selection matters most);
-`sld` is the scene landmark detector (landmark heatmaps on the frozen encoder); `colmap-sift` is the
-structure-based peer."""
+`sld` is the scene landmark detector (landmark heatmaps on the frozen encoder; `sld-scratch`: the encoder's
+architecture trained from scratch with the head on each scene, the regime the fast one is measured against);
+`colmap-sift` is the structure-based peer."""
 
 
 def map_in_this_process(method: str, scene_roots: list[str], scene_names: list[str], map_path: str,

@@ -38,11 +38,9 @@ class LandmarkPredictor(CellPredictor):
     def encode(self, images: list[np.ndarray], cameras: list[Camera], device: torch.device, precision: str
                ) -> list[EncodedImage]:
         """Working images of one size -> EncodedImage each, features the whole (C, h, w) map (not per-cell rows)."""
-        from sceneloc.nn.encoders import load_encoder
-
         batch = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2).to(device)
         with autocast(device, precision):
-            fmaps = load_encoder(self.encoder_name).to(device)(batch)
+            fmaps = self.map.backbone().to(device)(batch)
         pixels = cell_centres(*images[0].shape[:2]).astype(np.float64)
         return [EncodedImage(fmap, pixels, camera) for fmap, camera in zip(fmaps, cameras)]
 

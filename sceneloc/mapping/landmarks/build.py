@@ -5,10 +5,14 @@
     sees its landmarks ──train the heatmap head (the shared train_one_cycle loop)──▶ LandmarkMap
 
 The backbone is the shared frozen encoder (XFeat's, as the scene-coordinate maps'), encoded once per view into the
-buffer; only the small per-scene head trains, which is what makes SLD*'s per-scene training fast."""
+buffer; only the small per-scene head trains, which is what makes SLD*'s per-scene training fast. The regime it is
+measured against, backbone and head trained from scratch on the one scene (LandmarkMapConfig.backbone "scratch"),
+keeps the views' images in the buffer instead and trains the encoder's architecture, re-initialised, with the head;
+its map carries the encoder's weights."""
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -23,7 +27,7 @@ from sceneloc.mapping.landmarks.select import saliency, select_landmarks
 from sceneloc.mapping.landmarks.targets import render_heatmaps, view_targets, visibility
 from sceneloc.mapping.optimise import train_one_cycle
 from sceneloc.mapping.structure.triangulate import TriangulationConfig, triangulate_scene
-from sceneloc.maps.landmark_map import FORMAT, FORMAT_VERSION, LandmarkMap
+from sceneloc.maps.landmark_map import FORMAT, FORMAT_VERSION, SCENE_TRAINED_VERSION, LandmarkMap
 from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.encoders.base import STRIDE
 from sceneloc.nn.heads.landmark import LandmarkHead, LandmarkHeadConfig, heatmap_peaks
@@ -31,6 +35,10 @@ from sceneloc.runtime.device import autocast, resolve_precision, storage_dtype
 from sceneloc.runtime.errors import InputError
 from sceneloc.runtime.memory import peak_rss_mb
 from sceneloc.runtime.progress import make_progress
+
+
+BACKBONES = ("frozen", "scratch")
+"""LandmarkMapConfig.backbone's choices."""
 
 
 @dataclass
@@ -45,6 +53,9 @@ class LandmarkMapConfig:
     """Points seen by fewer mapping frames are not candidates."""
     encoder: str = "xfeat"
     """The frozen shared backbone (sceneloc.nn.encoders)."""
+    backbone: str = "frozen"
+    """"frozen": the pretrained shared encoder, only the head trains (SLD*'s fast regime); "scratch": the encoder's
+    architecture re-initialised and trained with the head on this scene alone (the slow regime, for comparison)."""
     image_height: int = 240
     """Working image height, pixels (mapping and queries). The head's cost grows with the cells: at 480 px a
     training step takes 3-5x longer than at 240 px (docs/BENCHMARKS.md)."""
@@ -93,6 +104,8 @@ class LandmarkMapConfig:
     def validate(self) -> None:
         """ValueError naming the first setting that cannot work; runs before any work."""
         self.head.validate()
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r} (use {' or '.join(BACKBONES)})")
         for name in ("num_landmarks", "min_track_length", "views_per_frame", "iterations", "batch_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -114,7 +127,8 @@ class ViewBuffer:
     """The training views: each an augmented mapping frame's frozen feature map and its landmark targets."""
 
     features: list[torch.Tensor]
-    """Per view (C, h, w) in the storage dtype (bfloat16 where it runs fast, else float32)."""
+    """Per view (C, h, w) in the storage dtype (bfloat16 where it runs fast, else float32); with a trained backbone
+    the view's image instead, (3, H, W) uint8, of (h, w) = (ceil(H / 8), ceil(W / 8)) cells."""
     valid: list[torch.Tensor]
     """Per view (h, w) bool: cells whose centre came from the source image (rotation leaves empty corners)."""
     visible: list[torch.Tensor]
@@ -126,6 +140,11 @@ class ViewBuffer:
 
     def __len__(self) -> int:
         return len(self.features)
+
+    def cells_shape(self, view: int) -> tuple[int, int]:
+        """(h, w) cells of a view's feature map."""
+        h, w = self.valid[view].shape
+        return h, w
 
 
 def frame_tracks(observation_point: np.ndarray, observation_frame: np.ndarray, landmark_points: np.ndarray,
@@ -142,8 +161,8 @@ def frame_tracks(observation_point: np.ndarray, observation_frame: np.ndarray, l
 @torch.no_grad()
 def build_view_buffer(scene: Scene, landmarks: np.ndarray, tracks: np.ndarray, encoder, config: LandmarkMapConfig,
                       device: torch.device, progress) -> ViewBuffer:
-    """Encode config.views_per_frame augmented views of every mapping frame and where each sees the landmarks
-    (L, 3); tracks: frame_tracks of the landmarks."""
+    """Encode config.views_per_frame augmented views of every mapping frame (keep the images themselves when the
+    backbone trains) and where each sees the landmarks (L, 3); tracks: frame_tracks of the landmarks."""
     rng = np.random.default_rng(config.seed)
     dtype = storage_dtype(config.precision, device)
     order = [i for _ in range(config.views_per_frame) for i in rng.permutation(len(scene.frames))]
@@ -156,13 +175,15 @@ def build_view_buffer(scene: Scene, landmarks: np.ndarray, tracks: np.ndarray, e
         view = augment_image(frame.load_rgb(), frame.camera, config.image_height, rng,
                              (config.aug_scale_min, config.aug_scale_max), config.aug_rotation_deg,
                              config.aug_brightness, config.aug_contrast)
-        with autocast(device, config.precision):
-            fmap = encoder(torch.from_numpy(view.rgb).permute(2, 0, 1)[None].to(device))[0]
-        h, w = fmap.shape[1:]
+        image = torch.from_numpy(view.rgb).permute(2, 0, 1)
+        h, w = -(-image.shape[1] // STRIDE), -(-image.shape[2] // STRIDE)
+        if config.backbone == "frozen":
+            with autocast(device, config.precision):
+                fmap = encoder(image[None].to(device))[0].to(dtype).cpu()
         ids, cells, unknown = view_targets(uv, state, view.homography, view.valid)
         centre_rows = np.minimum(np.arange(h) * STRIDE + STRIDE // 2, view.valid.shape[0] - 1)
         centre_cols = np.minimum(np.arange(w) * STRIDE + STRIDE // 2, view.valid.shape[1] - 1)
-        buffer.features.append(fmap.to(dtype).cpu())
+        buffer.features.append(fmap if config.backbone == "frozen" else image.contiguous())
         buffer.valid.append(torch.from_numpy(view.valid[np.ix_(centre_rows, centre_cols)]))
         buffer.visible.append(torch.from_numpy(ids))
         buffer.cells.append(torch.from_numpy(cells))
@@ -173,17 +194,20 @@ def build_view_buffer(scene: Scene, landmarks: np.ndarray, tracks: np.ndarray, e
 
 def batch_tensors(buffer: ViewBuffer, views: list[int], num_landmarks: int, sigma_cells: float
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(features (B, C, H, W), targets (B, L, H, W), loss mask (B, L, H, W) float32) of buffer `views`, padded to
-    the largest view (views differ in size by the scale augmentation); the mask is 0 on padding, invalid cells
-    and the heatmaps of landmarks of unknown visibility."""
-    H = max(buffer.features[v].shape[1] for v in views)
-    W = max(buffer.features[v].shape[2] for v in views)
-    features = torch.zeros(len(views), buffer.features[views[0]].shape[0], H, W, dtype=buffer.features[views[0]].dtype)
+    """(features (B, C, H, W) or, for a buffer of images, images (B, 3, 8H, 8W), targets (B, L, H, W), loss mask
+    (B, L, H, W) float32) of buffer `views`, padded to the largest view (views differ in size by the scale
+    augmentation); the mask is 0 on padding, invalid cells and the heatmaps of landmarks of unknown visibility."""
+    H = max(buffer.cells_shape(v)[0] for v in views)
+    W = max(buffer.cells_shape(v)[1] for v in views)
+    first = buffer.features[views[0]]
+    scale = 1 if first.dtype != torch.uint8 else STRIDE
+    features = torch.zeros(len(views), first.shape[0], H * scale, W * scale, dtype=first.dtype)
     targets = torch.zeros(len(views), num_landmarks, H, W)
     mask = torch.zeros(len(views), num_landmarks, H, W)
     for b, v in enumerate(views):
-        _, h, w = buffer.features[v].shape
-        features[b, :, :h, :w] = buffer.features[v]
+        h, w = buffer.cells_shape(v)
+        data = buffer.features[v]
+        features[b, :, :data.shape[1], :data.shape[2]] = data
         targets[b, :, :h, :w] = render_heatmaps(buffer.visible[v], buffer.cells[v], num_landmarks, (h, w),
                                                 sigma_cells)
         mask[b, :, :h, :w] = buffer.valid[v].float()
@@ -207,7 +231,7 @@ def peak_errors_px(logits: torch.Tensor, buffer: ViewBuffer, views: list[int]) -
     for b, v in enumerate(views):
         ids = buffer.visible[v]
         if len(ids):
-            _, h, w = buffer.features[v].shape
+            h, w = buffer.cells_shape(v)
             pixels, _ = heatmap_peaks(logits[b, ids, :h, :w].detach())
             truth = buffer.cells[v] * STRIDE + (STRIDE - 1) / 2
             errors.append(torch.linalg.norm(pixels - truth, dim=1))
@@ -215,9 +239,10 @@ def peak_errors_px(logits: torch.Tensor, buffer: ViewBuffer, views: list[int]) -
 
 
 def train_landmark_head(head: LandmarkHead, buffer: ViewBuffer, config: LandmarkMapConfig, device: torch.device,
-                        progress) -> tuple[float, dict, list[dict]]:
-    """config.iterations steps of the shared one-cycle loop on random batches of buffer views. Statistics per
-    step: visible (landmarks per view), peak_px (median peak error of the visible landmarks, pixels)."""
+                        progress, encoder=None) -> tuple[float, dict, list[dict]]:
+    """config.iterations steps of the shared one-cycle loop on random batches of buffer views; `encoder` (a buffer
+    of images: the backbone trained with the head) or None (a buffer of features). Statistics per step: visible
+    (landmarks per view), peak_px (median peak error of the visible landmarks, pixels)."""
     generator = torch.Generator().manual_seed(config.seed)
     num_landmarks = head.num_landmarks
     order: list[int] = []
@@ -233,15 +258,19 @@ def train_landmark_head(head: LandmarkHead, buffer: ViewBuffer, config: Landmark
         views = next_views()
         features, targets, mask = batch_tensors(buffer, views, num_landmarks, config.sigma_cells)
         with autocast(device, config.precision):
-            logits = head(features.to(device))
+            # A trained backbone runs its features() with gradients; its batch norms keep their running statistics
+            # (Encoder.train is always eval), so they act as learnt affine layers.
+            inputs = features.to(device) if encoder is None else encoder.features(features.to(device).float() / 255)
+            logits = head(inputs)
         loss = heatmap_loss(logits, targets.to(device), mask.to(device), config.positive_weight)
         errors = peak_errors_px(logits, buffer, views)
         return loss, {"visible": float(np.mean([len(buffer.visible[v]) for v in views])),
                       "peak_px": float(errors.median()) if len(errors) else float("nan")}
 
-    return train_one_cycle([{"params": list(head.parameters())}], config.weight_decay, config.iterations,
+    parameters = list(head.parameters()) + ([] if encoder is None else list(encoder.parameters()))
+    return train_one_cycle([{"params": parameters}], config.weight_decay, config.iterations,
                            (config.lr_start, config.lr_max, config.lr_end), batch_loss, lambda t: 0.0, progress,
-                           "training landmark head",
+                           "training landmark head" + ("" if encoder is None else " and backbone"),
                            lambda loss, stats, _: f"loss {loss:.4f} visible {stats['visible']:.0f} "
                                                   f"peak {stats['peak_px']:.1f}px")
 
@@ -271,12 +300,20 @@ def build_landmark_map(scene: Scene, config: LandmarkMapConfig, device: torch.de
     tracks = frame_tracks(model.observation_point, model.observation_frame, points, len(scene.frames))
     t_selected = time.perf_counter()
 
-    encoder = load_encoder(config.encoder).to(device)
+    encoder = load_encoder(config.encoder)
+    trained = None
+    if config.backbone == "scratch":
+        trained = copy.deepcopy(encoder)  # load_encoder's instance is shared (and frozen)
+        for module in trained.modules():
+            if module is not trained and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        trained.requires_grad_(True).to(device)
+    encoder.to(device)
     head = LandmarkHead(encoder.out_channels, len(points), config.head).to(device)
     with make_progress(show_progress) as progress:
         buffer = build_view_buffer(scene, landmarks, tracks, encoder, config, device, progress)
         t_encoded = time.perf_counter()
-        loss, stats, history = train_landmark_head(head, buffer, config, device, progress)
+        loss, stats, history = train_landmark_head(head, buffer, config, device, progress, trained)
     t_trained = time.perf_counter()
     head.eval()
     seen = np.array([len(v) for v in buffer.visible])
@@ -291,8 +328,12 @@ def build_landmark_map(scene: Scene, config: LandmarkMapConfig, device: torch.de
                          "encode_s": t_encoded - t_selected, "train_s": t_trained - t_encoded,
                          "total_s": t_trained - t0, **model.stats.get("timings", {})}}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "sceneloc_version": __version__,
-                "encoder": {"name": encoder.name, "version": encoder.version}, "head": config.head.to_dict(),
+                "encoder": {"name": encoder.name,
+                            "version": encoder.version if trained is None else SCENE_TRAINED_VERSION},
+                "head": config.head.to_dict(),
                 "image_height": config.image_height, "scene": {"name": scene.name, "n_frames": len(scene.frames)},
                 "config": config.to_dict(), "build": build}
+    if trained is not None:
+        trained.requires_grad_(False).eval()
     return LandmarkMap(head, torch.from_numpy(landmarks.astype(np.float32)), config.encoder, config.image_height,
-                       metadata)
+                       metadata, trained)
