@@ -82,6 +82,13 @@ def perturbed_pose(truth: Rigid3, t_err_m: float, r_err_deg: float, rng: np.rand
     return Rigid3(rotation, -rotation @ center)
 
 
+def pose_scores(estimates, queries) -> dict:
+    """evaluate_poses of estimates against the ground-truth poses of the query Scene `queries`."""
+    from sceneloc.evaluate import evaluate_poses
+
+    return evaluate_poses(estimates, {f.name: f.cam_from_world for f in queries.frames})
+
+
 def run_cli(*args) -> tuple[int, str]:
     """Run the CLI entry point in-process: (exit code, stdout + stderr). Any exception other than the SystemExit
     main() ends with (i.e. a traceback) propagates and fails the test."""

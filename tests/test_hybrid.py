@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import pose_scores, run_cli
 
 import sceneloc
 from sceneloc.data import read_scene
 from sceneloc.encode import cell_centres
-from sceneloc.evaluate import evaluate_poses
 from sceneloc.export.points import read_ply
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.localize.hybrid import CELLS, POINTS, HybridPredictor, keypoint_coordinates, pose_support
@@ -108,18 +107,14 @@ def built(tiny_room_sift, tmp_path_factory):
     return rendered, path
 
 
-def _scores(estimates, queries) -> dict:
-    return evaluate_poses(estimates, {f.name: f.cam_from_world for f in queries.frames})
-
-
 def test_hybrid_is_at_least_as_good_as_either_of_its_parts_alone(built):
     rendered, path = built
     queries = read_scene(rendered.root, split="test")
     hybrid = sceneloc.load_map(path)
     assert isinstance(hybrid, HybridMap)
-    ours = _scores(sceneloc.Localizer(hybrid).localize_scene(queries), queries)
-    cells = _scores(sceneloc.Localizer(hybrid.scene_map).localize_scene(queries), queries)
-    points = _scores(sceneloc.Localizer(hybrid.structure_map).localize_scene(queries), queries)
+    ours = pose_scores(sceneloc.Localizer(hybrid).localize_scene(queries), queries)
+    cells = pose_scores(sceneloc.Localizer(hybrid.scene_map).localize_scene(queries), queries)
+    points = pose_scores(sceneloc.Localizer(hybrid.structure_map).localize_scene(queries), queries)
     best = max(cells["recall"]["5cm5deg"], points["recall"]["5cm5deg"])
     # 20 queries: one query is 5 points of recall.
     assert ours["recall"]["5cm5deg"] >= best - 0.05, (ours["recall"], cells["recall"], points["recall"])

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import pose_scores, run_cli
 
 import sceneloc
 from sceneloc.data import read_scene
-from sceneloc.evaluate import evaluate_poses
 from sceneloc.export.points import read_ply
 from sceneloc.localize.loop import LocalizeConfig
 from sceneloc.localize.structure import localize_structure_scene
@@ -31,23 +30,19 @@ def built(tiny_room_sift, tmp_path_factory):
     return rendered, sift_map, path
 
 
-def _scores(estimates, queries) -> dict:
-    return evaluate_poses(estimates, {f.name: f.cam_from_world for f in queries.frames})
-
-
 def test_structure_map_is_nearly_as_accurate_as_the_peer_from_a_fraction_of_its_bytes(built, tmp_path):
     rendered, sift_map, path = built
     queries = read_scene(rendered.root, split="test")
     peer_path = tmp_path / "peer.sift.safetensors"
     sift_map.save(peer_path)
-    peer = _scores(localize_scene(sift_map, queries, ColmapSiftConfig(), show_progress=False), queries)
+    peer = pose_scores(localize_scene(sift_map, queries, ColmapSiftConfig(), show_progress=False), queries)
     structure_map = sceneloc.load_map(path)
     assert isinstance(structure_map, StructureMap)
     build = structure_map.metadata["build"]
     # The peer's triangulation, run again (COLMAP's threaded matching varies by a few points between runs).
     assert abs(build["n_triangulated"] - len(sift_map.points)) <= 0.02 * len(sift_map.points)
     assert path.stat().st_size <= 0.25 * peer_path.stat().st_size  # the budget: a quarter of the peer's bytes
-    ours = _scores(sceneloc.Localizer(structure_map).localize_scene(queries), queries)
+    ours = pose_scores(sceneloc.Localizer(structure_map).localize_scene(queries), queries)
     # 20 queries: one query is 5 points of recall (measured: 0.85 against the peer's 0.95).
     assert ours["recall"]["5cm5deg"] >= peer["recall"]["5cm5deg"] - 0.15
     assert ours["median_t_cm"] < max(3 * peer["median_t_cm"], 1.0)
