@@ -239,7 +239,7 @@ def _map_landmarks(scene_dir: Path, output: Path, split: str, images: Path | Non
     timings = build["timings"]
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB): {build['n_landmarks']} landmarks of "
                   f"{build['n_triangulated']:,} points, {build['visible_per_view']['median']:.0f} visible per view; "
-                  f"triangulation {timings['triangulate_s']:.0f} s, encoding {timings['encode_s']:.0f} s, head "
+                  f"points {timings['points_s']:.0f} s, encoding {timings['encode_s']:.0f} s, head "
                   f"{timings['train_s']:.0f} s", soft_wrap=True)
 
 
