@@ -153,6 +153,9 @@ def test_lookup_is_bilinear_and_refuses_outside_and_untrusted_cells():
     out = lookup_coordinates(prediction, np.array([[7.0, 10.0], [13.0, 10.0]]), valid)
     assert np.isnan(out[0]).all()
     assert np.allclose(out[1], affine(np.array([[13.0, 10.0]]))[0], atol=1e-4)
+    # Every pixel of the image at once (depth completion's lookup): more than cv2.remap's 32,767 per row.
+    dense = np.stack(np.meshgrid(np.linspace(4, 35, 300), np.linspace(4, 19, 200)), -1).reshape(-1, 2)
+    assert np.allclose(lookup_coordinates(prediction, dense), affine(dense), atol=1e-3)
 
 
 # --- cloud metrics -------------------------------------------------------------------------------------------

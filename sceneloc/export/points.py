@@ -24,6 +24,8 @@ from sceneloc.mapping.augment import roll_homography
 from sceneloc.maps.scene_map import SceneMap
 from sceneloc.runtime.progress import make_progress
 
+REMAP_ROW = 4096
+"""Pixels per row of the maps lookup_coordinates gives cv2.remap."""
 STRIDE = 8
 """Encoder stride: cell centres of a prediction grid lie STRIDE pixels apart, the first at (STRIDE - 1) / 2."""
 
@@ -105,7 +107,11 @@ def lookup_coordinates(prediction: Prediction, pixels: np.ndarray, valid: np.nda
     gx = np.clip((pixels[:, 0] - offset) / STRIDE, 0, len(xs) - 1).astype(np.float32)
     gy = np.clip((pixels[:, 1] - offset) / STRIDE, 0, len(ys) - 1).astype(np.float32)
     # NaN neighbours poison the interpolation even at weight 0: a point next to an untrusted cell is not checked.
-    out = cv2.remap(grid, gx[None], gy[None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+    # cv2.remap takes maps of fewer than 32,767 columns: the pixels go in as rows of REMAP_ROW (the last one padded).
+    rows = -(-len(pixels) // REMAP_ROW)
+    maps = [np.resize(g, rows * REMAP_ROW).reshape(rows, REMAP_ROW) for g in (gx, gy)]
+    out = cv2.remap(grid, maps[0], maps[1], cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)[:len(pixels)]
     w, h = prediction.camera.width, prediction.camera.height
     inside = (pixels[:, 0] >= -0.5) & (pixels[:, 0] < w - 0.5) & (pixels[:, 1] >= -0.5) & (pixels[:, 1] < h - 0.5)
     out[~inside] = np.nan
