@@ -14,7 +14,8 @@ from sceneloc.data import read_scene
 from sceneloc.export.points import read_ply
 from sceneloc.geometry import Camera, Rigid3
 from sceneloc.localize.loop import LocalizeConfig
-from sceneloc.mapping.landmarks.build import LandmarkMapConfig, build_landmark_map, frame_tracks, heatmap_loss
+from sceneloc.mapping.landmarks.build import (LandmarkMapConfig, build_landmark_map, frame_tracks, heatmap_loss,
+                                              training_steps)
 from sceneloc.mapping.landmarks.select import select_landmarks, viewing_spread_deg
 from sceneloc.mapping.landmarks.targets import HIDDEN, UNKNOWN, VISIBLE, render_heatmaps, view_targets, visibility
 from sceneloc.mapping.structure.triangulate import Triangulation
@@ -149,6 +150,14 @@ def test_head_output_shape_and_prior():
     logits = head(torch.randn(2, 64, 5, 6))
     assert logits.shape == (2, 7, 5, 6) and logits.dtype == torch.float32
     assert torch.sigmoid(head.output_layer.bias).allclose(torch.tensor(0.01))
+
+
+def test_small_scenes_train_fewer_steps():
+    config = LandmarkMapConfig()
+    assert training_steps(config, 600) == 3000  # quick-room: 40 passes over its views
+    assert training_steps(config, 20) == 250  # a 10-image fold: 100 passes
+    assert training_steps(config, 2) == 100  # never fewer than 100 steps
+    assert training_steps(LandmarkMapConfig(iterations=50), 2) == 50
 
 
 @pytest.mark.parametrize("bad", ["num_landmarks=0", "image_height=4", "head.dilations=[]", "lr_max=-1",
