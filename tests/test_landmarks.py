@@ -78,18 +78,25 @@ CAMERA = Camera(fx=100.0, fy=101.0, cx=79.5, cy=59.5, width=160, height=120)
 def test_visibility_from_depth_and_from_tracks():
     pose = Rigid3.identity()
     # In front on the wall at 2 m, behind the wall (3 m), behind the camera, outside the image, on a depth hole.
-    landmarks = np.array([[0.1, 0.0, 2.0], [0.2, 0.1, 3.0], [0.0, 0.0, -1.0], [5.0, 0.0, 2.0], [-0.3, 0.2, 2.0]])
+    # In front on the wall at 2 m, behind the wall (3 m), behind the camera, outside the image, on a depth hole,
+    # and at 2 m one pixel past the edge of a 5 m background (the depth edge a landmark often sits on).
+    landmarks = np.array([[0.1, 0.0, 2.0], [0.2, 0.1, 3.0], [0.0, 0.0, -1.0], [5.0, 0.0, 2.0], [-0.3, 0.2, 2.0],
+                          [0.42, 0.0, 2.0]])
     depth = np.full((120, 160), 2.0, np.float32)
-    u, v = 100 * -0.3 / 2 + 79.5, 101 * 0.2 / 2 + 59.5
-    depth[int(round(v)), int(round(u))] = 0.0
-    in_track = np.zeros(5, bool)
+    depth[:, 100:] = 5.0  # landmark 5 projects to u = 100.5: the pixel it rounds to shows the background
+    u, v = round(100 * -0.3 / 2 + 79.5), round(101 * 0.2 / 2 + 59.5)
+    depth[v - 2:v + 3, u - 2:u + 3] = 0.0
+    in_track = np.zeros(6, bool)
     uv, state = visibility(landmarks, CAMERA, pose, depth, in_track, 0.05)
-    assert state.tolist() == [VISIBLE, HIDDEN, HIDDEN, HIDDEN, UNKNOWN]
+    assert state.tolist() == [VISIBLE, HIDDEN, HIDDEN, HIDDEN, UNKNOWN, VISIBLE]
     np.testing.assert_allclose(uv[0], [100 * 0.05 + 79.5, 59.5])
+    # SIFT saw it there: visible, on a depth hole or not.
+    in_track[4] = True
+    assert visibility(landmarks, CAMERA, pose, depth, in_track, 0.05)[1][4] == VISIBLE
     # Without depth the track decides inside the image: seen -> visible, not seen -> unknown.
-    in_track[:] = [True, False, True, True, False]
+    in_track[:] = [True, False, True, True, False, False]
     _, state = visibility(landmarks, CAMERA, pose, None, in_track, 0.05)
-    assert state.tolist() == [VISIBLE, UNKNOWN, HIDDEN, HIDDEN, UNKNOWN]
+    assert state.tolist() == [VISIBLE, UNKNOWN, HIDDEN, HIDDEN, UNKNOWN, UNKNOWN]
 
 
 def test_view_targets_follow_the_augmentation_homography():
@@ -144,6 +151,23 @@ def test_loss_is_lowest_at_the_target_and_ignores_masked_heatmaps():
 
 
 # --- head and map file --------------------------------------------------------------------------------------------
+
+def test_a_padded_view_gets_the_logits_it_gets_alone():
+    torch.manual_seed(0)
+    head = LandmarkHead(16, 5, LandmarkHeadConfig(width=8)).eval()
+    for p in head.parameters():  # a head whose biases matter, as a trained one's do
+        torch.nn.init.normal_(p, std=0.3)
+    view = torch.randn(1, 16, 12, 16)
+    padded = torch.zeros(1, 16, 19, 25)
+    padded[:, :, :12, :16] = view
+    inside = torch.zeros(1, 1, 19, 25)
+    inside[:, :, :12, :16] = 1.0
+    with torch.no_grad():
+        alone, together = head(view), head(padded, inside)[:, :, :12, :16]
+        unmasked = head(padded)[:, :, :12, :16]
+    assert torch.allclose(alone, together, atol=1e-5)
+    assert not torch.allclose(alone, unmasked, atol=1e-3)  # what the mask is for
+
 
 def test_head_output_shape_and_prior():
     head = LandmarkHead(64, 7, LandmarkHeadConfig(width=16))
@@ -215,8 +239,9 @@ def test_map_file_round_trips_and_exports_its_landmarks(mapped, tmp_path):
     loaded.save(copy)
     again = LandmarkMap.load(copy)
     assert torch.equal(again.landmarks, loaded.landmarks)
-    for (k, a), (_, b) in zip(loaded.head.state_dict().items(), again.head.state_dict().items()):
-        assert torch.equal(a, b), k
+    weights = again.head.state_dict()
+    for k, a in loaded.head.state_dict().items():
+        assert torch.equal(a, weights[k]), k
     assert again.metadata == loaded.metadata
     ply = tmp_path / "landmarks.ply"
     code, out = run_cli("export", "points", path, "-o", ply)
@@ -228,6 +253,7 @@ def test_bad_landmark_inputs_fail_in_one_line(mapped, tmp_path):
     rendered, path = mapped
     for args, message in [(["--type", "landmarks", "--landmarks", "0"], "num_landmarks must be >= 1"),
                           (["--landmarks", "10"], "--landmarks is for --type landmarks"),
+                          (["--type", "landmarks", "--precision", "fp8"], "unknown precision"),
                           (["--type", "landmarks", "--multi"], "--multi")]:
         code, out = run_cli("map", rendered.root, "-o", tmp_path / "x.lmap", *args)
         assert code == 2 and message in out, out
@@ -252,8 +278,9 @@ def test_a_map_with_a_scene_trained_backbone_carries_its_encoder(mapped, tmp_pat
         path = tmp_path / "scratch.lmap"
         landmark_map.save(path)
         loaded = LandmarkMap.load(path)
-        for (k, a), (_, b) in zip(landmark_map.encoder.state_dict().items(), loaded.encoder.state_dict().items()):
-            assert torch.equal(a, b), k
+        weights = loaded.encoder.state_dict()
+        for k, a in landmark_map.encoder.state_dict().items():
+            assert torch.equal(a, weights[k]), k
         shared = load_encoder("xfeat").state_dict()
         assert not torch.equal(loaded.encoder.state_dict()["net.block1.0.layer.0.weight"],
                                shared["net.block1.0.layer.0.weight"])

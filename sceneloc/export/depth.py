@@ -22,6 +22,7 @@ from sceneloc.export.points import lookup_coordinates
 from sceneloc.localize.loop import predict_scene_coordinates
 from sceneloc.mapping.optimise import train_one_cycle
 from sceneloc.maps.scene_map import SceneMap
+from sceneloc.runtime.errors import InputError
 from sceneloc.runtime.progress import make_progress
 
 
@@ -97,8 +98,8 @@ def complete_depth(depth: np.ndarray, rgb: np.ndarray, prior: np.ndarray, config
     config.validate()
     usable = (depth > 0) & (prior > 0)
     rows, cols = np.nonzero(usable)
-    if len(rows) < 10:
-        return nearest_fill(depth), {"fitted_pixels": int(len(rows))}
+    if len(rows) < 10:  # nothing to fit the prior to: the prior where it has depth, then the nearest pixel's
+        return nearest_fill(np.where(depth > 0, depth, prior).astype(np.float32)), {"fitted_pixels": int(len(rows))}
     rng = np.random.default_rng(config.seed)
     pick = rng.permutation(len(rows))[:config.max_pixels]
     rows, cols = rows[pick], cols[pick]
@@ -183,6 +184,9 @@ def evaluate_completion(scene_map: SceneMap, frames: list[Frame], config: DepthC
         task = progress.add_task("depth completion", total=len(frames), info="")
         for frame in frames:
             truth, rgb = frame.load_depth(), frame.load_rgb()
+            if not (truth > 0).any():
+                progress.update(task, advance=1, info="no depth: skipped")
+                continue
             removed = punch_holes(truth, fraction, rng, (0.03, 0.12))
             holed = np.where(removed, 0.0, truth).astype(np.float32)
             prior = map_depth(scene_map, frame, rgb, device)
@@ -192,6 +196,8 @@ def evaluate_completion(scene_map: SceneMap, frames: list[Frame], config: DepthC
             rows.append({"frame": frame.name, **{m: depth_errors(estimates[m], truth, removed)
                                                  for m in COMPLETION_METHODS}, "fit": stats})
             progress.update(task, advance=1, info=f"MAE {rows[-1]['regressor']['mae_m'] * 100:.1f} cm")
+    if not rows:
+        raise InputError(frames[0].depth_path if frames else None, "no frame has any valid depth to evaluate")
     keys = ("mae_m", "rmse_m", "abs_rel", "delta_1.25")
     mean = {m: {k: float(np.mean([r[m][k] for r in rows])) for k in keys} for m in COMPLETION_METHODS}
     return {"fraction_removed": fraction, "frames": rows, "mean": mean}

@@ -1,6 +1,6 @@
 """Localization with a LandmarkMap (SLD*): the loop of sceneloc.localize.loop with a predictor whose encoding keeps
-the frozen encoder's feature map whole (the head is convolutional) and whose correspondences are the detected
-landmarks:
+the map's encoder's feature map whole (the shared frozen one, or the map's own; the head is convolutional) and
+whose correspondences are the detected landmarks:
 
     query ──encoder──▶ feature map ──heatmap head──▶ one heatmap per landmark ──peak, sub-cell refinement──▶ the
     landmarks whose peak confidence reaches LocalizeConfig.landmark_min_confidence, each a pixel and its known 3D
@@ -37,7 +37,8 @@ class LandmarkPredictor(CellPredictor):
     @torch.no_grad()
     def encode(self, images: list[np.ndarray], cameras: list[Camera], device: torch.device, precision: str
                ) -> list[EncodedImage]:
-        """Working images of one size -> EncodedImage each, features the whole (C, h, w) map (not per-cell rows)."""
+        """Working images of one size -> EncodedImage each, its features the whole (C, h, w) feature map (not the
+        (N, C) cell rows of the scene-coordinate maps), its pixels every cell's centre."""
         batch = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2).to(device)
         with autocast(device, precision):
             fmaps = self.map.backbone().to(device)(batch)

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from sceneloc.api import AnyMap, load_map
-from sceneloc.export.points import PointCloud, ply_bytes, read_ply, structure_points
+from sceneloc.export.points import PointCloud, landmark_points, ply_bytes, read_ply, structure_points
 from sceneloc.maps.hybrid_map import HybridMap
+from sceneloc.maps.landmark_map import LandmarkMap
 from sceneloc.maps.multi_scene_map import MultiSceneMap
 from sceneloc.maps.structure_map import StructureMap
 from sceneloc.runtime.errors import InputError
@@ -25,19 +26,21 @@ class ServedMap:
     path: Path
     map: AnyMap
     cloud: PointCloud
-    """What the viewer draws: a structure or hybrid map's own points; for scene-coordinate maps the PLY beside
-    the map file with its stem (office.ply, from `sceneloc export points`), when there is one; else no points. At
-    most viewer_points of them (a fixed random subset of a larger cloud)."""
+    """What the viewer draws: a structure or hybrid map's own points, a landmark map's landmarks; for
+    scene-coordinate maps the PLY beside the map file with its stem (office.ply, from `sceneloc export points`),
+    when there is one; else no points. At most viewer_points of them (a fixed random subset of a larger cloud)."""
     cloud_ply: bytes
     """The cloud as PLY bytes, as GET /v1/maps/{name}/points.ply sends it."""
 
     @property
     def kind(self) -> str:
-        """scene | multi-scene | structure | hybrid."""
+        """scene | multi-scene | structure | hybrid | landmarks."""
         if isinstance(self.map, MultiSceneMap):
             return "multi-scene"
         if isinstance(self.map, StructureMap):
             return "structure"
+        if isinstance(self.map, LandmarkMap):
+            return "landmarks"
         return "hybrid" if isinstance(self.map, HybridMap) else "scene"
 
     @property
@@ -72,6 +75,8 @@ def _viewer_cloud(path: Path, scene_map: AnyMap) -> PointCloud:
         return structure_points(scene_map)
     if isinstance(scene_map, HybridMap):
         return structure_points(scene_map.structure_map)
+    if isinstance(scene_map, LandmarkMap):
+        return landmark_points(scene_map)
     beside = path.with_suffix(".ply")
     if beside.is_file():
         return read_ply(beside)

@@ -31,7 +31,7 @@ from sceneloc.maps.landmark_map import FORMAT, FORMAT_VERSION, SCENE_TRAINED_VER
 from sceneloc.nn.encoders import load_encoder
 from sceneloc.nn.encoders.base import STRIDE
 from sceneloc.nn.heads.landmark import LandmarkHead, LandmarkHeadConfig, heatmap_peaks
-from sceneloc.runtime.device import autocast, resolve_precision, storage_dtype
+from sceneloc.runtime.device import autocast, check_precision, resolve_precision, storage_dtype
 from sceneloc.runtime.errors import InputError
 from sceneloc.runtime.memory import peak_rss_mb
 from sceneloc.runtime.progress import make_progress
@@ -108,6 +108,11 @@ class LandmarkMapConfig:
     def validate(self) -> None:
         """ValueError naming the first setting that cannot work; runs before any work."""
         self.head.validate()
+        check_precision(self.precision)
+        if not np.isfinite(self.max_view_epochs):
+            raise ValueError(f"max_view_epochs must be finite, got {self.max_view_epochs}")
+        if self.triangulation.num_neighbors < 1 or self.triangulation.max_num_features < 1:
+            raise ValueError("triangulation.num_neighbors and triangulation.max_num_features must be >= 1")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r} (use {' or '.join(BACKBONES)})")
         for name in ("num_landmarks", "min_track_length", "views_per_frame", "iterations", "batch_views"):
@@ -199,8 +204,10 @@ def build_view_buffer(scene: Scene, landmarks: np.ndarray, tracks: np.ndarray, e
 def batch_tensors(buffer: ViewBuffer, views: list[int], num_landmarks: int, sigma_cells: float
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features (B, C, H, W) or, for a buffer of images, images (B, 3, 8H, 8W), targets (B, L, H, W), loss mask
-    (B, L, H, W) float32) of buffer `views`, padded to the largest view (views differ in size by the scale
-    augmentation); the mask is 0 on padding, invalid cells and the heatmaps of landmarks of unknown visibility."""
+    (B, L, H, W) float32, inside (B, 1, H, W) float32: each view's cells) of buffer `views`, padded to the largest
+    view (views differ in size by the scale augmentation): features with zeros (the head zeroes its activations
+    outside `inside`), images by repeating their last row and column, as the encoder pads a query; the mask is 0
+    on padding, invalid cells and the heatmaps of landmarks of unknown visibility."""
     H = max(buffer.cells_shape(v)[0] for v in views)
     W = max(buffer.cells_shape(v)[1] for v in views)
     first = buffer.features[views[0]]
@@ -208,15 +215,20 @@ def batch_tensors(buffer: ViewBuffer, views: list[int], num_landmarks: int, sigm
     features = torch.zeros(len(views), first.shape[0], H * scale, W * scale, dtype=first.dtype)
     targets = torch.zeros(len(views), num_landmarks, H, W)
     mask = torch.zeros(len(views), num_landmarks, H, W)
+    inside = torch.zeros(len(views), 1, H, W)
     for b, v in enumerate(views):
         h, w = buffer.cells_shape(v)
         data = buffer.features[v]
+        if scale > 1:
+            pad = (0, features.shape[3] - data.shape[2], 0, features.shape[2] - data.shape[1])
+            data = F.pad(data[None].float(), pad, mode="replicate")[0].to(data.dtype)
         features[b, :, :data.shape[1], :data.shape[2]] = data
+        inside[b, :, :h, :w] = 1.0
         targets[b, :, :h, :w] = render_heatmaps(buffer.visible[v], buffer.cells[v], num_landmarks, (h, w),
                                                 sigma_cells)
         mask[b, :, :h, :w] = buffer.valid[v].float()
         mask[b, buffer.unknown[v]] = 0.0
-    return features, targets, mask
+    return features, targets, mask, inside
 
 
 def heatmap_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, positive_weight: float
@@ -266,12 +278,12 @@ def train_landmark_head(head: LandmarkHead, buffer: ViewBuffer, config: Landmark
 
     def batch_loss(_: float) -> tuple[torch.Tensor, dict]:
         views = next_views()
-        features, targets, mask = batch_tensors(buffer, views, num_landmarks, config.sigma_cells)
+        features, targets, mask, inside = batch_tensors(buffer, views, num_landmarks, config.sigma_cells)
         with autocast(device, config.precision):
             # A trained backbone runs its features() with gradients; its batch norms keep their running statistics
             # (Encoder.train is always eval), so they act as learnt affine layers.
             inputs = features.to(device) if encoder is None else encoder.features(features.to(device).float() / 255)
-            logits = head(inputs)
+            logits = head(inputs, inside.to(device))
         loss = heatmap_loss(logits, targets.to(device), mask.to(device), config.positive_weight)
         errors = peak_errors_px(logits, buffer, views)
         return loss, {"visible": float(np.mean([len(buffer.visible[v]) for v in views])),

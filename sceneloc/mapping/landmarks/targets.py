@@ -2,10 +2,11 @@
 drawn from that.
 
 Visibility of landmark l in a mapping frame: VISIBLE when it projects into the image in front of the camera and
-either the frame's depth there agrees with its distance (an occluded landmark's depth is nearer) or, in a frame
-without depth, the frame is in its track (SIFT saw it there); HIDDEN when it projects outside the image, behind the
-camera or behind a nearer surface; UNKNOWN when it projects into a frame without depth (or onto a depth hole) whose
-track does not hold it: it may be occluded or just missed by SIFT, so its heatmap gets no loss in that view."""
+either the frame is in its track (SIFT saw it there) or the frame's depth agrees with its distance somewhere in the
+3x3 pixels around its projection (landmarks sit on depth edges, where one rounded pixel often shows the background);
+HIDDEN when it projects outside the image, behind the camera or behind a nearer surface; UNKNOWN when it projects
+into a frame without depth (or onto a depth hole) whose track does not hold it: it may be occluded or just missed by
+SIFT, so its heatmap gets no loss in that view."""
 
 from __future__ import annotations
 
@@ -39,12 +40,12 @@ def visibility(landmarks: np.ndarray, camera: Camera, cam_from_world: Rigid3, de
     if depth is None:
         state[inside] = np.where(in_track[inside], VISIBLE, UNKNOWN)
         return uv, state
-    cols = np.clip(np.round(uv[inside, 0]).astype(int), 0, camera.width - 1)
-    rows = np.clip(np.round(uv[inside, 1]).astype(int), 0, camera.height - 1)
-    seen = depth[rows, cols]
-    agree = np.abs(seen - z[inside]) <= depth_tolerance * z[inside]
-    state[inside] = np.where(seen <= 0, np.where(in_track[inside], VISIBLE, UNKNOWN),
-                             np.where(agree, VISIBLE, HIDDEN))
+    cols = np.round(uv[inside, 0]).astype(int)[:, None] + np.array([-1, 0, 1] * 3)
+    rows = np.round(uv[inside, 1]).astype(int)[:, None] + np.repeat([-1, 0, 1], 3)
+    seen = depth[np.clip(rows, 0, camera.height - 1), np.clip(cols, 0, camera.width - 1)]  # (n, 9)
+    valid = seen > 0
+    agree = (valid & (np.abs(seen - z[inside, None]) <= depth_tolerance * z[inside, None])).any(1)
+    state[inside] = np.where(in_track[inside] | agree, VISIBLE, np.where(valid.any(1), HIDDEN, UNKNOWN))
     return uv, state
 
 

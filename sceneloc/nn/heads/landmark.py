@@ -58,7 +58,11 @@ class _Block(nn.Module):
 
 
 class LandmarkHead(nn.Module):
-    """Feature maps (B, C, h, w) -> heatmap logits (B, L, h, w) float32, one channel per landmark."""
+    """Feature maps (B, C, h, w) -> heatmap logits (B, L, h, w) float32, one channel per landmark.
+
+    forward's `inside` (B, 1, h, w), for batches of views padded to one size: the cells of each view; the layers'
+    activations are zeroed outside them after every layer, so that a padded view's border cells see the zeros a
+    view alone gets from the convolutions' own padding (not the input layer's bias)."""
 
     def __init__(self, in_channels: int, num_landmarks: int, config: LandmarkHeadConfig):
         super().__init__()
@@ -72,10 +76,13 @@ class LandmarkHead(nn.Module):
         self.output_layer = nn.Conv2d(config.width, num_landmarks, 1)
         nn.init.constant_(self.output_layer.bias, math.log(PRIOR_PROBABILITY / (1 - PRIOR_PROBABILITY)))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.input_layer(features)
+    def forward(self, features: torch.Tensor, inside: torch.Tensor | None = None) -> torch.Tensor:
+        def crop(x: torch.Tensor) -> torch.Tensor:
+            return x if inside is None else x * inside.to(x.dtype)
+
+        x = crop(self.input_layer(features))
         for block in self.blocks:
-            x = block(x)
+            x = crop(block(x))
         # The output layer runs in float32, as every head's: the peak's sub-cell position is read from ratios of
         # neighbouring cells, which bfloat16's 8-bit mantissa would blur.
         with torch.autocast(features.device.type, enabled=False):
