@@ -766,6 +766,104 @@ def complete_depth_command(
     console.print(f"wrote {len(frames)} depth PNGs (uint16 millimetres) to {output}")
 
 
+@app.command("reconstruct")
+def reconstruct_command(
+    scene_dir: Path = typer.Argument(..., help="Posed frames (any supported layout), with or without depth"),
+    output: Path = typer.Option(..., "-o", "--output", help="Mesh file to write (.ply: vertex colours and normals)"),
+    map_file: Optional[Path] = typer.Option(None, "--map", help="Scene-coordinate map of the scene: the depth of "
+                                                                "frames without depth (RGB-only reconstruction)"),
+    depth: Optional[str] = typer.Option(None, "--depth", help="Depth per frame: auto (sensor where there is, else "
+                                                              "the map's) | sensor | map | completed (sensor holes "
+                                                              "filled from the map)"),
+    voxel: Optional[float] = typer.Option(None, "--voxel", help="Voxel size in metres (default 0.02)"),
+    split: str = typer.Option("train", help="Split to use when the folder has train/test splits"),
+    stride: Optional[int] = typer.Option(None, help="Fuse every STRIDE-th frame (default 1)"),
+    device: str = DeviceOption,
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a ReconstructionConfig field, e.g. "
+                                                                      "--set max_depth_m=4"),
+):
+    """Dense reconstruction: TSDF fusion of the frames' depth (sensor, or what a map implies) into a coloured mesh,
+    coarse to fine (sceneloc/reconstruct/fusion.py)."""
+    import open3d as o3d
+
+    from sceneloc.data import read_scene
+    from sceneloc.maps.scene_map import SceneMap
+    from sceneloc.reconstruct.fusion import ReconstructionConfig, reconstruct
+    from sceneloc.runtime.atomic import atomic_output
+    from sceneloc.runtime.config_overrides import configure
+
+    try:
+        config = configure(ReconstructionConfig(), {"depth": depth, "voxel_m": voxel, "frame_stride": stride},
+                           overrides)
+    except ValueError as e:
+        _fail(str(e))
+    if output.suffix.lower() != ".ply":
+        _fail(f"{output}: the mesh is written as PLY: give a .ply name")
+    check_writable(output, [scene_dir, *([] if map_file is None else [map_file])])
+    dev = _device(device)
+    scene_map = None if map_file is None else SceneMap.load(map_file, dev)
+    scene = read_scene(scene_dir, split=split)
+    mesh, stats = reconstruct(scene, config, scene_map, dev)
+    legacy = mesh.to_legacy()
+    with atomic_output(output) as tmp, o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+        if not o3d.io.write_triangle_mesh(str(tmp), legacy, write_ascii=False):
+            _fail(f"{output}: Open3D could not write the mesh here")
+    sources = ", ".join(f"{k} {v}" for k, v in stats["depth_sources"].items())
+    console.print(f"wrote {output}: {stats['vertices']:,} vertices, {stats['triangles']:,} triangles from "
+                  f"{stats['frames']} frames (depth: {sources}) in {stats['total_s']:.0f} s")
+
+
+@app.command("evaluate-mesh")
+def evaluate_mesh_command(
+    mesh_file: Path = typer.Argument(..., help="Reconstructed mesh (e.g. from `sceneloc reconstruct`)"),
+    truth: Path = typer.Option(..., "--mesh", help="Ground-truth mesh (PLY, OBJ, ...), same world frame and units"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Report prefix: PREFIX.json, PREFIX.md, "
+                                                                       "PREFIX.png (default: next to the mesh)"),
+    visible_from: Optional[Path] = typer.Option(None, "--visible-from", help="Posed frames: measure completeness "
+                                                                             "and recall on the part of the truth "
+                                                                             "they see"),
+    split: str = typer.Option("train", help="--visible-from: the split whose frames count"),
+    tau: Optional[float] = typer.Option(None, help="Distance threshold of precision and recall, metres (default 0.05)"),
+    samples: Optional[int] = typer.Option(None, help="Points sampled on each mesh (default 200000)"),
+):
+    """CDRNet's 3D metrics of a mesh against the truth (accuracy, completeness, precision, recall, F-score); JSON +
+    markdown, and a PNG of the reconstruction coloured by its distance to the truth."""
+    import numpy as np
+    import open3d as o3d
+    from matplotlib import colormaps
+
+    from sceneloc.data import read_scene
+    from sceneloc.evaluate.cloud import (CloudEvalConfig, cloud_report_paths, format_cloud_table, read_mesh,
+                                         render_cloud_png, sample_mesh, write_cloud_report)
+    from sceneloc.evaluate.mesh import evaluate_mesh
+    from sceneloc.evaluate.report import with_suffix
+    from sceneloc.export.points import PointCloud
+    from sceneloc.runtime.config_overrides import configure
+
+    try:
+        config = configure(CloudEvalConfig(), {"tau": tau, "n_mesh_samples": samples})
+    except ValueError as e:
+        _fail(str(e))
+    prefix = output or mesh_file.with_name(mesh_file.stem + "_eval")
+    png = with_suffix(prefix, ".png")
+    inputs = [mesh_file, truth, *([] if visible_from is None else [visible_from])]
+    for path in cloud_report_paths(prefix) + [png]:
+        check_writable(path, inputs)
+    mesh, truth_mesh = read_mesh(mesh_file), read_mesh(truth)
+    frames = None if visible_from is None else read_scene(visible_from, split=split).posed_frames[::5]
+    result = evaluate_mesh(mesh, truth_mesh, config, frames, config.n_mesh_samples)
+    written = write_cloud_report(result, prefix)
+    points = sample_mesh(mesh, min(config.n_mesh_samples, 100_000), config.seed)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(truth_mesh)
+    error = scene.compute_distance(o3d.core.Tensor(points)).numpy()
+    rgb = (np.array(colormaps["RdYlGn_r"](np.clip(error / (2 * config.tau), 0, 1)))[:, :3] * 255).astype(np.uint8)
+    render_cloud_png(PointCloud(points, rgb), png, title=f"{mesh_file.name}: distance to the truth (green 0, red >= "
+                                                         f"{2 * config.tau * 100:g} cm)")
+    Console().print(format_cloud_table(result))
+    console.print("wrote " + ", ".join(str(p) for p in [*written, png]))
+
+
 @app.command("evaluate-cloud")
 def evaluate_cloud_command(
     cloud_file: Path = typer.Argument(..., help="PLY point cloud (e.g. from `sceneloc export points`)"),

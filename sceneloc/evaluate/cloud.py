@@ -81,8 +81,11 @@ def sample_mesh(mesh: o3d.t.geometry.TriangleMesh, n: int, seed: int) -> np.ndar
     return mesh.sample_points_uniformly(n).point.positions.numpy()
 
 
-def evaluate_cloud(cloud: PointCloud, mesh: o3d.t.geometry.TriangleMesh, config: CloudEvalConfig) -> dict:
-    """Compares the cloud with the mesh (geometry only, as read_mesh returns). Distances in metres.
+def evaluate_cloud(cloud: PointCloud, mesh: o3d.t.geometry.TriangleMesh, config: CloudEvalConfig,
+                   mesh_samples: np.ndarray | None = None) -> dict:
+    """Compares the cloud with the mesh (geometry only, as read_mesh returns). Distances in metres. mesh_samples:
+    (M, 3) points of the mesh to measure completeness and recall on (default: config.n_mesh_samples uniform by
+    area; evaluate/mesh.py passes the ones the frames see).
 
     Returns {"n_points", "n_mesh_samples", "tau_m", "accuracy_mean_m", "accuracy_median_m" (cloud point -> mesh
     surface, exact, Open3D ray-casting scene), "completeness_mean_m", "completeness_median_m" (mesh sample ->
@@ -95,12 +98,12 @@ def evaluate_cloud(cloud: PointCloud, mesh: o3d.t.geometry.TriangleMesh, config:
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(mesh)
     accuracy = scene.compute_distance(o3d.core.Tensor(np.ascontiguousarray(cloud.xyz, dtype=np.float32))).numpy()
-    samples = sample_mesh(mesh, config.n_mesh_samples, config.seed)
+    samples = sample_mesh(mesh, config.n_mesh_samples, config.seed) if mesh_samples is None else mesh_samples
     completeness = cKDTree(cloud.xyz).query(samples, k=1)[0]
     precision = float(np.mean(accuracy < config.tau))
     recall = float(np.mean(completeness < config.tau))
     fscore = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"n_points": len(cloud.xyz), "n_mesh_samples": config.n_mesh_samples, "tau_m": config.tau,
+    return {"n_points": len(cloud.xyz), "n_mesh_samples": len(samples), "tau_m": config.tau,
             "accuracy_mean_m": float(np.mean(accuracy)), "accuracy_median_m": float(np.median(accuracy)),
             "completeness_mean_m": float(np.mean(completeness)),
             "completeness_median_m": float(np.median(completeness)),

@@ -1,0 +1,65 @@
+"""A reconstructed mesh against the ground-truth mesh (CDRNet's 3D metrics: accuracy, completeness, precision,
+recall, F-score at 5 cm), through the point-cloud evaluation (evaluate/cloud.py) on points sampled uniformly on the
+reconstruction; optionally with the ground truth cut to what the posed frames see (`visible_samples`), as a
+reconstruction can only complete what was filmed (the ScanNet-style protocol CDRNet reports)."""
+
+from __future__ import annotations
+
+import numpy as np
+import open3d as o3d
+
+from sceneloc.data import Frame
+from sceneloc.data.raycast import cast_pixel_rays
+from sceneloc.evaluate.cloud import CloudEvalConfig, evaluate_cloud, sample_mesh
+from sceneloc.export.points import PointCloud
+from sceneloc.runtime.errors import InputError
+from sceneloc.runtime.progress import make_progress
+
+VISIBILITY_SCALE = 0.25
+"""The frames' images are ray cast at this fraction of their size to tell which truth samples they see."""
+
+
+def visible_samples(truth: o3d.t.geometry.TriangleMesh, samples: np.ndarray, frames: list[Frame],
+                    tolerance_m: float = 0.02, show_progress: bool = False) -> np.ndarray:
+    """(M,) bool: the truth samples (M, 3) that some frame sees, in front of its camera, inside its image and not
+    hidden (within tolerance_m of the truth's own depth there, ray cast at VISIBILITY_SCALE)."""
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(truth)
+    seen = np.zeros(len(samples), bool)
+    with make_progress(show_progress) as progress:
+        task = progress.add_task("visible truth", total=len(frames), info="")
+        for frame in frames:
+            camera = frame.camera.scaled(max(1, round(frame.camera.width * VISIBILITY_SCALE)),
+                                         max(1, round(frame.camera.height * VISIBILITY_SCALE)))
+            _, hits = cast_pixel_rays(scene, camera, frame.cam_from_world)
+            cam = frame.cam_from_world.apply(samples)
+            z = cam[:, 2]
+            front = z > 1e-6
+            uv = cam[front, :2] / z[front, None] @ camera.K[:2, :2].T + camera.K[:2, 2]
+            cols, rows = np.round(uv[:, 0]).astype(int), np.round(uv[:, 1]).astype(int)
+            inside = (cols >= 0) & (cols < camera.width) & (rows >= 0) & (rows < camera.height)
+            index = np.flatnonzero(front)[inside]
+            surface = hits["t_hit"][rows[inside], cols[inside]]  # z-depth of the truth's nearest surface there
+            seen[index] |= np.abs(surface - z[index]) < tolerance_m + 0.01 * z[index]
+            progress.advance(task)
+    return seen
+
+
+def evaluate_mesh(mesh: o3d.t.geometry.TriangleMesh, truth: o3d.t.geometry.TriangleMesh, config: CloudEvalConfig,
+                  frames: list[Frame] | None = None, n_samples: int = 200_000) -> dict:
+    """evaluate_cloud's dict for n_samples points uniform by area on `mesh` against `truth`; with `frames`, the
+    truth's samples are only those the frames see (visible_samples), and "truth_visible_share" says what share of
+    them that was. Raises InputError for a mesh without triangles."""
+    if "indices" not in mesh.triangle or len(mesh.triangle.indices) == 0:
+        raise InputError(None, "the reconstructed mesh has no triangles")
+    points = sample_mesh(mesh, n_samples, config.seed)
+    cloud = PointCloud(points, np.zeros_like(points, np.uint8))
+    truth_samples = sample_mesh(truth, config.n_mesh_samples, config.seed)
+    share = 1.0
+    if frames:
+        seen = visible_samples(truth, truth_samples, frames)
+        if not seen.any():
+            raise InputError(None, "none of the ground-truth mesh is visible from the frames (another world frame?)")
+        share, truth_samples = float(seen.mean()), truth_samples[seen]
+    return {**evaluate_cloud(cloud, truth, config, truth_samples), "truth_visible_share": share,
+            "n_mesh_vertices": len(mesh.vertex.positions), "n_mesh_triangles": len(mesh.triangle.indices)}

@@ -1,0 +1,1 @@
+"""Dense reconstruction: posed frames -> a coloured mesh by TSDF fusion (fusion.py)."""

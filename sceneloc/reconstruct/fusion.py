@@ -1,0 +1,172 @@
+"""Dense reconstruction of posed frames into a coloured triangle mesh (the fusion part of CDRNet, issue 17): a depth
+per frame from what the user has, TSDF fusion frame by frame in Open3D's voxel block grid, marching cubes.
+
+    frames ──depth source──▶ depth (H, W) metres ──TSDF integration (Open3D VoxelBlockGrid, block by block as
+    the frames touch them)──▶ coarse volume ──(fine pass only in the blocks near the coarse surface)──▶ fine volume
+    ──marching cubes──▶ mesh with a colour per vertex
+
+Depth sources (ReconstructionConfig.depth):
+  "sensor"     the frames' own depth (holes stay holes);
+  "map"        the depth a scene-coordinate map implies (export/depth.map_depth): RGB-only reconstruction;
+  "completed"  the sensor depth with its holes filled from the map (export/depth.complete_depth);
+  "auto"       "sensor" for frames with depth, "map" for the others (a map is needed when some frame has none).
+
+Coarse to fine (as the paper's stages): a first pass fuses every frame at coarse_factor x the voxel size; the
+fine pass then allocates only the blocks within a coarse voxel of the coarse surface, so free-space noise of
+single frames (a map's wrong cells, a sensor's flying pixels) that the coarse consensus does not keep is never
+fused."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import open3d as o3d
+import open3d.core as o3c
+import torch
+
+from sceneloc.data import Frame, Scene
+from sceneloc.runtime.errors import InputError
+from sceneloc.runtime.progress import make_progress
+
+DEPTH_SOURCES = ("auto", "sensor", "map", "completed")
+BLOCK_RESOLUTION = 8
+"""Voxels per block edge of Open3D's voxel block grid."""
+
+
+@dataclass
+class ReconstructionConfig:
+    """How frames are fused into a mesh (`sceneloc reconstruct`)."""
+
+    depth: str = "auto"
+    """Depth source per frame (module docstring): auto | sensor | map | completed."""
+    voxel_m: float = 0.02
+    """Voxel size of the fine volume, metres."""
+    truncation_voxels: float = 4.0
+    """TSDF truncation distance in voxels (Open3D's trunc_voxel_multiplier)."""
+    coarse_factor: int = 4
+    """Voxel size of the coarse pass as a multiple of voxel_m; 1: one pass, no coarse restriction."""
+    max_depth_m: float = 6.0
+    """Depth beyond this is not fused (far, noisy pixels)."""
+    min_weight: float = 1.0
+    """Surface fused from fewer frames than this is not extracted (1: whatever one frame saw)."""
+    frame_stride: int = 1
+    """Fuse every frame_stride-th frame."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        """ValueError naming the first setting that cannot work."""
+        if self.depth not in DEPTH_SOURCES:
+            raise ValueError(f"unknown depth source {self.depth!r} (use {', '.join(DEPTH_SOURCES)})")
+        for name in ("voxel_m", "truncation_voxels", "max_depth_m"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.coarse_factor < 1 or self.frame_stride < 1:
+            raise ValueError("coarse_factor and frame_stride must be >= 1")
+        if self.min_weight < 0:
+            raise ValueError(f"min_weight must be >= 0, got {self.min_weight}")
+
+
+def frame_depth(frame: Frame, rgb: np.ndarray, source: str, scene_map, device: torch.device) -> np.ndarray:
+    """(H, W) float32 depth of one frame, metres (0: none), from `source` (not "auto")."""
+    from sceneloc.export.depth import DepthCompletionConfig, complete_depth, map_depth
+
+    if source == "map":
+        return map_depth(scene_map, frame, rgb, device)
+    depth = frame.load_depth()
+    if depth is None:
+        raise InputError(frame.depth_path or frame.rgb_path, f"frame {frame.name} has no depth for depth={source}")
+    if source == "completed":
+        return complete_depth(depth, rgb, map_depth(scene_map, frame, rgb, device), DepthCompletionConfig())[0]
+    return depth
+
+
+def _grid(voxel_m: float, device: o3c.Device, blocks: int) -> o3d.t.geometry.VoxelBlockGrid:
+    return o3d.t.geometry.VoxelBlockGrid(attr_names=("tsdf", "weight", "color"),
+                                         attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
+                                         attr_channels=((1), (1), (3)), voxel_size=voxel_m,
+                                         block_resolution=BLOCK_RESOLUTION, block_count=blocks, device=device)
+
+
+def _near_blocks(coarse: o3d.t.geometry.VoxelBlockGrid, coarse_voxel_m: float, fine_block_m: float,
+                 min_weight: float) -> set:
+    """The fine blocks (integer block coordinates) within one coarse voxel of the coarse volume's surface."""
+    try:
+        points = coarse.extract_point_cloud(weight_threshold=min_weight - 0.5).point.positions.numpy()
+    except RuntimeError:  # no block at all
+        return set()
+    if len(points) == 0:
+        return set()
+    offsets = np.stack(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij"), -1).reshape(-1, 3) * coarse_voxel_m
+    near = np.floor((points[:, None, :] + offsets[None]).reshape(-1, 3) / fine_block_m).astype(np.int64)
+    return set(map(tuple, np.unique(near, axis=0)))
+
+
+def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, device: torch.device | None = None,
+                show_progress: bool = True) -> tuple[o3d.t.geometry.TriangleMesh, dict]:
+    """Fuse the posed frames of `scene` into a mesh (module docstring). scene_map: a SceneMap for the "map" and
+    "completed" sources (and "auto" on frames without depth). Returns (mesh with vertex positions, normals and
+    colours (float 0..1), stats {frames, depth per source, vertices, triangles, timings}). InputError for a scene
+    without posed frames, a depth source the inputs cannot give, or nothing fused."""
+    config.validate()
+    device = device or torch.device("cpu")
+    scene.require_poses()
+    frames = scene.frames[::config.frame_stride]
+    if not frames:
+        raise InputError(scene.root, "scene has no frames")
+    needs_map = config.depth in ("map", "completed") or (
+        config.depth == "auto" and any(f.depth_path is None for f in frames))
+    if needs_map and scene_map is None:
+        raise InputError(scene.root, f"depth={config.depth} needs a scene-coordinate map of the scene (--map): "
+                                     f"{'some frames have no depth' if config.depth == 'auto' else 'its depth'}")
+    o3d_device = o3c.Device("CPU:0")
+    t0 = time.perf_counter()
+    passes = [config.voxel_m * config.coarse_factor, config.voxel_m] if config.coarse_factor > 1 else [config.voxel_m]
+    sources: dict[str, int] = {}
+    depths: list[np.ndarray] = []  # computed once (a map's depth costs a network pass), reused by the fine pass
+    allowed = None
+    grid = None
+    with make_progress(show_progress) as progress:
+        for level, voxel in enumerate(passes):
+            grid = _grid(voxel, o3d_device, 40000)
+            task = progress.add_task(f"fusing at {voxel * 100:g} cm", total=len(frames), info="")
+            for i, frame in enumerate(frames):
+                rgb = frame.load_rgb()
+                if level == 0:
+                    source = config.depth if config.depth != "auto" else (
+                        "sensor" if frame.depth_path is not None else "map")
+                    depths.append(frame_depth(frame, rgb, source, scene_map, device).astype(np.float16))
+                    sources[source] = sources.get(source, 0) + 1
+                depth = depths[i].astype(np.float32)
+                if not ((depth > 0) & (depth <= config.max_depth_m)).any():
+                    progress.advance(task)  # nothing to fuse (Open3D refuses a frame that touches no block)
+                    continue
+                depth_image = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth, np.float32)))
+                color_image = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(rgb, np.float32) / 255.0))
+                intrinsic = o3c.Tensor(frame.camera.K, o3c.float64)
+                extrinsic = o3c.Tensor(frame.cam_from_world.matrix(), o3c.float64)
+                blocks = grid.compute_unique_block_coordinates(depth_image, intrinsic, extrinsic, 1.0,
+                                                              config.max_depth_m, config.truncation_voxels)
+                if allowed is not None and len(blocks):
+                    keep = np.array([tuple(b) in allowed for b in blocks.numpy()])
+                    blocks = blocks[o3c.Tensor(keep)]
+                if len(blocks):
+                    grid.integrate(blocks, depth_image, color_image, intrinsic, intrinsic, extrinsic, 1.0,
+                                   config.max_depth_m, config.truncation_voxels)
+                progress.advance(task)
+            if level + 1 < len(passes):
+                allowed = _near_blocks(grid, voxel, passes[level + 1] * BLOCK_RESOLUTION, config.min_weight)
+    # Open3D keeps voxels of weight strictly above the threshold; a voxel's weight counts the frames fused into it.
+    try:
+        mesh = grid.extract_triangle_mesh(weight_threshold=config.min_weight - 0.5)
+    except RuntimeError:  # Open3D refuses to extract from a grid without blocks
+        mesh = o3d.t.geometry.TriangleMesh()
+    if "indices" not in mesh.triangle or len(mesh.triangle.indices) == 0:
+        raise InputError(scene.root, "nothing was fused: no frame's depth reached the volume (check the depth "
+                                     "source, max_depth_m and the poses)")
+    stats = {"frames": len(frames), "depth_sources": sources, "vertices": len(mesh.vertex.positions),
+             "triangles": len(mesh.triangle.indices), "passes_m": passes, "total_s": time.perf_counter() - t0}
+    return mesh, stats
