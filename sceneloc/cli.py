@@ -827,15 +827,15 @@ def evaluate_mesh_command(
     samples: Optional[int] = typer.Option(None, help="Points sampled on each mesh (default 200000)"),
 ):
     """CDRNet's 3D metrics of a mesh against the truth (accuracy, completeness, precision, recall, F-score); JSON +
-    markdown, and a PNG of the reconstruction coloured by its distance to the truth."""
+    markdown, a PNG of the reconstruction coloured by its distance to the truth and one of it beside the truth."""
     import numpy as np
     import open3d as o3d
     from matplotlib import colormaps
 
     from sceneloc.data import read_scene
     from sceneloc.evaluate.cloud import (CloudEvalConfig, cloud_report_paths, format_cloud_table, read_mesh,
-                                         render_cloud_png, sample_mesh, write_cloud_report)
-    from sceneloc.evaluate.mesh import evaluate_mesh
+                                         render_cloud_png, sample_mesh, up_from_cameras, write_cloud_report)
+    from sceneloc.evaluate.mesh import evaluate_mesh, render_mesh_pair_png
     from sceneloc.evaluate.report import with_suffix
     from sceneloc.export.points import PointCloud
     from sceneloc.runtime.config_overrides import configure
@@ -845,12 +845,13 @@ def evaluate_mesh_command(
     except ValueError as e:
         _fail(str(e))
     prefix = output or mesh_file.with_name(mesh_file.stem + "_eval")
-    png = with_suffix(prefix, ".png")
+    png, pair = with_suffix(prefix, ".png"), Path(f"{prefix}_views.png")
     inputs = [mesh_file, truth, *([] if visible_from is None else [visible_from])]
-    for path in cloud_report_paths(prefix) + [png]:
+    for path in cloud_report_paths(prefix) + [png, pair]:
         check_writable(path, inputs)
     mesh, truth_mesh = read_mesh(mesh_file), read_mesh(truth)
-    frames = None if visible_from is None else read_scene(visible_from, split=split).posed_frames[::5]
+    posed = None if visible_from is None else read_scene(visible_from, split=split).posed_frames
+    frames = None if posed is None else posed[::5]
     result = evaluate_mesh(mesh, truth_mesh, config, frames, config.n_mesh_samples)
     written = write_cloud_report(result, prefix)
     points = sample_mesh(mesh, min(config.n_mesh_samples, 100_000), config.seed)
@@ -860,8 +861,10 @@ def evaluate_mesh_command(
     rgb = (np.array(colormaps["RdYlGn_r"](np.clip(error / (2 * config.tau), 0, 1)))[:, :3] * 255).astype(np.uint8)
     render_cloud_png(PointCloud(points, rgb), png, title=f"{mesh_file.name}: distance to the truth (green 0, red >= "
                                                          f"{2 * config.tau * 100:g} cm)")
+    up = None if posed is None else up_from_cameras([f.cam_from_world for f in posed])
+    render_mesh_pair_png(mesh_file, truth_mesh, pair, up, f"{mesh_file.name}")
     Console().print(format_cloud_table(result))
-    console.print("wrote " + ", ".join(str(p) for p in [*written, png]))
+    console.print("wrote " + ", ".join(str(p) for p in [*written, png, pair]))
 
 
 @app.command("evaluate-cloud")

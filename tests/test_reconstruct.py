@@ -95,6 +95,7 @@ def test_reconstruct_and_evaluate_through_the_command_line(room, tmp_path):
     assert {"accuracy_mean_m", "completeness_mean_m", "precision", "recall", "fscore"} <= set(result)
     assert result["fscore"] > 0.9  # 4 cm voxels on exact depth
     assert (tmp_path / "ev.png").stat().st_size > 10_000 and (tmp_path / "ev.md").is_file()
+    assert (tmp_path / "ev_views.png").stat().st_size > 10_000
     colours = np.asarray(__import__("open3d").io.read_triangle_mesh(str(mesh_path)).vertex_colors)
     assert len(colours) > 1000 and colours.std() > 0.05  # coloured from the images, not one grey
 

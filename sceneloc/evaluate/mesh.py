@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 import open3d as o3d
+from matplotlib.figure import Figure
 
 from sceneloc.data import Frame
 from sceneloc.data.raycast import cast_pixel_rays
-from sceneloc.evaluate.cloud import CloudEvalConfig, evaluate_cloud, sample_mesh
+from sceneloc.evaluate.cloud import CloudEvalConfig, _view_basis, evaluate_cloud, sample_mesh
+from sceneloc.evaluate.plots import save_figure
 from sceneloc.export.points import PointCloud
 from sceneloc.runtime.errors import InputError
 from sceneloc.runtime.progress import make_progress
@@ -63,3 +65,28 @@ def evaluate_mesh(mesh: o3d.t.geometry.TriangleMesh, truth: o3d.t.geometry.Trian
         share, truth_samples = float(seen.mean()), truth_samples[seen]
     return {**evaluate_cloud(cloud, truth, config, truth_samples), "truth_visible_share": share,
             "n_mesh_vertices": len(mesh.vertex.positions), "n_mesh_triangles": len(mesh.triangle.indices)}
+
+
+def render_mesh_pair_png(mesh_path: str, truth: o3d.t.geometry.TriangleMesh, path, up: np.ndarray | None = None,
+                         title: str = "reconstruction", n_points: int = 120_000, seed: int = 0) -> None:
+    """The reconstructed mesh (its file, read with its vertex colours) beside the truth (grey), as points sampled
+    uniformly on each, seen from the same oblique view (matplotlib, off-screen), written atomically. up: (3,)
+    world up, e.g. up_from_cameras() (None: the axis the truth spreads least along)."""
+    with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+        legacy = o3d.io.read_triangle_mesh(str(mesh_path))
+    o3d.utility.random.seed(seed)
+    sampled = legacy.sample_points_uniformly(n_points)
+    ours = np.asarray(sampled.points)
+    colours = np.clip(np.asarray(sampled.colors), 0, 1) if sampled.has_colors() else np.full((len(ours), 3), 0.4)
+    reference = sample_mesh(truth, n_points, seed)
+    basis, centre = _view_basis(reference, up), reference.mean(0)
+    fig = Figure(figsize=(14, 6.5), dpi=110, layout="constrained")
+    for i, (points, rgb, name) in enumerate([(ours, colours, title),
+                                             (reference, np.full((len(reference), 3), 0.55), "ground truth")]):
+        ax = fig.add_subplot(1, 2, i + 1, projection="3d")
+        view = (points - centre) @ basis.T
+        ax.scatter(view[:, 0], view[:, 1], view[:, 2], c=rgb, s=0.3, linewidths=0, depthshade=False)
+        ax.set_box_aspect(np.maximum(np.ptp(view, axis=0), 1e-6))
+        ax.view_init(elev=35, azim=-60)
+        ax.set_title(name)
+    save_figure(fig, path)
