@@ -773,7 +773,8 @@ def reconstruct_command(
     map_file: Optional[Path] = typer.Option(None, "--map", help="Scene-coordinate map of the scene: the depth of "
                                                                 "frames without depth (RGB-only reconstruction)"),
     depth: Optional[str] = typer.Option(None, "--depth", help="Depth per frame: auto (sensor where there is, else "
-                                                              "the map's) | sensor | map | completed (sensor holes "
+                                                              "the map's) | sensor | multiview (plane sweep over "
+                                                              "posed neighbours) | map | completed (sensor holes "
                                                               "filled from the map)"),
     voxel: Optional[float] = typer.Option(None, "--voxel", help="Voxel size in metres (default 0.02)"),
     split: str = typer.Option("train", help="Split to use when the folder has train/test splits"),

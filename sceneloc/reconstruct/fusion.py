@@ -7,7 +7,8 @@ per frame from what the user has, TSDF fusion frame by frame in Open3D's voxel b
 
 Depth sources (ReconstructionConfig.depth):
   "sensor"     the frames' own depth (holes stay holes);
-  "map"        the depth a scene-coordinate map implies (export/depth.map_depth): RGB-only reconstruction;
+  "multiview"  plane-sweep depth from each frame's posed neighbours (multiview.py): RGB only, no map;
+  "map"        the depth a scene-coordinate map implies (export/depth.map_depth): RGB only, from a map;
   "completed"  the sensor depth with its holes filled from the map (export/depth.complete_depth);
   "auto"       "sensor" for frames with depth, "map" for the others (a map is needed when some frame has none).
 
@@ -19,7 +20,7 @@ fused."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import open3d as o3d
@@ -27,10 +28,11 @@ import open3d.core as o3c
 import torch
 
 from sceneloc.data import Frame, Scene
+from sceneloc.reconstruct.multiview import PlaneSweepConfig, choose_neighbours, plane_sweep_depth
 from sceneloc.runtime.errors import InputError
 from sceneloc.runtime.progress import make_progress
 
-DEPTH_SOURCES = ("auto", "sensor", "map", "completed")
+DEPTH_SOURCES = ("auto", "sensor", "multiview", "map", "completed")
 BLOCK_RESOLUTION = 8
 """Voxels per block edge of Open3D's voxel block grid."""
 
@@ -40,7 +42,9 @@ class ReconstructionConfig:
     """How frames are fused into a mesh (`sceneloc reconstruct`)."""
 
     depth: str = "auto"
-    """Depth source per frame (module docstring): auto | sensor | map | completed."""
+    """Depth source per frame (module docstring): auto | sensor | multiview | map | completed."""
+    multiview: PlaneSweepConfig = field(default_factory=PlaneSweepConfig)
+    """The plane sweep of the "multiview" source."""
     voxel_m: float = 0.02
     """Voxel size of the fine volume, metres."""
     truncation_voxels: float = 4.0
@@ -59,6 +63,7 @@ class ReconstructionConfig:
 
     def validate(self) -> None:
         """ValueError naming the first setting that cannot work."""
+        self.multiview.validate()
         if self.depth not in DEPTH_SOURCES:
             raise ValueError(f"unknown depth source {self.depth!r} (use {', '.join(DEPTH_SOURCES)})")
         for name in ("voxel_m", "truncation_voxels", "max_depth_m"):
@@ -70,10 +75,14 @@ class ReconstructionConfig:
             raise ValueError(f"min_weight must be >= 0, got {self.min_weight}")
 
 
-def frame_depth(frame: Frame, rgb: np.ndarray, source: str, scene_map, device: torch.device) -> np.ndarray:
-    """(H, W) float32 depth of one frame, metres (0: none), from `source` (not "auto")."""
+def frame_depth(frame: Frame, rgb: np.ndarray, source: str, scene_map, device: torch.device,
+                neighbours: list[Frame], config: ReconstructionConfig) -> np.ndarray:
+    """(H, W) float32 depth of one frame, metres (0: none), from `source` (not "auto"); neighbours: its posed
+    comparison frames for "multiview"."""
     from sceneloc.export.depth import DepthCompletionConfig, complete_depth, map_depth
 
+    if source == "multiview":
+        return plane_sweep_depth(frame, neighbours, config.multiview)
     if source == "map":
         return map_depth(scene_map, frame, rgb, device)
     depth = frame.load_depth()
@@ -123,6 +132,9 @@ def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, devi
         raise InputError(scene.root, f"depth={config.depth} needs a scene-coordinate map of the scene (--map): "
                                      f"{'some frames have no depth' if config.depth == 'auto' else 'its depth'}")
     o3d_device = o3c.Device("CPU:0")
+    # Neighbours among all the scene's frames, whatever the stride: the sweep wants the nearest views.
+    index = {id(f): i for i, f in enumerate(scene.frames)}
+    neighbours = choose_neighbours(scene.frames, config.multiview) if config.depth == "multiview" else None
     t0 = time.perf_counter()
     passes = [config.voxel_m * config.coarse_factor, config.voxel_m] if config.coarse_factor > 1 else [config.voxel_m]
     sources: dict[str, int] = {}
@@ -138,7 +150,9 @@ def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, devi
                 if level == 0:
                     source = config.depth if config.depth != "auto" else (
                         "sensor" if frame.depth_path is not None else "map")
-                    depths.append(frame_depth(frame, rgb, source, scene_map, device).astype(np.float16))
+                    near = [] if neighbours is None else [scene.frames[j] for j in neighbours[index[id(frame)]]]
+                    depths.append(frame_depth(frame, rgb, source, scene_map, device, near, config)
+                                  .astype(np.float16))
                     sources[source] = sources.get(source, 0) + 1
                 depth = depths[i].astype(np.float32)
                 if not ((depth > 0) & (depth <= config.max_depth_m)).any():
