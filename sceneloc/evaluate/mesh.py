@@ -80,13 +80,22 @@ def render_mesh_pair_png(mesh_path: str, truth: o3d.t.geometry.TriangleMesh, pat
     colours = np.clip(np.asarray(sampled.colors), 0, 1) if sampled.has_colors() else np.full((len(ours), 3), 0.4)
     reference = sample_mesh(truth, n_points, seed)
     basis, centre = _view_basis(reference, up), reference.mean(0)
+    # Both panels in the truth's box (10 % margin): stray fragments far outside would shrink the room to a dot.
+    truth_view = (reference - centre) @ basis.T
+    margin = 0.1 * np.ptp(truth_view, axis=0)
+    low, high = truth_view.min(0) - margin, truth_view.max(0) + margin
     fig = Figure(figsize=(14, 6.5), dpi=110, layout="constrained")
     for i, (points, rgb, name) in enumerate([(ours, colours, title),
                                              (reference, np.full((len(reference), 3), 0.55), "ground truth")]):
         ax = fig.add_subplot(1, 2, i + 1, projection="3d")
         view = (points - centre) @ basis.T
-        ax.scatter(view[:, 0], view[:, 1], view[:, 2], c=rgb, s=0.3, linewidths=0, depthshade=False)
-        ax.set_box_aspect(np.maximum(np.ptp(view, axis=0), 1e-6))
+        keep = np.all((view >= low) & (view <= high), axis=1)
+        ax.scatter(view[keep, 0], view[keep, 1], view[keep, 2], c=rgb[keep], s=0.3, linewidths=0,
+                   depthshade=False)
+        ax.set_xlim(low[0], high[0])
+        ax.set_ylim(low[1], high[1])
+        ax.set_zlim(low[2], high[2])
+        ax.set_box_aspect(high - low)
         ax.view_init(elev=35, azim=-60)
         ax.set_title(name)
     save_figure(fig, path)
