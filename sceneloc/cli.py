@@ -771,9 +771,10 @@ def reconstruct_command(
     scene_dir: Path = typer.Argument(..., help="Posed frames (any supported layout), with or without depth"),
     output: Path = typer.Option(..., "-o", "--output", help="Mesh file to write (.ply: vertex colours and normals)"),
     map_file: Optional[Path] = typer.Option(None, "--map", help="Scene-coordinate map of the scene: the depth of "
-                                                                "frames without depth (RGB-only reconstruction)"),
+                                                                "frames without depth (else the plane sweep's)"),
     depth: Optional[str] = typer.Option(None, "--depth", help="Depth per frame: auto (sensor where there is, else "
-                                                              "the map's) | sensor | multiview (plane sweep over "
+                                                              "the map's, else multiview) | sensor | multiview "
+                                                              "(plane sweep over "
                                                               "posed neighbours) | map | completed (sensor holes "
                                                               "filled from the map)"),
     voxel: Optional[float] = typer.Option(None, "--voxel", help="Voxel size in metres (default 0.02)"),

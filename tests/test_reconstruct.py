@@ -149,5 +149,5 @@ def test_bad_inputs_fail_in_one_line(room, tmp_path):
         code, out = run_cli("reconstruct", room, *args)
         assert code == 2 and message in out, out
         assert not (tmp_path / "x.ply").exists()
-    code, out = run_cli("reconstruct", MAPS / "frames", "-o", tmp_path / "x.ply")
-    assert code == 2 and "needs a scene-coordinate map" in out, out  # frames without depth, no map
+    code, out = run_cli("reconstruct", MAPS / "frames", "-o", tmp_path / "x.ply", "--depth", "sensor")
+    assert code == 2 and "has no depth" in out, out  # frames without depth

@@ -10,7 +10,7 @@ Depth sources (ReconstructionConfig.depth):
   "multiview"  plane-sweep depth from each frame's posed neighbours (multiview.py): RGB only, no map;
   "map"        the depth a scene-coordinate map implies (export/depth.map_depth): RGB only, from a map;
   "completed"  the sensor depth with its holes filled from the map (export/depth.complete_depth);
-  "auto"       "sensor" for frames with depth, "map" for the others (a map is needed when some frame has none).
+  "auto"       "sensor" for frames with depth; for the others "map" when a map is given, else "multiview".
 
 Coarse to fine (as the paper's stages): a first pass fuses every frame at coarse_factor x the voxel size; the
 fine pass then allocates only the blocks within a coarse voxel of the coarse surface, so free-space noise of
@@ -117,24 +117,25 @@ def _near_blocks(coarse: o3d.t.geometry.VoxelBlockGrid, coarse_voxel_m: float, f
 def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, device: torch.device | None = None,
                 show_progress: bool = True) -> tuple[o3d.t.geometry.TriangleMesh, dict]:
     """Fuse the posed frames of `scene` into a mesh (module docstring). scene_map: a SceneMap for the "map" and
-    "completed" sources (and "auto" on frames without depth). Returns (mesh with vertex positions, normals and
-    colours (float 0..1), stats {frames, depth per source, vertices, triangles, timings}). InputError for a scene
-    without posed frames, a depth source the inputs cannot give, or nothing fused."""
+    "completed" sources (with "auto", frames without depth then take the map's instead of the plane sweep's).
+    Returns (mesh with vertex positions, normals and colours (float 0..1), stats {frames, depth per source,
+    vertices, triangles, timings}). InputError for a scene without posed frames, a depth source the inputs cannot
+    give, or nothing fused."""
     config.validate()
     device = device or torch.device("cpu")
     scene.require_poses()
     frames = scene.frames[::config.frame_stride]
     if not frames:
         raise InputError(scene.root, "scene has no frames")
-    needs_map = config.depth in ("map", "completed") or (
-        config.depth == "auto" and any(f.depth_path is None for f in frames))
-    if needs_map and scene_map is None:
-        raise InputError(scene.root, f"depth={config.depth} needs a scene-coordinate map of the scene (--map): "
-                                     f"{'some frames have no depth' if config.depth == 'auto' else 'its depth'}")
+    if config.depth in ("map", "completed") and scene_map is None:
+        raise InputError(scene.root, f"depth={config.depth} needs a scene-coordinate map of the scene (--map)")
+    without_depth = "map" if scene_map is not None else "multiview"  # what "auto" gives frames without depth
     o3d_device = o3c.Device("CPU:0")
     # Neighbours among all the scene's frames, whatever the stride: the sweep wants the nearest views.
     index = {id(f): i for i, f in enumerate(scene.frames)}
-    neighbours = choose_neighbours(scene.frames, config.multiview) if config.depth == "multiview" else None
+    sweeps = config.depth == "multiview" or (config.depth == "auto" and without_depth == "multiview"
+                                             and any(f.depth_path is None for f in frames))
+    neighbours = choose_neighbours(scene.frames, config.multiview) if sweeps else None
     t0 = time.perf_counter()
     passes = [config.voxel_m * config.coarse_factor, config.voxel_m] if config.coarse_factor > 1 else [config.voxel_m]
     sources: dict[str, int] = {}
@@ -149,7 +150,7 @@ def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, devi
                 rgb = frame.load_rgb()
                 if level == 0:
                     source = config.depth if config.depth != "auto" else (
-                        "sensor" if frame.depth_path is not None else "map")
+                        "sensor" if frame.depth_path is not None else without_depth)
                     near = [] if neighbours is None else [scene.frames[j] for j in neighbours[index[id(frame)]]]
                     depths.append(frame_depth(frame, rgb, source, scene_map, device, near, config)
                                   .astype(np.float16))
