@@ -66,6 +66,16 @@ def _inside_cells(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
+def feature_maps(encoder: torch.nn.Module, images: list[np.ndarray], device: torch.device,
+                 precision: str = "auto") -> torch.Tensor:
+    """Working images of one size, (h, w, 3) uint8 each -> the encoder's (B, C, ceil(h/8), ceil(w/8)) feature maps
+    of the stacked batch, one forward pass under autocast(device, precision)."""
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2).to(device)
+    with autocast(device, precision):
+        return encoder.to(device)(batch)
+
+
+@torch.no_grad()
 def encode_batch(encoder_name: str, images: list[np.ndarray], cameras: list[Camera], device: torch.device,
                  precision: str = "auto") -> list[EncodedImage]:
     """Working images (already prepared: prepare_image), all of one size, (h, w, 3) uint8 with their cameras ->
@@ -75,9 +85,7 @@ def encode_batch(encoder_name: str, images: list[np.ndarray], cameras: list[Came
     h, w = images[0].shape[:2]
     if any(image.shape[:2] != (h, w) for image in images):
         raise ValueError("encode_batch needs images of one size")
-    batch = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2).to(device)
-    with autocast(device, precision):
-        fmaps = load_encoder(encoder_name).to(device)(batch)
+    fmaps = feature_maps(load_encoder(encoder_name), images, device, precision)
     pixels, inside = _inside_cells(h, w)
     keep = None if inside.all() else torch.from_numpy(inside).to(device)
     out = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sceneloc.encode import EncodedImage, cell_centres
+from sceneloc.encode import EncodedImage, cell_centres, feature_maps
 from sceneloc.geometry import Camera
 from sceneloc.localize.loop import CellPredictor, LocalizeConfig, Prediction
 from sceneloc.maps.landmark_map import LandmarkMap
@@ -23,11 +23,10 @@ from sceneloc.solve import PnPResult
 
 
 class LandmarkPredictor(CellPredictor):
-    """A LandmarkMap's heatmap head on the frozen encoder's feature maps; one candidate."""
+    """A LandmarkMap's heatmap head on its encoder's feature maps (LandmarkMap.backbone); one candidate."""
 
     def __init__(self, landmark_map: LandmarkMap, config: LocalizeConfig):
         self.map = landmark_map
-        self.encoder_name = landmark_map.encoder_name
         self.image_height = landmark_map.image_height
         self.precision = config.precision
         self.min_confidence = config.landmark_min_confidence
@@ -39,9 +38,7 @@ class LandmarkPredictor(CellPredictor):
                ) -> list[EncodedImage]:
         """Working images of one size -> EncodedImage each, its features the whole (C, h, w) feature map (not the
         (N, C) cell rows of the scene-coordinate maps), its pixels every cell's centre."""
-        batch = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2).to(device)
-        with autocast(device, precision):
-            fmaps = self.map.backbone().to(device)(batch)
+        fmaps = feature_maps(self.map.backbone(), images, device, precision)
         pixels = cell_centres(*images[0].shape[:2]).astype(np.float64)
         return [EncodedImage(fmap, pixels, camera) for fmap, camera in zip(fmaps, cameras)]
 
