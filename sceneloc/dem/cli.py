@@ -60,8 +60,8 @@ def train_command(
     except ValueError as e:
         _fail(f"{', '.join(str(p) for p in dems)}: {e}")
     model.save(output)
-    console.print(f"wrote {output}: {config.method}, final L1 {model.training['final_l1']:.4f} (normalised), "
-                  f"{model.training['train_s']:.0f} s")
+    console.print(f"wrote {output}: {config.method}, final {config.loss.upper()} "
+                  f"{model.training['final_loss']:.4f} (normalised), {model.training['train_s']:.0f} s")
 
 
 @dem_app.command("upsample")
