@@ -780,18 +780,21 @@ def reconstruct_command(
     voxel: Optional[float] = typer.Option(None, "--voxel", help="Voxel size in metres (default 0.02)"),
     split: str = typer.Option("train", help="Split to use when the folder has train/test splits"),
     stride: Optional[int] = typer.Option(None, help="Fuse every STRIDE-th frame (default 1)"),
+    semantics: bool = typer.Option(False, "--semantics", help="Label every vertex (floor, wall, ceiling, "
+                                                              "furniture, stairs): the PLY's 'label' property"),
+    semantics_model: Optional[Path] = typer.Option(None, "--semantics-model", help="Segmentation model for "
+                                                                                   "--semantics (default: the "
+                                                                                   "shipped one; implies it)"),
     device: str = DeviceOption,
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a ReconstructionConfig field, e.g. "
                                                                       "--set max_depth_m=4"),
 ):
     """Dense reconstruction: TSDF fusion of the frames' depth (sensor, or what a map implies) into a coloured mesh,
-    coarse to fine (sceneloc/reconstruct/fusion.py)."""
-    import open3d as o3d
-
+    coarse to fine, optionally labelled per vertex (sceneloc/reconstruct/fusion.py)."""
     from sceneloc.data import read_scene
+    from sceneloc.data.mesh_file import write_mesh
     from sceneloc.maps.scene_map import SceneMap
     from sceneloc.reconstruct.fusion import ReconstructionConfig, reconstruct
-    from sceneloc.runtime.atomic import atomic_output
     from sceneloc.runtime.config_overrides import configure
 
     try:
@@ -801,18 +804,23 @@ def reconstruct_command(
         _fail(str(e))
     if output.suffix.lower() != ".ply":
         _fail(f"{output}: the mesh is written as PLY: give a .ply name")
-    check_writable(output, [scene_dir, *([] if map_file is None else [map_file])])
+    check_writable(output, [scene_dir, *([] if map_file is None else [map_file]),
+                            *([] if semantics_model is None else [semantics_model])])
     dev = _device(device)
+    segmentation = None
+    if semantics or semantics_model is not None:
+        from sceneloc.reconstruct.semantics import SHIPPED_MODEL, load_segmentation
+
+        segmentation = load_segmentation(semantics_model or SHIPPED_MODEL)
     scene_map = None if map_file is None else SceneMap.load(map_file, dev)
     scene = read_scene(scene_dir, split=split)
-    mesh, stats = reconstruct(scene, config, scene_map, dev)
-    legacy = mesh.to_legacy()
-    with atomic_output(output) as tmp, o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-        if not o3d.io.write_triangle_mesh(str(tmp), legacy, write_ascii=False):
-            _fail(f"{output}: Open3D could not write the mesh here")
+    mesh, stats = reconstruct(scene, config, scene_map, dev, segmentation=segmentation)
+    labels = mesh.vertex["labels"].numpy() if "labels" in mesh.vertex else None
+    write_mesh(output, mesh, labels)
     sources = ", ".join(f"{k} {v}" for k, v in stats["depth_sources"].items())
+    labelled = "" if labels is None else f", labelled ({stats['semantics_s']:.0f} s of it)"
     console.print(f"wrote {output}: {stats['vertices']:,} vertices, {stats['triangles']:,} triangles from "
-                  f"{stats['frames']} frames (depth: {sources}) in {stats['total_s']:.0f} s")
+                  f"{stats['frames']} frames (depth: {sources}) in {stats['total_s']:.0f} s{labelled}")
 
 
 @app.command("evaluate-mesh")
@@ -828,8 +836,9 @@ def evaluate_mesh_command(
     tau: Optional[float] = typer.Option(None, help="Distance threshold of precision and recall, metres (default 0.05)"),
     samples: Optional[int] = typer.Option(None, help="Points sampled on each mesh (default 200000)"),
 ):
-    """CDRNet's 3D metrics of a mesh against the truth (accuracy, completeness, precision, recall, F-score); JSON +
-    markdown, a PNG of the reconstruction coloured by its distance to the truth and one of it beside the truth."""
+    """CDRNet's 3D metrics of a mesh against the truth (accuracy, completeness, precision, recall, F-score; with
+    labels on both meshes, the mIoU of the vertices); JSON + markdown, a PNG of the reconstruction coloured by its
+    distance to the truth and one of it beside the truth."""
     import numpy as np
     import open3d as o3d
     from matplotlib import colormaps
@@ -837,8 +846,10 @@ def evaluate_mesh_command(
     from sceneloc.data import read_scene
     from sceneloc.evaluate.cloud import (CloudEvalConfig, cloud_report_paths, format_cloud_table, read_mesh,
                                          render_cloud_png, sample_mesh, up_from_cameras, write_cloud_report)
+    from sceneloc.data.mesh_file import read_vertex_labels
     from sceneloc.evaluate.mesh import evaluate_mesh, render_mesh_pair_png
     from sceneloc.evaluate.report import with_suffix
+    from sceneloc.evaluate.semantic import mesh_semantic_scores
     from sceneloc.export.points import PointCloud
     from sceneloc.runtime.config_overrides import configure
 
@@ -855,6 +866,10 @@ def evaluate_mesh_command(
     posed = None if visible_from is None else read_scene(visible_from, split=split).posed_frames
     frames = None if posed is None else posed[::5]
     result = evaluate_mesh(mesh, truth_mesh, config, frames, config.n_mesh_samples)
+    labels, truth_labels = read_vertex_labels(mesh_file), read_vertex_labels(truth)
+    if labels is not None and truth_labels is not None:
+        result["semantic"] = mesh_semantic_scores(mesh.vertex.positions.numpy(), labels, truth_mesh, truth_labels,
+                                                  config.tau)
     written = write_cloud_report(result, prefix)
     points = sample_mesh(mesh, min(config.n_mesh_samples, 100_000), config.seed)
     scene = o3d.t.geometry.RaycastingScene()
@@ -951,6 +966,54 @@ def train_scores_command(
     Console().print(table)
     console.print(f"wrote {output} and {record_path}: {record['n_points']:,} points, final loss "
                   f"{record['final_loss']:.4f}, {record['total_s']:.0f} s")
+
+
+@app.command("train-segmentation")
+def train_segmentation_command(
+    output: Path = typer.Option(..., "-o", "--output", help="Model file to write (.safetensors; its training "
+                                                           "record goes beside it as .json)"),
+    scenes: Optional[str] = typer.Option(None, "--scenes", help="Training rooms, comma-separated preset:seed "
+                                                                "(default: the five room presets, seeds 30-32)"),
+    validation: Optional[str] = typer.Option(None, "--validation", help="Held-out rooms, preset:seed, "
+                                                                        "comma-separated"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default 3000)"),
+    overrides: Optional[list[str]] = SetOption,
+):
+    """Train the segmentation head of `reconstruct --semantics` on generated rooms, whose renderer labels every
+    pixel; reports the mIoU on the held-out rooms."""
+    from rich.table import Table
+
+    from sceneloc.evaluate.report import write_json
+    from sceneloc.reconstruct.semantics import SEMANTIC_CLASSES, SegmentationTrainingConfig, train_segmentation
+    from sceneloc.runtime.config_overrides import configure
+
+    def names(text: str | None) -> list[str] | None:
+        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+    try:
+        config = configure(SegmentationTrainingConfig(), {"scenes": names(scenes), "validation": names(validation),
+                                                          "steps": steps}, overrides)
+    except ValueError as e:
+        _fail(str(e))
+    if output.suffix == ".json":
+        _fail(f"{output}: the model is a .safetensors file (its training record is written beside it as .json)")
+    record_path = output.with_suffix(".json")
+    for path in (output, record_path):
+        check_writable(path)
+    model, record = train_segmentation(config)
+    model.save(output)
+    write_json(record_path, record)
+    if record["validation"]:
+        table = Table(title="held-out rooms: IoU per class")
+        for column in ["room", "mIoU", "accuracy", *SEMANTIC_CLASSES]:
+            table.add_column(column)
+        rows = [*record["validation"]["scenes"].items(), ("all", record["validation"])]
+        for name, row in rows:
+            table.add_row(name, f"{100 * row['miou']:.1f}", f"{100 * row['accuracy']:.1f}",
+                          *("-" if row["iou"][c] is None else f"{100 * row['iou'][c]:.1f}" for c in SEMANTIC_CLASSES))
+        Console().print(table)
+    console.print(f"wrote {output} and {record_path}: {record['views']} views, final loss {record['final_loss']:.3f}, "
+                  f"{record['render_s'] + record['train_s']:.0f} s")
 
 
 def main() -> None:

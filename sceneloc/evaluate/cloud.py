@@ -121,7 +121,18 @@ def cloud_summary_rows(result: dict) -> list[tuple[str, str]]:
              f"{result['completeness_mean_m'] * 100:.2f} / {result['completeness_median_m'] * 100:.2f} cm"),
             (f"precision (< {tau_cm:g} cm)", f"{result['precision'] * 100:.1f} %"),
             (f"recall (< {tau_cm:g} cm)", f"{result['recall'] * 100:.1f} %"),
-            (f"F-score (< {tau_cm:g} cm)", f"{result['fscore'] * 100:.1f} %")]
+            (f"F-score (< {tau_cm:g} cm)", f"{result['fscore'] * 100:.1f} %")] + _semantic_rows(result)
+
+
+def _semantic_rows(result: dict) -> list[tuple[str, str]]:
+    """A labelled mesh's rows (evaluate/semantic.mesh_semantic_scores), when the result has them."""
+    semantic = result.get("semantic")
+    if not semantic:
+        return []
+    rows = [(f"semantic mIoU ({semantic['n_vertices_scored']:,} vertices within {result['tau_m'] * 100:g} cm)",
+             f"{semantic['miou'] * 100:.1f} %"), ("vertex label accuracy", f"{semantic['accuracy'] * 100:.1f} %")]
+    return rows + [(f"IoU {name}", "-" if iou is None else f"{iou * 100:.1f} %")
+                   for name, iou in semantic["iou"].items()]
 
 
 def format_cloud_table(result: dict) -> Table:

@@ -12,6 +12,12 @@ Depth sources (ReconstructionConfig.depth):
   "completed"  the sensor depth with its holes filled from the map (export/depth.complete_depth);
   "auto"       "sensor" for frames with depth; for the others "map" when a map is given, else "multiview".
 
+Semantics (a SegmentationModel, semantics.py): on the fine pass each frame's per-pixel class probabilities are added
+into a "label" attribute of the same voxel block grid, at the voxels within the truncation distance of the surface
+the frame's depth shows (Open3D's integrate fuses only TSDF, weight and colour, so this one is written here, on
+its voxel coordinates); a vertex of the mesh takes the class of largest probability summed over its nearest
+labelled voxels.
+
 Coarse to fine (as the paper's stages): a first pass fuses every frame at coarse_factor x the voxel size; the
 fine pass then allocates only the blocks within a coarse voxel of the coarse surface, so free-space noise of
 single frames (a map's wrong cells, a sensor's flying pixels) that the coarse consensus does not keep is never
@@ -93,11 +99,58 @@ def frame_depth(frame: Frame, rgb: np.ndarray, source: str, scene_map, device: t
     return depth
 
 
-def _grid(voxel_m: float, device: o3c.Device, blocks: int) -> o3d.t.geometry.VoxelBlockGrid:
-    return o3d.t.geometry.VoxelBlockGrid(attr_names=("tsdf", "weight", "color"),
-                                         attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
-                                         attr_channels=((1), (1), (3)), voxel_size=voxel_m,
+def _grid(voxel_m: float, device: o3c.Device, blocks: int, classes: int = 0) -> o3d.t.geometry.VoxelBlockGrid:
+    """A voxel block grid of TSDF, weight and colour, and with classes > 0 a "label" attribute of that many summed
+    class probabilities."""
+    names, channels = ["tsdf", "weight", "color"], [1, 1, 3]
+    if classes:
+        names.append("label")
+        channels.append(classes)
+    return o3d.t.geometry.VoxelBlockGrid(attr_names=tuple(names), attr_dtypes=(o3c.float32,) * len(names),
+                                         attr_channels=tuple(channels), voxel_size=voxel_m,
                                          block_resolution=BLOCK_RESOLUTION, block_count=blocks, device=device)
+
+
+def _fuse_labels(grid: o3d.t.geometry.VoxelBlockGrid, blocks: o3c.Tensor, depth: np.ndarray, probabilities: np.ndarray,
+                 frame: Frame, band_m: float) -> None:
+    """Add a frame's class probabilities (H, W, K) to the "label" attribute of the voxels of `blocks` (the blocks
+    the frame was integrated into) that lie within band_m of the surface its depth (H, W) metres shows."""
+    buffer, _ = grid.hashmap().find(blocks)
+    coords, flat = grid.voxel_coordinates_and_flattened_indices(buffer.to(o3c.int32))
+    points = frame.cam_from_world.apply(coords.numpy().astype(np.float64))
+    z = points[:, 2]
+    cam = frame.camera
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.round(cam.fx * points[:, 0] / z + cam.cx)
+        v = np.round(cam.fy * points[:, 1] / z + cam.cy)
+    h, w = depth.shape
+    seen = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    ui, vi = u[seen].astype(np.int64), v[seen].astype(np.int64)
+    d = depth[vi, ui]
+    near = (d > 0) & (np.abs(d - z[seen]) <= band_m)
+    labels = grid.attribute("label").reshape((-1, probabilities.shape[-1])).numpy()  # shares the grid's memory
+    labels[flat.numpy()[seen][near]] += probabilities[vi[near], ui[near]]
+
+
+LABEL_NEIGHBOURS = 8
+"""Labelled voxels whose summed probabilities vote for a vertex's class: a marching-cubes vertex lies between the
+eight voxels of a cell, as its colour is interpolated from them."""
+
+
+def vertex_labels(grid: o3d.t.geometry.VoxelBlockGrid, positions: np.ndarray) -> np.ndarray:
+    """(V,) uint8 class of each vertex (V, 3): the class of largest probability summed over the LABEL_NEIGHBOURS
+    nearest voxels that any frame labelled."""
+    from scipy.spatial import cKDTree
+
+    coords, flat = grid.voxel_coordinates_and_flattened_indices()
+    sums = grid.attribute("label").reshape((-1, grid.attribute("label").shape[-1])).numpy()[flat.numpy()]
+    labelled = sums.sum(1) > 0
+    if not labelled.any():
+        raise ValueError("no voxel was labelled")
+    sums = sums[labelled]
+    k = min(LABEL_NEIGHBOURS, len(sums))
+    _, nearest = cKDTree(coords.numpy()[labelled]).query(positions, k=k)
+    return sums[nearest.reshape(len(positions), k)].sum(1).argmax(1).astype(np.uint8)
 
 
 def _near_blocks(coarse: o3d.t.geometry.VoxelBlockGrid, coarse_voxel_m: float, fine_block_m: float,
@@ -115,12 +168,14 @@ def _near_blocks(coarse: o3d.t.geometry.VoxelBlockGrid, coarse_voxel_m: float, f
 
 
 def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, device: torch.device | None = None,
-                show_progress: bool = True) -> tuple[o3d.t.geometry.TriangleMesh, dict]:
+                show_progress: bool = True, segmentation=None) -> tuple[o3d.t.geometry.TriangleMesh, dict]:
     """Fuse the posed frames of `scene` into a mesh (module docstring). scene_map: a SceneMap for the "map" and
-    "completed" sources (with "auto", frames without depth then take the map's instead of the plane sweep's).
-    Returns (mesh with vertex positions, normals and colours (float 0..1), stats {frames, depth per source,
-    vertices, triangles, timings}). InputError for a scene without posed frames, a depth source the inputs cannot
-    give, or nothing fused."""
+    "completed" sources (with "auto", frames without depth then take the map's instead of the plane sweep's);
+    segmentation: a SegmentationModel to label the mesh with.
+    Returns (mesh with vertex positions, normals and colours (float 0..1), and with a segmentation "labels" (V,)
+    uint8 class indices (semantics.SEMANTIC_CLASSES); stats {frames, depth per source, vertices, triangles,
+    timings}). InputError for a scene without posed frames, a depth source the inputs cannot give, or nothing
+    fused."""
     config.validate()
     device = device or torch.device("cpu")
     scene.require_poses()
@@ -142,9 +197,11 @@ def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, devi
     depths: list[np.ndarray] = []  # computed once (a map's depth costs a network pass), reused by the fine pass
     allowed = None
     grid = None
+    label_s = 0.0
     with make_progress(show_progress) as progress:
         for level, voxel in enumerate(passes):
-            grid = _grid(voxel, o3d_device, 40000)
+            labelled = segmentation is not None and level + 1 == len(passes)
+            grid = _grid(voxel, o3d_device, 40000, len(segmentation.classes) if labelled else 0)
             task = progress.add_task(f"fusing at {voxel * 100:g} cm", total=len(frames), info="")
             for i, frame in enumerate(frames):
                 rgb = frame.load_rgb()
@@ -171,6 +228,12 @@ def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, devi
                 if len(blocks):
                     grid.integrate(blocks, depth_image, color_image, intrinsic, intrinsic, extrinsic, 1.0,
                                    config.max_depth_m, config.truncation_voxels)
+                    if labelled:
+                        t_label = time.perf_counter()
+                        fused = np.where(depth <= config.max_depth_m, depth, 0).astype(np.float32)
+                        _fuse_labels(grid, blocks, fused, segmentation.probabilities(rgb, fused, frame.camera, device),
+                                     frame, config.truncation_voxels * voxel)
+                        label_s += time.perf_counter() - t_label
                 progress.advance(task)
             if level + 1 < len(passes):
                 allowed = _near_blocks(grid, voxel, passes[level + 1] * BLOCK_RESOLUTION, config.min_weight)
@@ -182,6 +245,10 @@ def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, devi
     if "indices" not in mesh.triangle or len(mesh.triangle.indices) == 0:
         raise InputError(scene.root, "nothing was fused: no frame's depth reached the volume (check the depth "
                                      "source, max_depth_m and the poses)")
+    if segmentation is not None:
+        mesh.vertex["labels"] = o3c.Tensor(vertex_labels(grid, mesh.vertex.positions.numpy()))
     stats = {"frames": len(frames), "depth_sources": sources, "vertices": len(mesh.vertex.positions),
              "triangles": len(mesh.triangle.indices), "passes_m": passes, "total_s": time.perf_counter() - t0}
+    if segmentation is not None:
+        stats["semantics_s"] = label_s
     return mesh, stats

@@ -6,9 +6,10 @@ Layout (frame names "frame-000000", numbered from 0 in each split):
     out_dir/train|test/calibration/<name>.calibration.txt   3x3 K, 3 lines of numbers
     out_dir/train|test/depth/<name>.depth.png               uint16 millimetres, 0 = invalid
     out_dir/mesh.ply                                        the scene's ground-truth geometry
-train/ holds the mapping path, test/ the query path. mesh.ply is the room's triangle mesh (Room.mesh, written by Open3D
-as binary PLY: vertex positions in metres in the world frame of the poses, four vertices and two triangles per
-planar face, no colours): the reference for evaluating reconstructed point clouds."""
+train/ holds the mapping path, test/ the query path. mesh.ply is the room's triangle mesh (Room.mesh as binary PLY:
+vertex positions in metres in the world frame of the poses, four vertices and two triangles per planar face, no
+colours; a "label" property per vertex, the index of its face's class in room.SEMANTIC_CLASSES): the reference for
+evaluating reconstructed point clouds and meshes, and their semantic labels."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import open3d as o3d
 from rich.progress import track
 
+from sceneloc.data.mesh_file import write_mesh as write_mesh_file
 from sceneloc.data.synthetic.render import RenderedView, render_view
 from sceneloc.data.synthetic.room import Room, RoomConfig, StaircaseConfig, generate_room
 from sceneloc.data.synthetic.trajectory import TrajectoryConfig, mapping_trajectory, query_trajectory
-from sceneloc.runtime.atomic import atomic_output, check_writable
+from sceneloc.runtime.atomic import check_writable
 from sceneloc.data.ace_folder import WRITTEN_FILES, folders_removed_on_failure, write_ace_frame
 from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
@@ -141,10 +142,9 @@ def write_frame(split_dir: Path, name: str, camera: Camera, cam_from_world: Rigi
 
 
 def write_mesh(path: Path, room: Room) -> None:
-    """Write the room's triangle mesh (Room.mesh) to the PLY file `path`, atomically."""
-    with atomic_output(path) as tmp:
-        if not o3d.t.io.write_triangle_mesh(str(tmp), room.mesh()):
-            raise InputError(path, "Open3D could not write the mesh")
+    """Write the room's triangle mesh (Room.mesh) to the PLY file `path`, atomically, with the semantic class of
+    each vertex (every face has four vertices of its own, so a vertex's label is its face's)."""
+    write_mesh_file(path, room.mesh(), np.repeat(room.face_labels, 4))
 
 
 def _folders(out_dir: Path) -> list[Path]:

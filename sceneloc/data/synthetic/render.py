@@ -1,5 +1,5 @@
-"""Ray-cast rendering of a synthetic room: RGB (textured, Lambertian-lit, supersampled), exact z-depth and scene
-coordinates for a pinhole camera, with Open3D's RaycastingScene."""
+"""Ray-cast rendering of a synthetic room: RGB (textured, Lambertian-lit, supersampled), exact z-depth, scene
+coordinates and semantic labels for a pinhole camera, with Open3D's RaycastingScene."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from sceneloc.data.raycast import cast_pixel_rays
-from sceneloc.data.synthetic.room import Room
+from sceneloc.data.synthetic.room import UNLABELLED, Room
 from sceneloc.runtime.errors import InputError
 from sceneloc.geometry import Camera, Rigid3
 
@@ -29,6 +29,9 @@ class RenderedView:
     """(H, W) float32 z-depth in metres along the camera's optical axis, 0 where nothing was hit."""
     scene_coords: np.ndarray
     """(H, W, 3) float32 world point hit by the ray through each pixel centre."""
+    labels: np.ndarray | None = None
+    """(H, W) uint8 semantic class (room.SEMANTIC_CLASSES) of the surface the ray through each pixel centre hits,
+    room.UNLABELLED where it hits nothing; None from renderers that know no classes."""
 
 
 def _shade(room: Room, points: np.ndarray, normals: np.ndarray, directions: np.ndarray) -> np.ndarray:
@@ -66,6 +69,9 @@ def render_view(room: Room, camera: Camera, cam_from_world: Rigid3, supersamplin
     coords = cam_from_world.center + depth[:, None].astype(np.float64) * centre_dirs
     coords[~valid] = 0.0
     normals = hits["primitive_normals"].reshape(-1, 3)
+    centre_prim = hits["primitive_ids"].reshape(-1)
+    labels = np.full(h * w, UNLABELLED, np.uint8)
+    labels[valid] = room.triangle_labels()[centre_prim[valid]]
     if s > 1:
         _, hits = cast_pixel_rays(room.scene, camera.scaled(w * s, h * s), cam_from_world)
     prim, uv = hits["primitive_ids"].reshape(-1), hits["primitive_uvs"].reshape(-1, 2)
@@ -85,4 +91,5 @@ def render_view(room: Room, camera: Camera, cam_from_world: Rigid3, supersamplin
     shade = np.zeros(h * w, np.float32)
     shade[valid] = _shade(room, coords[valid].astype(np.float32), normals[valid], centre_dirs[valid])
     rgb = np.clip(texture * shade.reshape(h, w, 1) + 0.5, 0, 255).astype(np.uint8)
-    return RenderedView(rgb=rgb, depth=depth.reshape(h, w), scene_coords=coords.reshape(h, w, 3).astype(np.float32))
+    return RenderedView(rgb=rgb, depth=depth.reshape(h, w), scene_coords=coords.reshape(h, w, 3).astype(np.float32),
+                        labels=labels.reshape(h, w))

@@ -23,6 +23,11 @@ ATLAS_PAD = 2
 """Texels of replicated border around each face in the atlas, so bilinear lookups never mix two faces."""
 MAX_ATLAS_SIDE = 32000
 """cv2.remap needs source images below 32767 pixels per side."""
+SEMANTIC_CLASSES = ("floor", "wall", "ceiling", "furniture", "stairs")
+"""What every surface of a generated room is, by index (Room.face_labels): the label set of the semantic part of
+reconstruction (sceneloc.reconstruct.semantics). A staircase's landing counts as stairs."""
+UNLABELLED = 255
+"""Label of a pixel whose ray hits nothing."""
 MIN_FREE_FLOOR_M = 2.0
 """Smallest extent of the floor left in front of a staircase (the region camera paths go round)."""
 
@@ -176,6 +181,8 @@ class Room:
     """(4F, 3) float32 mesh vertices (four corners per face)."""
     triangles: np.ndarray
     """(2F, 3) int32 mesh triangles."""
+    face_labels: np.ndarray
+    """(F,) uint8 index into SEMANTIC_CLASSES of each face (triangles 2f and 2f + 1 are face f)."""
     scene: o3d.t.geometry.RaycastingScene = field(repr=False)
     """Ray casting / distance queries on the mesh."""
 
@@ -185,6 +192,10 @@ class Room:
         mesh.vertex.positions = o3d.core.Tensor(self.vertices)
         mesh.triangle.indices = o3d.core.Tensor(self.triangles)
         return mesh
+
+    def triangle_labels(self) -> np.ndarray:
+        """(2F,) uint8 semantic class of each mesh triangle."""
+        return np.repeat(self.face_labels, 2)
 
     def distance_to_surface(self, points: np.ndarray) -> np.ndarray:
         """points: (N, 3) -> (N,) float32 unsigned distance to the nearest surface (metres)."""
@@ -364,6 +375,8 @@ def generate_room(config: RoomConfig) -> Room:
         focus_xy = steps.mean(0)
     blocks = _place_blocks(size, path_area, stairs, config, rng)
     faces = _room_faces(size) + [f for block in blocks + stairs[:1] for f in _box_faces(block)]
+    floor, wall, ceiling, furniture, stair = range(len(SEMANTIC_CLASSES))
+    labels = [floor, ceiling] + [wall] * 4 + [furniture] * (5 * len(blocks)) + [stair] * (5 * len(stairs[:1]))
     tpm, tiles = config.texels_per_metre, config.tile_size_range
     textures = [face_texture(w, h, tpm, tiles, rng) for *_, w, h in faces]
     # Per face: (index of the texture it shows, offset (a0, b0) in metres of its top-left corner in that texture).
@@ -374,6 +387,7 @@ def generate_room(config: RoomConfig) -> Room:
         first_slot = len(textures)
         textures += [face_texture(w, h, tpm, tiles, rng) for w, h in slot_sizes]
         faces += step_faces
+        labels += [stair] * len(step_faces)
         windows += [(first_slot + slot, a0, b0) for slot, a0, b0 in step_windows]
     textures = [lower_contrast(t, config.texture_contrast) for t in textures]
     _paint_spots(textures, own_textures, config)
@@ -402,6 +416,6 @@ def generate_room(config: RoomConfig) -> Room:
                               np.full(config.n_lights, size[2] - 0.15)])
     room = Room(config=config, size=size, blocks=blocks, stairs=stairs, path_area=path_area, focus_xy=focus_xy,
                 atlas=atlas, triangle_atlas_uv=triangle_atlas_uv, lights=lights, vertices=vertices,
-                triangles=triangles, scene=o3d.t.geometry.RaycastingScene())
+                triangles=triangles, face_labels=np.array(labels, np.uint8), scene=o3d.t.geometry.RaycastingScene())
     room.scene.add_triangles(room.mesh())
     return room

@@ -44,7 +44,7 @@ class LandmarkHeadConfig:
             raise ValueError(f"head.dilations must be a non-empty list of integers >= 1, got {self.dilations}")
 
 
-class _Block(nn.Module):
+class DilatedBlock(nn.Module):
     """x + conv3x3_d(relu(x)), then y + conv1x1(relu(conv1x1(relu(y))))."""
 
     def __init__(self, width: int, dilation: int):
@@ -72,7 +72,7 @@ class LandmarkHead(nn.Module):
         self.config = config
         self.num_landmarks = num_landmarks
         self.input_layer = nn.Conv2d(in_channels, config.width, 1)
-        self.blocks = nn.ModuleList(_Block(config.width, d) for d in config.dilations)
+        self.blocks = nn.ModuleList(DilatedBlock(config.width, d) for d in config.dilations)
         self.output_layer = nn.Conv2d(config.width, num_landmarks, 1)
         nn.init.constant_(self.output_layer.bias, math.log(PRIOR_PROBABILITY / (1 - PRIOR_PROBABILITY)))
 
