@@ -99,72 +99,115 @@ def frame_depth(frame: Frame, rgb: np.ndarray, source: str, scene_map, device: t
     return depth
 
 
-def _grid(voxel_m: float, device: o3c.Device, blocks: int, classes: int = 0) -> o3d.t.geometry.VoxelBlockGrid:
-    """A voxel block grid of TSDF, weight and colour, and with classes > 0 a "label" attribute of that many summed
-    class probabilities."""
-    names, channels = ["tsdf", "weight", "color"], [1, 1, 3]
-    if classes:
-        names.append("label")
-        channels.append(classes)
-    return o3d.t.geometry.VoxelBlockGrid(attr_names=tuple(names), attr_dtypes=(o3c.float32,) * len(names),
-                                         attr_channels=tuple(channels), voxel_size=voxel_m,
-                                         block_resolution=BLOCK_RESOLUTION, block_count=blocks, device=device)
-
-
-def _fuse_labels(grid: o3d.t.geometry.VoxelBlockGrid, blocks: o3c.Tensor, depth: np.ndarray, probabilities: np.ndarray,
-                 frame: Frame, band_m: float) -> None:
-    """Add a frame's class probabilities (H, W, K) to the "label" attribute of the voxels of `blocks` (the blocks
-    the frame was integrated into) that lie within band_m of the surface its depth (H, W) metres shows."""
-    buffer, _ = grid.hashmap().find(blocks)
-    coords, flat = grid.voxel_coordinates_and_flattened_indices(buffer.to(o3c.int32))
-    points = frame.cam_from_world.apply(coords.numpy().astype(np.float64))
-    z = points[:, 2]
-    cam = frame.camera
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.round(cam.fx * points[:, 0] / z + cam.cx)
-        v = np.round(cam.fy * points[:, 1] / z + cam.cy)
-    h, w = depth.shape
-    seen = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    ui, vi = u[seen].astype(np.int64), v[seen].astype(np.int64)
-    d = depth[vi, ui]
-    near = (d > 0) & (np.abs(d - z[seen]) <= band_m)
-    labels = grid.attribute("label").reshape((-1, probabilities.shape[-1])).numpy()  # shares the grid's memory
-    labels[flat.numpy()[seen][near]] += probabilities[vi[near], ui[near]]
-
-
 LABEL_NEIGHBOURS = 8
 """Labelled voxels whose summed probabilities vote for a vertex's class: a marching-cubes vertex lies between the
 eight voxels of a cell, as its colour is interpolated from them."""
+BLOCK_COUNT = 40000
+"""Blocks Open3D's hash map is made for (it grows beyond when it must)."""
 
 
-def vertex_labels(grid: o3d.t.geometry.VoxelBlockGrid, positions: np.ndarray) -> np.ndarray:
-    """(V,) uint8 class of each vertex (V, 3): the class of largest probability summed over the LABEL_NEIGHBOURS
-    nearest voxels that any frame labelled."""
-    from scipy.spatial import cKDTree
+class TsdfVolume:
+    """One voxel block grid fused frame by frame (integrate), and its mesh (mesh): TSDF, weight and colour, and with
+    classes > 0 a "label" attribute of that many summed class probabilities. `allowed`: the only blocks (integer
+    block coordinates) frames may touch, e.g. near_blocks of a coarser volume; None: any. The live service fuses
+    into one of these as frames arrive; reconstruct() into a coarse one, then a fine one restricted by it."""
 
-    coords, flat = grid.voxel_coordinates_and_flattened_indices()
-    sums = grid.attribute("label").reshape((-1, grid.attribute("label").shape[-1])).numpy()[flat.numpy()]
-    labelled = sums.sum(1) > 0
-    if not labelled.any():
-        raise ValueError("no voxel was labelled")
-    sums = sums[labelled]
-    k = min(LABEL_NEIGHBOURS, len(sums))
-    _, nearest = cKDTree(coords.numpy()[labelled]).query(positions, k=k)
-    return sums[nearest.reshape(len(positions), k)].sum(1).argmax(1).astype(np.uint8)
+    def __init__(self, voxel_m: float, truncation_voxels: float, max_depth_m: float, classes: int = 0,
+                 allowed: set | None = None):
+        self.voxel_m, self.truncation_voxels, self.max_depth_m = voxel_m, truncation_voxels, max_depth_m
+        self.classes, self.allowed, self.frames = classes, allowed, 0
+        names, channels = ["tsdf", "weight", "color"], [1, 1, 3]
+        if classes:
+            names.append("label")
+            channels.append(classes)
+        self.grid = o3d.t.geometry.VoxelBlockGrid(
+            attr_names=tuple(names), attr_dtypes=(o3c.float32,) * len(names), attr_channels=tuple(channels),
+            voxel_size=voxel_m, block_resolution=BLOCK_RESOLUTION, block_count=BLOCK_COUNT,
+            device=o3c.Device("CPU:0"))
 
+    def integrate(self, depth: np.ndarray, rgb: np.ndarray, camera, cam_from_world,
+                  probabilities: np.ndarray | None = None) -> bool:
+        """Fuse one frame: depth (H, W) metres (0: none), rgb (H, W, 3) uint8, its Camera and cam_from_world
+        Rigid3; probabilities (H, W, K) for a labelled volume. False when nothing of it was fused (no depth within
+        max_depth_m, or none in the allowed blocks)."""
+        depth = np.where(depth <= self.max_depth_m, depth, 0).astype(np.float32)
+        if not (depth > 0).any():
+            return False  # Open3D refuses a frame that touches no block
+        depth_image = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth)))
+        color_image = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(rgb, np.float32) / 255.0))
+        intrinsic = o3c.Tensor(camera.K, o3c.float64)
+        extrinsic = o3c.Tensor(cam_from_world.matrix(), o3c.float64)
+        blocks = self.grid.compute_unique_block_coordinates(depth_image, intrinsic, extrinsic, 1.0, self.max_depth_m,
+                                                            self.truncation_voxels)
+        if self.allowed is not None and len(blocks):
+            blocks = blocks[o3c.Tensor(np.array([tuple(b) in self.allowed for b in blocks.numpy()]))]
+        if not len(blocks):
+            return False
+        self.grid.integrate(blocks, depth_image, color_image, intrinsic, intrinsic, extrinsic, 1.0, self.max_depth_m,
+                            self.truncation_voxels)
+        if probabilities is not None:
+            self._fuse_labels(blocks, depth, probabilities, camera, cam_from_world)
+        self.frames += 1
+        return True
 
-def _near_blocks(coarse: o3d.t.geometry.VoxelBlockGrid, coarse_voxel_m: float, fine_block_m: float,
-                 min_weight: float) -> set:
-    """The fine blocks (integer block coordinates) within one coarse voxel of the coarse volume's surface."""
-    try:
-        points = coarse.extract_point_cloud(weight_threshold=min_weight - 0.5).point.positions.numpy()
-    except RuntimeError:  # no block at all
-        return set()
-    if len(points) == 0:
-        return set()
-    offsets = np.stack(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij"), -1).reshape(-1, 3) * coarse_voxel_m
-    near = np.floor((points[:, None, :] + offsets[None]).reshape(-1, 3) / fine_block_m).astype(np.int64)
-    return set(map(tuple, np.unique(near, axis=0)))
+    def _fuse_labels(self, blocks: o3c.Tensor, depth: np.ndarray, probabilities: np.ndarray, camera,
+                     cam_from_world) -> None:
+        """Add a frame's class probabilities (H, W, K) to the "label" attribute of the voxels of `blocks` (the
+        blocks it was integrated into) within the truncation distance of the surface its depth (H, W) shows."""
+        buffer, _ = self.grid.hashmap().find(blocks)
+        coords, flat = self.grid.voxel_coordinates_and_flattened_indices(buffer.to(o3c.int32))
+        points = cam_from_world.apply(coords.numpy().astype(np.float64))
+        z = points[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.round(camera.fx * points[:, 0] / z + camera.cx)
+            v = np.round(camera.fy * points[:, 1] / z + camera.cy)
+        h, w = depth.shape
+        seen = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        ui, vi = u[seen].astype(np.int64), v[seen].astype(np.int64)
+        d = depth[vi, ui]
+        near = (d > 0) & (np.abs(d - z[seen]) <= self.truncation_voxels * self.voxel_m)
+        labels = self.grid.attribute("label").reshape((-1, self.classes)).numpy()  # shares the grid's memory
+        labels[flat.numpy()[seen][near]] += probabilities[vi[near], ui[near]]
+
+    def mesh(self, min_weight: float = 1.0) -> o3d.t.geometry.TriangleMesh:
+        """Marching cubes of the voxels fused from at least min_weight frames: positions, normals, colours (0..1)
+        and, for a labelled volume, "labels" (V,) uint8; a mesh without triangles when nothing was fused."""
+        # Open3D keeps voxels of weight strictly above the threshold; a voxel's weight counts its frames.
+        try:
+            mesh = self.grid.extract_triangle_mesh(weight_threshold=min_weight - 0.5)
+        except RuntimeError:  # Open3D refuses to extract from a grid without blocks
+            return o3d.t.geometry.TriangleMesh()
+        if self.classes and "indices" in mesh.triangle and len(mesh.triangle.indices):
+            mesh.vertex["labels"] = o3c.Tensor(self.vertex_labels(mesh.vertex.positions.numpy()))
+        return mesh
+
+    def vertex_labels(self, positions: np.ndarray) -> np.ndarray:
+        """(V,) uint8 class of each vertex (V, 3): the class of largest probability summed over the
+        LABEL_NEIGHBOURS nearest voxels that any frame labelled."""
+        from scipy.spatial import cKDTree
+
+        coords, flat = self.grid.voxel_coordinates_and_flattened_indices()
+        sums = self.grid.attribute("label").reshape((-1, self.classes)).numpy()[flat.numpy()]
+        labelled = sums.sum(1) > 0
+        if not labelled.any():
+            raise ValueError("no voxel was labelled")
+        sums = sums[labelled]
+        k = min(LABEL_NEIGHBOURS, len(sums))
+        _, nearest = cKDTree(coords.numpy()[labelled]).query(positions, k=k)
+        return sums[nearest.reshape(len(positions), k)].sum(1).argmax(1).astype(np.uint8)
+
+    def near_blocks(self, fine_block_m: float, min_weight: float) -> set:
+        """The blocks of side fine_block_m (integer block coordinates) within one voxel of this volume's surface:
+        a finer volume's `allowed`."""
+        try:
+            points = self.grid.extract_point_cloud(weight_threshold=min_weight - 0.5).point.positions.numpy()
+        except RuntimeError:  # no block at all
+            return set()
+        if len(points) == 0:
+            return set()
+        offsets = np.stack(np.meshgrid(*[[-1, 0, 1]] * 3, indexing="ij"), -1).reshape(-1, 3) * self.voxel_m
+        near = np.floor((points[:, None, :] + offsets[None]).reshape(-1, 3) / fine_block_m).astype(np.int64)
+        return set(map(tuple, np.unique(near, axis=0)))
 
 
 def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, device: torch.device | None = None,
@@ -185,7 +228,6 @@ def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, devi
     if config.depth in ("map", "completed") and scene_map is None:
         raise InputError(scene.root, f"depth={config.depth} needs a scene-coordinate map of the scene (--map)")
     without_depth = "map" if scene_map is not None else "multiview"  # what "auto" gives frames without depth
-    o3d_device = o3c.Device("CPU:0")
     # Neighbours among all the scene's frames, whatever the stride: the sweep wants the nearest views.
     index = {id(f): i for i, f in enumerate(scene.frames)}
     sweeps = config.depth == "multiview" or (config.depth == "auto" and without_depth == "multiview"
@@ -195,13 +237,15 @@ def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, devi
     passes = [config.voxel_m * config.coarse_factor, config.voxel_m] if config.coarse_factor > 1 else [config.voxel_m]
     sources: dict[str, int] = {}
     depths: list[np.ndarray] = []  # computed once (a map's depth costs a network pass), reused by the fine pass
-    allowed = None
-    grid = None
+    volume = None
     label_s = 0.0
     with make_progress(show_progress) as progress:
         for level, voxel in enumerate(passes):
             labelled = segmentation is not None and level + 1 == len(passes)
-            grid = _grid(voxel, o3d_device, 40000, len(segmentation.classes) if labelled else 0)
+            volume = TsdfVolume(voxel, config.truncation_voxels, config.max_depth_m,
+                                len(segmentation.classes) if labelled else 0,
+                                None if volume is None else volume.near_blocks(voxel * BLOCK_RESOLUTION,
+                                                                               config.min_weight))
             task = progress.add_task(f"fusing at {voxel * 100:g} cm", total=len(frames), info="")
             for i, frame in enumerate(frames):
                 rgb = frame.load_rgb()
@@ -213,40 +257,18 @@ def reconstruct(scene: Scene, config: ReconstructionConfig, scene_map=None, devi
                                   .astype(np.float16))
                     sources[source] = sources.get(source, 0) + 1
                 depth = depths[i].astype(np.float32)
-                if not ((depth > 0) & (depth <= config.max_depth_m)).any():
-                    progress.advance(task)  # nothing to fuse (Open3D refuses a frame that touches no block)
-                    continue
-                depth_image = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth, np.float32)))
-                color_image = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(rgb, np.float32) / 255.0))
-                intrinsic = o3c.Tensor(frame.camera.K, o3c.float64)
-                extrinsic = o3c.Tensor(frame.cam_from_world.matrix(), o3c.float64)
-                blocks = grid.compute_unique_block_coordinates(depth_image, intrinsic, extrinsic, 1.0,
-                                                              config.max_depth_m, config.truncation_voxels)
-                if allowed is not None and len(blocks):
-                    keep = np.array([tuple(b) in allowed for b in blocks.numpy()])
-                    blocks = blocks[o3c.Tensor(keep)]
-                if len(blocks):
-                    grid.integrate(blocks, depth_image, color_image, intrinsic, intrinsic, extrinsic, 1.0,
-                                   config.max_depth_m, config.truncation_voxels)
-                    if labelled:
-                        t_label = time.perf_counter()
-                        fused = np.where(depth <= config.max_depth_m, depth, 0).astype(np.float32)
-                        _fuse_labels(grid, blocks, fused, segmentation.probabilities(rgb, fused, frame.camera, device),
-                                     frame, config.truncation_voxels * voxel)
-                        label_s += time.perf_counter() - t_label
+                probabilities = None
+                if labelled:
+                    t_label = time.perf_counter()
+                    fused = np.where(depth <= config.max_depth_m, depth, 0).astype(np.float32)
+                    probabilities = segmentation.probabilities(rgb, fused, frame.camera, device)
+                    label_s += time.perf_counter() - t_label
+                volume.integrate(depth, rgb, frame.camera, frame.cam_from_world, probabilities)
                 progress.advance(task)
-            if level + 1 < len(passes):
-                allowed = _near_blocks(grid, voxel, passes[level + 1] * BLOCK_RESOLUTION, config.min_weight)
-    # Open3D keeps voxels of weight strictly above the threshold; a voxel's weight counts the frames fused into it.
-    try:
-        mesh = grid.extract_triangle_mesh(weight_threshold=config.min_weight - 0.5)
-    except RuntimeError:  # Open3D refuses to extract from a grid without blocks
-        mesh = o3d.t.geometry.TriangleMesh()
+    mesh = volume.mesh(config.min_weight)
     if "indices" not in mesh.triangle or len(mesh.triangle.indices) == 0:
         raise InputError(scene.root, "nothing was fused: no frame's depth reached the volume (check the depth "
                                      "source, max_depth_m and the poses)")
-    if segmentation is not None:
-        mesh.vertex["labels"] = o3c.Tensor(vertex_labels(grid, mesh.vertex.positions.numpy()))
     stats = {"frames": len(frames), "depth_sources": sources, "vertices": len(mesh.vertex.positions),
              "triangles": len(mesh.triangle.indices), "passes_m": passes, "total_s": time.perf_counter() - t0}
     if segmentation is not None:
