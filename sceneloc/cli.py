@@ -541,6 +541,9 @@ def serve(
     threads: int = typer.Option(0, help="Localization threads per process (0: one per core)"),
     queue_size: Optional[int] = typer.Option(None, "--queue-size", help="Requests admitted beyond the running ones "
                                                                          "before 503 (default 8)"),
+    reconstruct: bool = typer.Option(False, "--reconstruct", help="Fuse the frames streams localize into a mesh "
+                                                                   "per map (scene-coordinate maps); the viewer "
+                                                                   "shows it as it grows"),
     device: str = DeviceOption,
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override any ServeConfig field, e.g. --set "
                                                                       "max_body_bytes=8000000 --set "
@@ -555,7 +558,8 @@ def serve(
     from sceneloc.serve.config import ServeConfig
     from sceneloc.serve.server import describe, serve as run_server
 
-    config = ServeConfig(host=host, port=port, workers=workers, threads=threads, device=device)
+    config = ServeConfig(host=host, port=port, workers=workers, threads=threads, device=device,
+                         reconstruct=reconstruct)
     if queue_size is not None:
         config.queue_size = queue_size
     try:
@@ -759,7 +763,8 @@ def complete_depth_command(
         task = progress.add_task("completing depth", total=len(frames), info="")
         for frame, name in zip(frames, names):
             depth, rgb = frame.load_depth(), frame.load_rgb()
-            filled, stats = complete_depth(depth, rgb, map_depth(scene_map, frame, rgb, dev), config)
+            prior = map_depth(scene_map, rgb, frame.camera, frame.cam_from_world, dev)
+            filled, stats = complete_depth(depth, rgb, prior, config)
             millimetres = np.clip(np.round(filled * 1000.0), 0, 65535).astype(np.uint16)
             write_bytes_atomic(output / name, cv2.imencode(".png", millimetres)[1].tobytes())
             progress.update(task, advance=1, info=f"{(depth <= 0).mean():.0%} filled")

@@ -754,6 +754,69 @@ def test_events_socket_receives_every_localization_on_its_map(room, main_server)
     assert streamed["cam_from_world"] == reply["cam_from_world"]
 
 
+def _live_summary(server, name: str) -> dict:
+    maps = httpx.get(server.url + "/v1/maps", headers=AUTH, timeout=WAIT_S).json()["maps"]
+    return next(m for m in maps if m["name"] == name)["reconstruction"]
+
+
+def test_stream_with_reconstruct_grows_a_mesh_as_offline_fusion_makes_it(room, tmp_path):
+    from sceneloc.evaluate.cloud import CloudEvalConfig, read_mesh
+    from sceneloc.evaluate.mesh import evaluate_mesh
+    from sceneloc.maps.scene_map import SceneMap
+    from sceneloc.reconstruct.fusion import ReconstructionConfig, reconstruct
+    from sceneloc.serve.config import LiveReconstructionConfig
+
+    frames = read_scene(room.root, split="train").frames[::4][:12]
+    maps = load_served_maps([SINGLE_MAP], "cpu", 1000)
+    live = LiveReconstructionConfig(mesh_interval_s=0.0)  # a new mesh after every frame
+    with serving(maps, threads=1, reconstruct=True, reconstruction=live) as server, \
+            Client(server.url, TOKEN) as client, client.events("single_v1") as events:
+        empty = httpx.get(server.url + "/v1/maps/single_v1/mesh.ply", headers=AUTH, timeout=WAIT_S)
+        assert empty.status_code == 404 and "nothing fused yet" in empty.json()["error"]
+        poses = []
+        with client.stream("single_v1") as stream:
+            for i, frame in enumerate(frames):
+                stream.send(frame.rgb_path.read_bytes(), frame.camera if i == 0 else None, frame=frame.name)
+                poses.append(stream.receive(timeout_s=WAIT_S))
+                # One frame at a time, each fused before the next is sent: none is skipped for a busy fusion.
+                deadline = time.monotonic() + WAIT_S
+                while (s := _live_summary(server, "single_v1"))["frames"] + s["skipped"] < sum(
+                        p["cam_from_world"] is not None for p in poses):
+                    assert time.monotonic() < deadline, s
+                    time.sleep(0.05)
+        summary = _live_summary(server, "single_v1")
+        mesh_reply = httpx.get(server.url + "/v1/maps/single_v1/mesh.ply", headers=AUTH, timeout=WAIT_S)
+        kinds = []  # the events: a pose per frame, and mesh versions
+        deadline = time.monotonic() + WAIT_S
+        while "mesh" not in kinds and time.monotonic() < deadline:
+            kinds.append(events.receive(timeout_s=max(0.01, deadline - time.monotonic()))["type"])
+    localized = [p for p in poses if p["cam_from_world"] is not None]
+    assert len(localized) >= len(frames) // 2 and summary["skipped"] == 0
+    assert summary["frames"] >= len(localized) - 1 and summary["version"] >= 1 and summary["fps"] > 0
+    assert mesh_reply.status_code == 200 and int(mesh_reply.headers["x-mesh-version"]) == summary["version"]
+    assert "mesh" in kinds
+    (tmp_path / "live.ply").write_bytes(mesh_reply.content)
+    mesh = read_mesh(tmp_path / "live.ply")
+    assert len(mesh.vertex.positions) == summary["vertices"]
+    # The baseline: the same frames fused offline at their true poses with the same map's depth, one pass at the
+    # live voxel size and weight. The live mesh comes from estimated poses, so it may be a little worse.
+    localized_names = {p["frame"] for p in localized}
+    scene = read_scene(room.root, split="train")
+    scene.frames = [f for f in frames if f.name in localized_names]
+    offline, _ = reconstruct(scene, ReconstructionConfig(depth="map", voxel_m=live.voxel_m, coarse_factor=1,
+                                                         min_weight=live.min_weight),
+                             SceneMap.load(SINGLE_MAP, "cpu"), show_progress=False)
+    truth = read_mesh(room.root / "mesh.ply")
+    config = CloudEvalConfig(tau=0.1, n_mesh_samples=20_000)
+    ours, theirs = (evaluate_mesh(m, truth, config, None, 20_000) for m in (mesh, offline))
+    assert ours["precision"] > theirs["precision"] - 0.1 and ours["precision"] > 0.3, (ours, theirs)
+
+
+def test_a_server_that_does_not_reconstruct_has_no_mesh(main_server):
+    reply = httpx.get(main_server.url + "/v1/maps/squeeze/mesh.ply", headers=AUTH, timeout=WAIT_S)
+    assert reply.status_code == 404 and "not reconstructing" in reply.json()["error"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 5. Metrics
 

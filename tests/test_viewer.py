@@ -106,3 +106,34 @@ def test_viewer_draws_the_map_and_a_frustum_per_localization(tiny_room_structure
         assert drawn >= baseline + 20, (reply["num_inliers"], colour.round(), drawn, baseline)
     if os.environ.get("SCENELOC_VIEWER_SCREENSHOT"):  # a checked render, for the documentation
         shutil.copyfile(path, os.environ["SCENELOC_VIEWER_SCREENSHOT"])
+
+
+def test_viewer_shows_the_live_mesh_of_a_reconstructing_server(tiny_room_structure, one_thread):
+    from pathlib import Path
+
+    from sceneloc.serve.config import LiveReconstructionConfig
+
+    rendered, _ = tiny_room_structure
+    frames = read_scene(rendered.root, split="train").frames[::6][:6]
+    single = Path(__file__).parent / "data" / "maps_5b85055" / "single_v1.map"  # a scene-coordinate map
+    maps = load_served_maps([single], "cpu", ServeConfig().viewer_points)
+    with serving(maps, threads=1, reconstruct=True, reconstruction=LiveReconstructionConfig(mesh_interval_s=0.0)) \
+            as server, headless_chromium(960, 640) as driver, Client(server.url, TOKEN) as client:
+        driver.get(f"{server.url}/viewer?token={TOKEN}&map=single_v1")
+        wait_for(driver, "window.scenelocViewer && window.scenelocViewer.connected", timeout_s=60)
+        _drawn(driver)
+        before = driver.get_screenshot_as_png()
+        assert viewer_state(driver)["meshVersion"] == 0
+        with client.stream("single_v1") as stream:
+            for i, frame in enumerate(frames):
+                stream.send(frame.rgb_path.read_bytes(), frame.camera if i == 0 else None, frame=frame.name)
+                stream.receive(timeout_s=60)
+        wait_for(driver, "window.scenelocViewer.meshVersion >= 1", timeout_s=60)
+        _drawn(driver)
+        after = driver.get_screenshot_as_png()
+        state = viewer_state(driver)
+        overlay = driver.execute_script("return document.getElementById('ov-mesh').textContent")
+    assert state["error"] is None and state["meshVertices"] > 100, state
+    assert overlay.endswith(f"vertices (v{state['meshVersion']})")
+    # The mesh is drawn in the frames' colours: far more distinct colours than the empty scene's frustums.
+    assert _distinct_colours(after) > _distinct_colours(before) + 50

@@ -16,10 +16,9 @@ from sceneloc.runtime.errors import InputError
 LABEL_PROPERTY = "label"
 
 
-def write_mesh(path: str | Path, mesh: o3d.t.geometry.TriangleMesh, labels: np.ndarray | None = None) -> None:
-    """Write `mesh` (vertex positions, and normals and colours (float 0..1) where it has them) as binary PLY,
-    atomically; labels: (V,) uint8 per vertex, written as the "label" property. InputError if it cannot be
-    written."""
+def mesh_ply_bytes(mesh: o3d.t.geometry.TriangleMesh, labels: np.ndarray | None = None) -> bytes:
+    """`mesh` (vertex positions, and normals and colours (float 0..1) where it has them) as binary PLY; labels:
+    (V,) uint8 per vertex, the "label" property."""
     import trimesh
 
     positions = mesh.vertex.positions.numpy()
@@ -34,8 +33,13 @@ def write_mesh(path: str | Path, mesh: o3d.t.geometry.TriangleMesh, labels: np.n
         if labels.shape != (len(positions),):
             raise ValueError(f"labels must be one per vertex: {labels.shape} for {len(positions)} vertices")
         out.vertex_attributes[LABEL_PROPERTY] = labels.astype(np.uint8)
-    data = trimesh.exchange.ply.export_ply(out, encoding="binary", vertex_normal="normals" in mesh.vertex,
+    return trimesh.exchange.ply.export_ply(out, encoding="binary", vertex_normal="normals" in mesh.vertex,
                                            include_attributes=labels is not None)
+
+
+def write_mesh(path: str | Path, mesh: o3d.t.geometry.TriangleMesh, labels: np.ndarray | None = None) -> None:
+    """mesh_ply_bytes written to `path` atomically. InputError if it cannot be written."""
+    data = mesh_ply_bytes(mesh, labels)
     with atomic_output(Path(path)) as tmp:
         try:
             Path(tmp).write_bytes(data)

@@ -18,6 +18,7 @@ import torch
 from scipy import ndimage
 
 from sceneloc.data import Frame
+from sceneloc.geometry import Camera, Rigid3
 from sceneloc.export.points import lookup_coordinates
 from sceneloc.localize.loop import predict_scene_coordinates
 from sceneloc.mapping.optimise import train_one_cycle
@@ -58,18 +59,19 @@ class DepthCompletionConfig:
             raise ValueError(f"lr_max must be > 0, got {self.lr_max}")
 
 
-def map_depth(scene_map: SceneMap, frame: Frame, rgb: np.ndarray, device: torch.device) -> np.ndarray:
-    """The depth a scene-coordinate map implies for a posed frame: (H, W) float32 metres along the optical axis at
-    every pixel of `rgb` (the frame's image), from the map's scene coordinates per cell interpolated bilinearly and
-    taken into the frame's camera; 0 where that depth is not positive."""
-    prediction = predict_scene_coordinates(scene_map, rgb, frame.camera, device)
+def map_depth(scene_map: SceneMap, rgb: np.ndarray, camera: Camera, cam_from_world: Rigid3,
+              device: torch.device) -> np.ndarray:
+    """The depth a scene-coordinate map implies for a posed image: (H, W) float32 metres along the optical axis at
+    every pixel of `rgb` (taken with `camera` at cam_from_world), from the map's scene coordinates per cell
+    interpolated bilinearly and taken into the camera; 0 where that depth is not positive."""
+    prediction = predict_scene_coordinates(scene_map, rgb, camera, device)
     h, w = rgb.shape[:2]
     u, v = np.meshgrid(np.arange(w), np.arange(h))
     scale = np.array([prediction.camera.width / w, prediction.camera.height / h])
     # Pixel centres of the full image in the working image (both OpenCV convention: centre of pixel 0 at 0).
     work = (np.stack([u.ravel(), v.ravel()], 1) + 0.5) * scale - 0.5
     coords = lookup_coordinates(prediction, work)
-    depth = frame.cam_from_world.apply(coords)[:, 2].reshape(h, w)
+    depth = cam_from_world.apply(coords)[:, 2].reshape(h, w)
     return np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
 
 
@@ -189,7 +191,7 @@ def evaluate_completion(scene_map: SceneMap, frames: list[Frame], config: DepthC
                 continue
             removed = punch_holes(truth, fraction, rng, (0.03, 0.12))
             holed = np.where(removed, 0.0, truth).astype(np.float32)
-            prior = map_depth(scene_map, frame, rgb, device)
+            prior = map_depth(scene_map, rgb, frame.camera, frame.cam_from_world, device)
             completed, stats = complete_depth(holed, rgb, prior, config)
             estimates = {"nearest": nearest_fill(holed), "prior": np.where(prior > 0, prior, nearest_fill(holed)),
                          "regressor": completed}

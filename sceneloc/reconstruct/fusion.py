@@ -89,13 +89,16 @@ def frame_depth(frame: Frame, rgb: np.ndarray, source: str, scene_map, device: t
 
     if source == "multiview":
         return plane_sweep_depth(frame, neighbours, config.multiview)
+    def implied() -> np.ndarray:
+        return map_depth(scene_map, rgb, frame.camera, frame.cam_from_world, device)
+
     if source == "map":
-        return map_depth(scene_map, frame, rgb, device)
+        return implied()
     depth = frame.load_depth()
     if depth is None:
         raise InputError(frame.depth_path or frame.rgb_path, f"frame {frame.name} has no depth for depth={source}")
     if source == "completed":
-        return complete_depth(depth, rgb, map_depth(scene_map, frame, rgb, device), DepthCompletionConfig())[0]
+        return complete_depth(depth, rgb, implied(), DepthCompletionConfig())[0]
     return depth
 
 

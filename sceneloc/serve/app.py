@@ -5,8 +5,10 @@
     GET  /v1/maps                       {"maps": [{name, type, scenes, points}]}
     POST /v1/maps/{name}/localize       multipart: image (JPEG/PNG), camera (JSON), scene (multi-scene maps)
     WS   /v1/maps/{name}/stream         text {"camera", "timestamp", "frame"} then binary JPEG, per frame
-    WS   /v1/maps/{name}/events         every localization on the map, as the viewer draws it
+    WS   /v1/maps/{name}/events         every localization on the map, as the viewer draws it, and with
+                                        --reconstruct each new version of its mesh
     GET  /v1/maps/{name}/points.ply     the map's point cloud for the viewer
+    GET  /v1/maps/{name}/mesh.ply       with --reconstruct: the mesh the streamed frames made so far
     GET  /viewer[?map=NAME]             the browser viewer (?token=TOKEN once: sets the cookie, redirects)
 
 Errors are JSON {"error": "<field or limit>: <problem>"} with the status codes in docs/SERVICE.md.
@@ -31,11 +33,13 @@ from starlette.formparsers import MultiPartException
 from starlette.datastructures import UploadFile
 
 from sceneloc.export.poses import estimate_json
+from sceneloc.geometry import Rigid3
 from sceneloc.localize.estimate import PoseEstimate
 from sceneloc.runtime.errors import InputError
 from sceneloc.serve.auth import COOKIE, authorized, token_matches
 from sceneloc.serve.config import ServeConfig
 from sceneloc.serve.limits import BodyTimeout, BodyTooLarge, RateLimiter, RequestLimits
+from sceneloc.serve.live import LiveReconstruction
 from sceneloc.serve.maps import ServedMap
 from sceneloc.serve.metrics import ServiceMetrics
 from sceneloc.serve.pool import Expired, LocalizationPool, LocalizeJob, available_cores
@@ -92,6 +96,9 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
     pool = LocalizationPool({name: m.map for name, m in maps.items()}, config.localize, threads, config.queue_size)
     metrics = ServiceMetrics(lambda: pool.waiting, lambda: pool.running)
     hub = EventHub()
+    live = {name: LiveReconstruction(m.map, config.reconstruction, next(m.map.head.parameters()).device)
+            for name, m in maps.items()} if config.reconstruct else {}
+    fusions: set[asyncio.Task] = set()  # kept referenced until done (the loop holds tasks weakly)
 
     @asynccontextmanager
     async def lifespan(_):
@@ -185,12 +192,44 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
     @api.get("/v1/maps")
     async def list_maps(request: Request):
         require_token(request)
-        return {"maps": [m.summary() for m in maps.values()]}
+        return {"maps": [{**m.summary(), **({"reconstruction": live[m.name].summary()} if m.name in live else {})}
+                         for m in maps.values()]}
 
     @api.get("/v1/maps/{name}/points.ply")
     async def map_points(name: str, request: Request):
         require_token(request)
         return Response(served(name).cloud_ply, media_type="application/octet-stream")
+
+    @api.get("/v1/maps/{name}/mesh.ply")
+    async def map_mesh(name: str, request: Request):
+        require_token(request)
+        served(name)
+        if name not in live:
+            raise RequestError(404, "mesh: the server is not reconstructing (start it with --reconstruct)")
+        if live[name].mesh_ply is None:
+            raise RequestError(404, "mesh: nothing fused yet (stream frames that localize)")
+        return Response(live[name].mesh_ply, media_type="application/octet-stream",
+                        headers={"x-mesh-version": str(live[name].version)})
+
+    async def fuse(served_map: ServedMap, frame: "StreamFrame", pose: dict) -> None:
+        """Fuse a localized stream frame into its map's mesh, unless that map's fusion is busy (then skip it); tell
+        the viewers of each new mesh version."""
+        reconstruction = live[served_map.name]
+        if reconstruction.busy:
+            reconstruction.skipped += 1
+            return
+        reconstruction.busy = True
+        try:
+            camera, undistortion = frame.meta["camera"]
+            cam_from_world = Rigid3.from_qvec_tvec(pose["qvec_wxyz"], pose["tvec"])
+            if await asyncio.to_thread(reconstruction.fuse, frame.image, frame.meta["frame"], camera, undistortion,
+                                       cam_from_world) and reconstruction.mesh_ply is not None:
+                hub.publish(served_map.name, json.dumps({"type": "mesh", "version": reconstruction.version,
+                                                         "vertices": reconstruction.vertices}))
+        except Exception:  # a defect: logged, the stream goes on
+            log.exception("fusing %s into %s failed", frame.meta["frame"], served_map.name)
+        finally:
+            reconstruction.busy = False
 
     @api.post("/v1/maps/{name}/localize")
     async def localize(name: str, request: Request):
@@ -288,6 +327,10 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
                 return
             metrics.stream_frames.labels("localized").inc()
             await send({"type": "pose", "frame": frame.meta["frame"], **reply, "backlog": len(backlog)})
+            if served_map.name in live and reply["cam_from_world"] is not None:
+                task = asyncio.create_task(fuse(served_map, frame, reply["cam_from_world"]))
+                fusions.add(task)
+                task.add_done_callback(fusions.discard)
 
         async def localize_frames() -> None:
             # As many frames in flight as the pool has threads, so one stream can use the whole server; the rest

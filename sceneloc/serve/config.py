@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from sceneloc.localize.loop import LocalizeConfig
+
+
+@dataclass
+class LiveReconstructionConfig:
+    """How `serve --reconstruct` fuses streamed frames (`--set reconstruction.voxel_m=0.02`)."""
+
+    voxel_m: float = 0.04
+    """Voxel size, metres: twice `sceneloc reconstruct`'s, as a map's depth is coarser than a sensor's and each
+    frame must fuse in a fraction of a second."""
+    truncation_voxels: float = 4.0
+    """TSDF truncation distance in voxels."""
+    max_depth_m: float = 6.0
+    """Depth beyond this is not fused."""
+    min_weight: float = 2.0
+    """Surface seen by fewer frames is left out of the mesh: a map's depth has stray cells one frame alone
+    puts in free space."""
+    mesh_interval_s: float = 2.0
+    """Shortest time between two extractions of the mesh."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        """ValueError naming the first setting that cannot work."""
+        for name in ("voxel_m", "truncation_voxels", "max_depth_m"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"reconstruction.{name} must be > 0, got {getattr(self, name)}")
+        if self.min_weight < 0 or self.mesh_interval_s < 0:
+            raise ValueError("reconstruction.min_weight and reconstruction.mesh_interval_s must be >= 0")
 
 
 @dataclass
@@ -55,6 +84,11 @@ class ServeConfig:
     """Device the maps' networks run on: auto | cpu | cuda."""
     localize: LocalizeConfig = field(default_factory=lambda: LocalizeConfig(network_threads=1))
     """The localize loop's settings, as `sceneloc localize` has them, with one torch thread per localization thread."""
+    reconstruct: bool = False
+    """Fuse the frames streams localize into a mesh per map, with the depth the map implies (serve/live.py; every
+    map must be a scene-coordinate map); the viewer shows it as it grows."""
+    reconstruction: LiveReconstructionConfig = field(default_factory=LiveReconstructionConfig)
+    """How --reconstruct fuses."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that cannot work."""
@@ -68,6 +102,7 @@ class ServeConfig:
             # 0 (the loop's "one less than torch's count") would have every thread set and restore a count the
             # others are changing; fp32 results depend on it.
             raise ValueError(f"localize.network_threads must be at least 1, got {self.localize.network_threads}")
+        self.reconstruction.validate()
         if self.threads < 0:
             raise ValueError(f"threads must be 0 (one per core) or more, got {self.threads}")
         for name in ("request_timeout_s", "header_timeout_s", "rate_per_s"):

@@ -20,6 +20,7 @@ from sceneloc.serve.app import create_app
 from sceneloc.serve.auth import read_token
 from sceneloc.serve.config import ServeConfig
 from sceneloc.serve.limits import GuardedH11Protocol
+from sceneloc.runtime.errors import InputError
 from sceneloc.serve.maps import ServedMap, load_served_maps
 
 SETTINGS_ENV = "SCENELOC_SERVE_SETTINGS"
@@ -29,6 +30,11 @@ def build_app(config: ServeConfig, map_paths: list[Path], token_file: Path | Non
     """(the ASGI application, its maps); InputError for a bad token source or map file, before anything binds."""
     token = read_token(token_file)
     maps = load_served_maps(map_paths, config.device, config.viewer_points)
+    if config.reconstruct:
+        for m in maps.values():
+            if m.kind != "scene":
+                raise InputError(m.path, f"--reconstruct fuses the depth a scene-coordinate map implies; this is a "
+                                         f"{m.kind} map")
     return create_app(config, maps, token), maps
 
 

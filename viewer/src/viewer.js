@@ -1,5 +1,7 @@
 // The browser viewer of `sceneloc serve` (GET /viewer): the map's point cloud (GET /v1/maps/{name}/points.ply) and
-// the camera of every localization on that map, pushed live over the WebSocket /v1/maps/{name}/events.
+// the camera of every localization on that map, pushed live over the WebSocket /v1/maps/{name}/events; with
+// `serve --reconstruct`, the mesh the streamed frames make (GET /v1/maps/{name}/mesh.ply), fetched again at each
+// new version the events announce.
 //
 // Bundled by esbuild (`npm run build` in viewer/) into sceneloc/serve/static/viewer.js, which viewer.html loads.
 // Authentication is the server's HttpOnly cookie: every request below is same-origin and carries it; the page
@@ -17,6 +19,7 @@
 //   connected  the events WebSocket is open
 //   error      the latest error (loading, WebSocket, WebGL), or null
 //   map, type, clients (trajectories drawn), renders (frames drawn), lastInliers, lastMs: for the overlay/tests
+//   meshVersion, meshVertices  the live mesh shown (0 / 0 before any)
 
 import * as THREE from 'three';
 import { OrbitControls } from 'three/examples/jsm/controls/OrbitControls.js';
@@ -44,6 +47,8 @@ const state = {
   renders: 0,
   lastInliers: null,
   lastMs: null,
+  meshVersion: 0,
+  meshVertices: 0,
 };
 window.scenelocViewer = state;
 
@@ -74,6 +79,8 @@ function text(id, value) {
 function updateOverlay() {
   text('ov-map', state.map === null ? '…' : state.map + (state.type ? ' (' + state.type + ')' : ''));
   text('ov-points', state.points < 0 ? 'loading…' : state.points.toLocaleString('en-US'));
+  text('ov-mesh', state.meshVersion === 0 ? '–'
+    : state.meshVertices.toLocaleString('en-US') + ' vertices (v' + state.meshVersion + ')');
   text('ov-ws', state.connected ? 'connected' : socketError ? 'reconnecting' : 'connecting…');
   const ws = $('ov-ws');
   if (ws) ws.className = state.connected ? 'ok' : 'bad';
@@ -350,6 +357,7 @@ function connect(name) {
       return;
     }
     if (message && message.type === 'pose') onPose(message);
+    if (message && message.type === 'mesh') loadMesh(name, message.version);
   });
   socket.addEventListener('close', (event) => {
     state.connected = false;
@@ -438,6 +446,41 @@ function growViewToCameras() {
   box.getSize(view.size);
   view.size.max(new THREE.Vector3(1, 1, 1));
   return true;
+}
+
+// The live mesh: one object, replaced by each newer version; a fetch that an even newer version overtook is dropped.
+let meshObject = null;
+let meshWanted = 0;
+
+async function loadMesh(name, version) {
+  if (!(version > meshWanted)) return;
+  meshWanted = version;
+  let geometry;
+  try {
+    const buffer = await (await fetchChecked('/v1/maps/' + encodeURIComponent(name) + '/mesh.ply')).arrayBuffer();
+    geometry = new PLYLoader().parse(buffer);
+  } catch (e) {
+    console.warn('sceneloc viewer: mesh v' + version + ': ' + (e && e.message ? e.message : e));
+    return;
+  }
+  if (version < meshWanted) return;
+  geometry.computeVertexNormals();
+  const material = new THREE.MeshBasicMaterial({
+    vertexColors: Boolean(geometry.getAttribute('color')),
+    color: geometry.getAttribute('color') ? 0xffffff : 0xb0b0b0,
+    side: THREE.DoubleSide,
+  });
+  if (meshObject) {
+    scene.remove(meshObject);
+    meshObject.geometry.dispose();
+    meshObject.material.dispose();
+  }
+  meshObject = new THREE.Mesh(geometry, material);
+  scene.add(meshObject);
+  state.meshVersion = version;
+  state.meshVertices = geometry.getAttribute('position').count;
+  updateOverlay();
+  requestRender();
 }
 
 function onPose(message) {
