@@ -200,6 +200,8 @@ def _stream_phase(url: str, token: str, map_name: str, jpegs: list, config: Load
                 continue
             messages.append((time.monotonic(), message))
         thread.join(timeout=5)
+        # A server started with --reconstruct reports its live mesh (fused frames, fusion rate, vertices).
+        reconstruction = next((m.get("reconstruction") for m in client.maps() if m["name"] == map_name), None)
     poses = [(t, m) for t, m in messages if m["type"] == "pose"]
     latencies = [(t - sent_at[m["frame"]]) * 1e3 for t, m in poses if m.get("frame") in sent_at]
     thirds = np.array_split(np.array(latencies), 3) if len(latencies) >= 3 else []
@@ -211,7 +213,8 @@ def _stream_phase(url: str, token: str, map_name: str, jpegs: list, config: Load
             "unanswered": len(sent_at) - len(messages), "poses_per_s": (len(poses) - 1) / span if span else None,
             "latency_ms": _percentiles(latencies),
             "latency_ms_by_third": [float(np.mean(x)) for x in thirds],
-            "max_backlog": max((m.get("backlog", 0) for _, m in poses), default=0)}
+            "max_backlog": max((m.get("backlog", 0) for _, m in poses), default=0),
+            "reconstruction": reconstruction}
 
 
 def run_load_test(map_path: Path, scene: Scene, out_dir: Path, config: LoadTestConfig) -> dict:
@@ -336,6 +339,11 @@ def format_report(results: dict) -> str:
                       f"{lat['p95'] or 0:.0f} ms, p99 {lat['p99'] or 0:.0f} ms; mean latency by third of the run "
                       + " / ".join(f"{v:.0f}" for v in s["latency_ms_by_third"]) + f" ms; largest backlog "
                       f"{s['max_backlog']}."]
+        r = s.get("reconstruction")
+        if r:
+            lines += ["", f"Live reconstruction: {r['frames']} frames fused, {r['skipped']} skipped while fusion was "
+                          f"busy, {r['fps'] or 0:.1f} frames fused per second of fusion, mesh version "
+                          f"{r['version']} with {r['vertices']:,} vertices."]
     lines += ["", f"Server-side rejects: {results.get('server_rejects') or 'none'}; server exit code "
                   f"{results.get('server_exit')}.", ""]
     return "\n".join(lines)
