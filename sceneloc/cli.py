@@ -854,6 +854,8 @@ def evaluate_mesh_command(
     from sceneloc.data.mesh_file import read_vertex_labels
     from sceneloc.evaluate.mesh import evaluate_mesh, render_mesh_pair_png
     from sceneloc.evaluate.report import with_suffix
+    from sceneloc.data.synthetic.room import SEMANTIC_CLASSES
+    from sceneloc.evaluate.mesh import CLASS_COLOUR_NAMES
     from sceneloc.evaluate.semantic import mesh_semantic_scores
     from sceneloc.export.points import PointCloud
     from sceneloc.runtime.config_overrides import configure
@@ -865,7 +867,7 @@ def evaluate_mesh_command(
     prefix = output or mesh_file.with_name(mesh_file.stem + "_eval")
     png, pair = with_suffix(prefix, ".png"), Path(f"{prefix}_views.png")
     inputs = [mesh_file, truth, *([] if visible_from is None else [visible_from])]
-    for path in cloud_report_paths(prefix) + [png, pair]:
+    for path in cloud_report_paths(prefix) + [png, pair, Path(f"{prefix}_semantic.png")]:
         check_writable(path, inputs)
     mesh, truth_mesh = read_mesh(mesh_file), read_mesh(truth)
     posed = None if visible_from is None else read_scene(visible_from, split=split).posed_frames
@@ -885,8 +887,15 @@ def evaluate_mesh_command(
                                                          f"{2 * config.tau * 100:g} cm)")
     up = None if posed is None else up_from_cameras([f.cam_from_world for f in posed])
     render_mesh_pair_png(mesh_file, truth_mesh, pair, up, f"{mesh_file.name}")
+    pictures = [png, pair]
+    if "semantic" in result:
+        semantic_png = Path(f"{prefix}_semantic.png")
+        names = ", ".join(f"{name} {colour}" for name, colour in zip(SEMANTIC_CLASSES, CLASS_COLOUR_NAMES))
+        render_mesh_pair_png(mesh_file, truth_mesh, semantic_png, up, f"{mesh_file.name}: classes ({names})",
+                             labels=(labels, truth_labels))
+        pictures.append(semantic_png)
     Console().print(format_cloud_table(result))
-    console.print("wrote " + ", ".join(str(p) for p in [*written, png, pair]))
+    console.print("wrote " + ", ".join(str(p) for p in [*written, *pictures]))
 
 
 @app.command("evaluate-cloud")

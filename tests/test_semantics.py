@@ -162,5 +162,6 @@ def test_reconstruct_semantics_through_the_command_line(room, tmp_path):
     result = json.loads((tmp_path / "ev.json").read_text())
     assert 0 <= result["semantic"]["miou"] <= 1 and result["semantic"]["n_vertices_scored"] > 0
     assert "mIoU" in (tmp_path / "ev.md").read_text()
+    assert (tmp_path / "ev_semantic.png").stat().st_size > 10_000  # both meshes in class colours
     code, out = run_cli("reconstruct", root, "-o", tmp_path / "x.ply", "--semantics-model", mesh_path)
     assert code == 2 and "segmentation model" in out and not (tmp_path / "x.ply").exists(), out

@@ -67,26 +67,53 @@ def evaluate_mesh(mesh: o3d.t.geometry.TriangleMesh, truth: o3d.t.geometry.Trian
             "n_mesh_vertices": len(mesh.vertex.positions), "n_mesh_triangles": len(mesh.triangle.indices)}
 
 
-def render_mesh_pair_png(mesh_path: str, truth: o3d.t.geometry.TriangleMesh, path, up: np.ndarray | None = None,
-                         title: str = "reconstruction", n_points: int = 120_000, seed: int = 0) -> None:
-    """The reconstructed mesh (its file, read with its vertex colours) beside the truth (grey), as points sampled
-    uniformly on each, seen from the same oblique view (matplotlib, off-screen), written atomically. up: (3,)
-    world up, e.g. up_from_cameras() (None: the axis the truth spreads least along)."""
-    with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-        legacy = o3d.io.read_triangle_mesh(str(mesh_path))
+def _sampled(legacy: o3d.geometry.TriangleMesh, n_points: int, seed: int,
+             vertex_colours: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(points (n, 3), colours (n, 3) in 0..1) sampled uniformly by area on a legacy mesh, coloured by
+    vertex_colours (V, 3) in 0..1 when given, else by its own colours, else grey."""
+    if vertex_colours is not None:
+        legacy.vertex_colors = o3d.utility.Vector3dVector(np.asarray(vertex_colours, np.float64))
     o3d.utility.random.seed(seed)
     sampled = legacy.sample_points_uniformly(n_points)
-    ours = np.asarray(sampled.points)
-    colours = np.clip(np.asarray(sampled.colors), 0, 1) if sampled.has_colors() else np.full((len(ours), 3), 0.4)
-    reference = sample_mesh(truth, n_points, seed)
+    points = np.asarray(sampled.points)
+    colours = np.clip(np.asarray(sampled.colors), 0, 1) if sampled.has_colors() else np.full((len(points), 3), 0.4)
+    return points, colours
+
+
+CLASS_COLOUR_NAMES = ("blue", "orange", "green", "red", "purple")
+"""The names of tab10's first colours, class_colours' for classes 0-4 (for figure titles)."""
+
+
+def class_colours(labels: np.ndarray) -> np.ndarray:
+    """(V,) class indices -> (V, 3) colours in 0..1 (matplotlib's tab10, one per class; unlabelled: black)."""
+    from matplotlib import colormaps
+
+    table = np.array(colormaps["tab10"].colors)
+    return np.where((labels < len(table))[:, None], table[np.minimum(labels, len(table) - 1)], 0.0)
+
+
+def render_mesh_pair_png(mesh_path: str, truth: o3d.t.geometry.TriangleMesh, path, up: np.ndarray | None = None,
+                         title: str = "reconstruction", n_points: int = 120_000, seed: int = 0,
+                         labels: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """The reconstructed mesh (its file, read with its vertex colours) beside the truth (grey), as points sampled
+    uniformly on each, seen from the same oblique view (matplotlib, off-screen), written atomically. up: (3,)
+    world up, e.g. up_from_cameras() (None: the axis the truth spreads least along). labels: (the mesh's, the
+    truth's) class per vertex: both drawn in class colours (class_colours) instead."""
+    with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+        legacy = o3d.io.read_triangle_mesh(str(mesh_path))
+    ours, colours = _sampled(legacy, n_points, seed, None if labels is None else class_colours(labels[0]))
+    if labels is None:
+        reference = sample_mesh(truth, n_points, seed)
+        truth_colours = np.full((len(reference), 3), 0.55)
+    else:
+        reference, truth_colours = _sampled(truth.to_legacy(), n_points, seed, class_colours(labels[1]))
     basis, centre = _view_basis(reference, up), reference.mean(0)
     # Both panels in the truth's box (10 % margin): stray fragments far outside would shrink the room to a dot.
     truth_view = (reference - centre) @ basis.T
     margin = 0.1 * np.ptp(truth_view, axis=0)
     low, high = truth_view.min(0) - margin, truth_view.max(0) + margin
     fig = Figure(figsize=(14, 6.5), dpi=110, layout="constrained")
-    for i, (points, rgb, name) in enumerate([(ours, colours, title),
-                                             (reference, np.full((len(reference), 3), 0.55), "ground truth")]):
+    for i, (points, rgb, name) in enumerate([(ours, colours, title), (reference, truth_colours, "ground truth")]):
         ax = fig.add_subplot(1, 2, i + 1, projection="3d")
         view = (points - centre) @ basis.T
         keep = np.all((view >= low) & (view <= high), axis=1)
