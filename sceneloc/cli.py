@@ -933,6 +933,29 @@ def evaluate_cloud_command(
     console.print("wrote " + ", ".join(str(p) for p in [*written, png]))
 
 
+def _model_training_setup(config, scenes: str | None, validation: str | None, steps: int | None,
+                          overrides: list[str] | None, output: Path, what: str):
+    """The shared start of the commands that train a shipped model on generated scenes: the config with --scenes,
+    --validation (comma-separated preset:seed), --steps and --set applied, and the training record's path beside
+    the .safetensors output, both checked writable. Exit code 2 for a bad setting or output name."""
+    from sceneloc.runtime.config_overrides import configure
+
+    def names(text: str | None) -> list[str] | None:
+        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+    try:
+        config = configure(config, {"scenes": names(scenes), "validation": names(validation), "steps": steps},
+                           overrides)
+    except ValueError as e:
+        _fail(str(e))
+    if output.suffix == ".json":
+        _fail(f"{output}: the {what} is a .safetensors file (its training record is written beside it as .json)")
+    record_path = output.with_suffix(".json")
+    for path in (output, record_path):
+        check_writable(path)
+    return config, record_path
+
+
 @app.command("train-scores")
 def train_scores_command(
     output: Path = typer.Option(..., "-o", "--output", help="Scorer file to write (.safetensors; its training "
@@ -953,21 +976,9 @@ def train_scores_command(
     from sceneloc.evaluate.report import write_json
     from sceneloc.mapping.structure.scorer import save_scorer
     from sceneloc.mapping.structure.train_scores import KEPT_FRACTIONS, ScoreTrainingConfig, train_scorer
-    from sceneloc.runtime.config_overrides import configure
 
-    def names(text: str | None) -> list[str] | None:
-        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
-
-    try:
-        config = configure(ScoreTrainingConfig(), {"scenes": names(scenes), "validation": names(validation),
-                                                   "steps": steps}, overrides)
-    except ValueError as e:
-        _fail(str(e))
-    if output.suffix == ".json":
-        _fail(f"{output}: the scorer is a .safetensors file (its training record is written beside it as .json)")
-    record_path = output.with_suffix(".json")
-    for path in (output, record_path):
-        check_writable(path)
+    config, record_path = _model_training_setup(ScoreTrainingConfig(), scenes, validation, steps, overrides, output,
+                                                "scorer")
     net, record = train_scorer(config, cache_dir)
     save_scorer(output, net, record)
     write_json(record_path, record)
@@ -999,21 +1010,9 @@ def train_segmentation_command(
 
     from sceneloc.evaluate.report import write_json
     from sceneloc.reconstruct.semantics import SEMANTIC_CLASSES, SegmentationTrainingConfig, train_segmentation
-    from sceneloc.runtime.config_overrides import configure
 
-    def names(text: str | None) -> list[str] | None:
-        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
-
-    try:
-        config = configure(SegmentationTrainingConfig(), {"scenes": names(scenes), "validation": names(validation),
-                                                          "steps": steps}, overrides)
-    except ValueError as e:
-        _fail(str(e))
-    if output.suffix == ".json":
-        _fail(f"{output}: the model is a .safetensors file (its training record is written beside it as .json)")
-    record_path = output.with_suffix(".json")
-    for path in (output, record_path):
-        check_writable(path)
+    config, record_path = _model_training_setup(SegmentationTrainingConfig(), scenes, validation, steps, overrides,
+                                                output, "model")
     model, record = train_segmentation(config)
     model.save(output)
     write_json(record_path, record)

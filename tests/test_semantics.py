@@ -165,3 +165,13 @@ def test_reconstruct_semantics_through_the_command_line(room, tmp_path):
     assert (tmp_path / "ev_semantic.png").stat().st_size > 10_000  # both meshes in class colours
     code, out = run_cli("reconstruct", root, "-o", tmp_path / "x.ply", "--semantics-model", mesh_path)
     assert code == 2 and "segmentation model" in out and not (tmp_path / "x.ply").exists(), out
+
+
+def test_train_segmentation_refuses_bad_settings_in_one_line(tmp_path):
+    for args, message in [(["-o", tmp_path / "seg.json"], "is a .safetensors file"),
+                          (["-o", tmp_path / "seg.safetensors", "--scenes", "moon:1"], "is not preset:seed"),
+                          (["-o", tmp_path / "seg.safetensors", "--set", "head.feature_dropout=1"],
+                           "feature_dropout must be in [0, 1)")]:
+        code, out = run_cli("train-segmentation", *args)
+        assert code == 2 and message in out and len(out.strip().splitlines()) == 1, out
+    assert not list(tmp_path.iterdir())

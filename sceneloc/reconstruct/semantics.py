@@ -80,15 +80,13 @@ class SegmentationTrainingConfig:
 
     def validate(self) -> None:
         """ValueError for a setting out of range or a scene name that is not "preset:seed"."""
-        from sceneloc.data.synthetic import PRESETS
+        from sceneloc.data.synthetic import parse_scene_name
 
         self.head.validate()
         if not self.scenes:
             raise ValueError("scenes must not be empty")
         for name in [*self.scenes, *self.validation]:
-            preset, _, seed = name.partition(":")
-            if preset not in PRESETS or not seed.isdigit():
-                raise ValueError(f"scene {name!r} is not preset:seed with a preset of {', '.join(PRESETS)}")
+            parse_scene_name(name)
         for name in ("views_per_scene", "image_height", "steps", "batch_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -115,10 +113,10 @@ class LabelledViews:
 
 def render_labelled_views(name: str, views: int, image_height: int) -> LabelledViews:
     """Render `views` frames spread evenly along the mapping path of the generated room "preset:seed"."""
-    from sceneloc.data.synthetic import PRESETS, generate_room, mapping_trajectory, render_view
+    from sceneloc.data.synthetic import PRESETS, generate_room, mapping_trajectory, parse_scene_name, render_view
 
-    preset, _, seed = name.partition(":")
-    config = PRESETS[preset].with_seed(int(seed))
+    preset, seed = parse_scene_name(name)
+    config = PRESETS[preset].with_seed(seed)
     room = generate_room(config.room)
     poses = mapping_trajectory(room, config.n_map, config.room.seed, config.trajectory)
     full = config.camera()

@@ -119,6 +119,15 @@ PRESETS: dict[str, SyntheticSceneConfig] = {
     detail per pixel far away), large viewpoint and scale changes along the loop."""
 
 
+def parse_scene_name(name: str) -> tuple[str, int]:
+    """"office:30" -> ("office", 30): a preset of PRESETS and a seed, as the trained models' --scenes name their
+    generated rooms. ValueError for anything else."""
+    preset, _, seed = name.partition(":")
+    if preset not in PRESETS or not seed.isdigit():
+        raise ValueError(f"scene {name!r} is not preset:seed with a preset of {', '.join(PRESETS)}")
+    return preset, int(seed)
+
+
 @dataclass
 class SyntheticScene:
     """What render_scene_to_folder wrote: the folder, the camera, the room (its mesh is the ground-truth

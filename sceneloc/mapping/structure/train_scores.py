@@ -69,14 +69,12 @@ class ScoreTrainingConfig:
 
     def validate(self) -> None:
         """ValueError for a setting out of range or a scene name that is not "preset:seed"."""
-        from sceneloc.data.synthetic import PRESETS
+        from sceneloc.data.synthetic import parse_scene_name
 
         if not self.scenes:
             raise ValueError("scenes must not be empty")
         for name in [*self.scenes, *self.validation]:
-            preset, _, seed = name.partition(":")
-            if preset not in PRESETS or not seed.isdigit():
-                raise ValueError(f"scene {name!r} is not preset:seed with a preset of {', '.join(PRESETS)}")
+            parse_scene_name(name)
         if not (self.steps >= 1 and self.lr > 0 and self.width >= 1 and self.match_threshold_px > 0
                 and self.depth_tolerance > 0):
             raise ValueError("steps, lr, width, match_threshold_px and depth_tolerance must be positive")
@@ -150,10 +148,10 @@ def labelled_scene(name: str, config: ScoreTrainingConfig, cache_dir: Path | Non
     with the structure map's defaults and label its points on its query frames."""
     from sceneloc.bench.scenes import SyntheticSceneSpec, default_cache_dir
     from sceneloc.data import read_scene
+    from sceneloc.data.synthetic import parse_scene_name
     from sceneloc.mapping.structure.build import StructureMapConfig
 
-    preset, _, seed = name.partition(":")
-    prepared = SyntheticSceneSpec(preset, int(seed)).prepare(cache_dir or default_cache_dir(), show_progress)
+    prepared = SyntheticSceneSpec(*parse_scene_name(name)).prepare(cache_dir or default_cache_dir(), show_progress)
     mapping, verification = read_scene(prepared.root, "train"), read_scene(prepared.root, "test")
     defaults = StructureMapConfig()
     model = triangulate_scene(mapping, defaults.triangulation, show_progress)

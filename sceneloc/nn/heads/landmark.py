@@ -38,10 +38,15 @@ class LandmarkHeadConfig:
 
     def validate(self) -> None:
         """ValueError naming the first setting that cannot work."""
-        if self.width < 1:
-            raise ValueError(f"head.width must be >= 1, got {self.width}")
-        if not self.dilations or any(d < 1 for d in self.dilations):
-            raise ValueError(f"head.dilations must be a non-empty list of integers >= 1, got {self.dilations}")
+        check_dilated_shape(self.width, self.dilations)
+
+
+def check_dilated_shape(width: int, dilations: list[int]) -> None:
+    """ValueError unless `width` channels and `dilations` make a stack of DilatedBlocks (head.width, head.dilations)."""
+    if width < 1:
+        raise ValueError(f"head.width must be >= 1, got {width}")
+    if not dilations or any(d < 1 for d in dilations):
+        raise ValueError(f"head.dilations must be a non-empty list of integers >= 1, got {dilations}")
 
 
 class DilatedBlock(nn.Module):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from sceneloc.encode import cell_centres
 from sceneloc.geometry import Camera
 from sceneloc.nn.encoders.base import STRIDE
-from sceneloc.nn.heads.landmark import DilatedBlock
+from sceneloc.nn.heads.landmark import DilatedBlock, check_dilated_shape
 
 
 @dataclass
@@ -47,10 +47,7 @@ class SegmentationHeadConfig:
 
     def validate(self) -> None:
         """ValueError naming the first setting that cannot work."""
-        if self.width < 1:
-            raise ValueError(f"head.width must be >= 1, got {self.width}")
-        if not self.dilations or any(d < 1 for d in self.dilations):
-            raise ValueError(f"head.dilations must be a non-empty list of integers >= 1, got {self.dilations}")
+        check_dilated_shape(self.width, self.dilations)
         if not 0 <= self.feature_dropout < 1:
             raise ValueError(f"head.feature_dropout must be in [0, 1), got {self.feature_dropout}")
 
