@@ -342,8 +342,8 @@ def format_report(results: dict) -> str:
         r = s.get("reconstruction")
         if r:
             lines += ["", f"Live reconstruction: {r['frames']} frames fused, {r['skipped']} skipped while fusion was "
-                          f"busy, {r['fps'] or 0:.1f} frames fused per second of fusion, mesh version "
-                          f"{r['version']} with {r['vertices']:,} vertices."]
+                          f"busy, {r['unsure']} left out as unsure, {r['fps'] or 0:.1f} frames fused per second of "
+                          f"fusion, mesh version {r['version']} with {r['vertices']:,} vertices."]
     lines += ["", f"Server-side rejects: {results.get('server_rejects') or 'none'}; server exit code "
                   f"{results.get('server_exit')}.", ""]
     return "\n".join(lines)

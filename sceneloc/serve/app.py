@@ -105,6 +105,10 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
         yield
         # uvicorn has answered every HTTP request by now and closed the streams: stop the pool.
         await asyncio.to_thread(pool.shutdown)
+        if fusions:  # a frame being fused finishes (a thread cannot be cancelled)
+            await asyncio.wait(set(fusions), timeout=config.request_timeout_s)
+        for reconstruction in live.values():
+            reconstruction.close()
 
     api = FastAPI(title="sceneloc", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     api.state.pool = pool
@@ -211,10 +215,13 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
         return Response(live[name].mesh_ply, media_type="application/octet-stream",
                         headers={"x-mesh-version": str(live[name].version)})
 
-    async def fuse(served_map: ServedMap, frame: "StreamFrame", pose: dict) -> None:
-        """Fuse a localized stream frame into its map's mesh, unless that map's fusion is busy (then skip it); tell
-        the viewers of each new mesh version."""
+    async def fuse(served_map: ServedMap, frame: "StreamFrame", pose: dict, num_inliers: int) -> None:
+        """Fuse a localized stream frame into its map's mesh, unless its pose has too few inliers (unsure) or that
+        map's fusion is busy (then skip it); tell the viewers of each new mesh version."""
         reconstruction = live[served_map.name]
+        if num_inliers < config.reconstruction.min_inliers:
+            reconstruction.unsure += 1
+            return
         if reconstruction.busy:
             reconstruction.skipped += 1
             return
@@ -328,7 +335,8 @@ def create_app(config: ServeConfig, maps: dict[str, ServedMap], token: str):
             metrics.stream_frames.labels("localized").inc()
             await send({"type": "pose", "frame": frame.meta["frame"], **reply, "backlog": len(backlog)})
             if served_map.name in live and reply["cam_from_world"] is not None:
-                task = asyncio.create_task(fuse(served_map, frame, reply["cam_from_world"]))
+                task = asyncio.create_task(fuse(served_map, frame, reply["cam_from_world"],
+                                                reply["num_inliers"]))
                 fusions.add(task)
                 task.add_done_callback(fusions.discard)
 

@@ -18,6 +18,10 @@ class LiveReconstructionConfig:
     """TSDF truncation distance in voxels."""
     max_depth_m: float = 6.0
     """Depth beyond this is not fused."""
+    min_inliers: int = 100
+    """A frame whose pose RANSAC found with fewer inliers is not fused (counted as `unsure`): one wrong pose paints
+    a whole frame's surface in the wrong place, and on our maps right and wrong poses are far apart in inliers
+    (hundreds against tens, docs/BENCHMARKS.md), while the service answers every pose above the solver's minimum."""
     min_weight: float = 2.0
     """Surface seen by fewer frames is left out of the mesh: a map's depth has stray cells one frame alone
     puts in free space."""
@@ -32,8 +36,8 @@ class LiveReconstructionConfig:
         for name in ("voxel_m", "truncation_voxels", "max_depth_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"reconstruction.{name} must be > 0, got {getattr(self, name)}")
-        if self.min_weight < 0 or self.mesh_interval_s < 0:
-            raise ValueError("reconstruction.min_weight and reconstruction.mesh_interval_s must be >= 0")
+        if self.min_inliers < 0 or self.min_weight < 0 or self.mesh_interval_s < 0:
+            raise ValueError("reconstruction.min_inliers, min_weight and mesh_interval_s must be >= 0")
 
 
 @dataclass

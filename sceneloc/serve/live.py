@@ -1,6 +1,7 @@
 """Live reconstruction of `sceneloc serve --reconstruct` (issue 17, part 4): every frame a stream localizes is fused
 into its map's TSDF volume (reconstruct/fusion.TsdfVolume) at the pose just estimated, with the depth the map
-implies there (export/depth.map_depth): stream clients send RGB only.
+implies there (export/depth.map_depth): stream clients send RGB only. Poses found with fewer than min_inliers
+RANSAC inliers are not fused: a wrong pose would paint a whole frame's surface in the wrong place.
 
 Fusion runs on a thread of its own, one frame at a time per map, after the pose has been answered, so it never
 delays a reply; a frame localized while the map's fusion is busy is skipped (and counted): a live mesh wants the
@@ -33,7 +34,9 @@ class LiveReconstruction:
         self.scene_map, self.config, self.device = scene_map, config, device
         self.volume = TsdfVolume(config.voxel_m, config.truncation_voxels, config.max_depth_m)
         self.busy = False
+        self.frames = 0
         self.skipped = 0
+        self.unsure = 0
         self.fuse_s = 0.0
         self.version = 0
         self.mesh_ply: bytes | None = None
@@ -49,7 +52,8 @@ class LiveReconstruction:
 
         rgb = undistort(read_image(io.BytesIO(image), name), camera, undistortion)
         depth = map_depth(self.scene_map, rgb, camera, cam_from_world, self.device)
-        self.volume.integrate(depth, rgb, camera, cam_from_world)
+        if self.volume.integrate(depth, rgb, camera, cam_from_world):
+            self.frames += 1
         extract = time.monotonic() - self._extracted >= self.config.mesh_interval_s
         if extract:
             self.extract()
@@ -66,9 +70,15 @@ class LiveReconstruction:
         self.vertices = len(mesh.vertex.positions)
         self.version += 1
 
+    def close(self) -> None:
+        """Free the volume now. Left to the interpreter's exit, Open3D's memory is released after Open3D itself has
+        shut down, and the process ends with exit code 1 instead of a graceful stop's 0."""
+        self.volume = None
+
     def summary(self) -> dict:
-        """What GET /v1/maps reports: frames fused and skipped, fusion frames per second, the mesh's version and
-        vertices."""
-        fused = self.volume.frames
-        return {"frames": fused, "skipped": self.skipped, "fps": fused / self.fuse_s if self.fuse_s else None,
+        """What GET /v1/maps reports: frames fused, skipped (fusion busy) and left out as unsure (too few inliers),
+        fusion frames per second, the mesh's version and vertices."""
+        fused = self.frames
+        return {"frames": fused, "skipped": self.skipped, "unsure": self.unsure,
+                "fps": fused / self.fuse_s if self.fuse_s else None,
                 "version": self.version, "vertices": self.vertices}
